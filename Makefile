@@ -1,0 +1,44 @@
+# Poolhouse — the contracts: make run, make test, make bench (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: install run test unit integration bench bench-deps clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Re-installs only when pyproject.toml changed: `make install` is idempotent.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/poolhouse serve --state-dir .poolhouse
+
+test: install
+	$(PY) -m pytest -q tests
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: install
+	$(PY) -m pytest -q tests/integration
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	bash bench/install-peers.sh
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
+
+bench: bench-deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,49 @@
+"""The event log (the WAS side of the Windows event log): one JSON object per line in
+``logs/events.jsonl``, and a readable line on stderr.  IIS's event ids are used where IIS
+has one, so an IIS administrator can recognise what happened."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+log = logging.getLogger("poolhouse.activation")
+
+# WAS event ids (ref. iis.md §5): reasons for recycling and failures
+RECYCLE_TIME = 5074
+RECYCLE_REQUESTS = 5075
+RECYCLE_SCHEDULE = 5076
+RECYCLE_VIRTUAL_MEMORY = 5077
+RECYCLE_PRIVATE_MEMORY = 5117
+RECYCLE_ADMIN = 5079
+RECYCLE_CONFIG = 5080
+IDLE_SHUTDOWN = 5186
+RAPID_FAIL = 5002
+WORKER_CRASHED = 5011
+PING_FAILED = 5010
+STARTUP_TIMEOUT = 5013
+
+
+class EventLog:
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "events.jsonl")
+        self._fh = open(self.path, "a", buffering=1, encoding="utf-8")
+
+    def emit(self, event: str, level: int = logging.INFO, event_id: int | None = None, **fields: Any) -> None:
+        record: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event}
+        if event_id is not None:
+            record["id"] = event_id
+        record.update(fields)
+        try:
+            self._fh.write(json.dumps(record, default=str) + "\n")
+        except (OSError, ValueError):
+            pass
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.log(level, "%s%s %s", event, f" [{event_id}]" if event_id else "", text)
+
+    def close(self) -> None:
+        self._fh.close()

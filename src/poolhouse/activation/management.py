@@ -1,0 +1,153 @@
+"""The management API: a Unix socket in the state directory (``run/control.sock``),
+one JSON request per line, one JSON answer per line.  The CLI (and later the REST API
+and the console) are its clients; it is the only way in from outside.
+
+Requests: ``{"op": "list", "what": "sites|apppools|wp"}``,
+``{"op": "start|stop|recycle", "what": "apppool|site", "name": "…"}``,
+``{"op": "reload"}``, ``{"op": "counters"}``.
+Answers: ``{"ok": true, "result": …}`` or ``{"ok": false, "error": "…"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .pools import RAPID_FAIL, STARTED, STOPPED
+
+if TYPE_CHECKING:
+    from .service import ActivationService
+
+log = logging.getLogger("poolhouse.activation")
+
+MAX_REQUEST = 1024 * 1024
+
+
+class ManagementError(Exception):
+    pass
+
+
+class ManagementServer:
+    def __init__(self, service: "ActivationService", path: str) -> None:
+        self.service = service
+        self.path = path
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_REQUEST)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                        raise ManagementError("a request is a JSON object with an 'op'")
+                    result = await self.handle(request)
+                    answer: dict[str, Any] = {"ok": True, "result": result}
+                except (ManagementError, ValueError) as exc:
+                    answer = {"ok": False, "error": str(exc)}
+                except Exception as exc:
+                    log.exception("management request failed")
+                    answer = {"ok": False, "error": f"internal error: {exc}"}
+                writer.write(json.dumps(answer, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, req: dict[str, Any]) -> Any:
+        svc = self.service
+        op = req["op"]
+        what = req.get("what", "")
+        if op == "list":
+            if what == "sites":
+                return self.sites()
+            if what == "apppools":
+                return await self.apppools()
+            if what == "wp":
+                return await svc.list_workers()
+            raise ManagementError(f"cannot list {what!r}: choose sites, apppools or wp")
+        if op == "counters":
+            return await svc.listener_stats()
+        if op == "reload":
+            await svc.reload()
+            return {"reloaded": True}
+        if op in ("start", "stop", "recycle"):
+            name = req.get("name", "")
+            if what == "apppool":
+                pool = svc.pools.get(name) or next(
+                    (p for n, p in svc.pools.items() if n.lower() == str(name).lower()), None)
+                if pool is None:
+                    raise ManagementError(f"no application pool named {name!r}")
+                if op == "start":
+                    svc.start_pool(pool)
+                elif op == "stop":
+                    svc.stop_pool(pool)
+                else:
+                    if pool.state != STARTED:
+                        raise ManagementError(f"application pool {pool.name!r} is {pool.state}; start it first")
+                    count = await svc.recycle_pool(pool, "administrator")
+                    return {"apppool": pool.name, "recycled_workers": count}
+                return {"apppool": pool.name, "state": pool.state}
+            if what == "site":
+                site = svc.config.site_by_name(str(name))
+                if site is None:
+                    raise ManagementError(f"no site named {name!r}")
+                if op == "recycle":
+                    raise ManagementError("sites are started and stopped, not recycled")
+                svc.set_site_state(site.id, STARTED if op == "start" else STOPPED)
+                return {"site": site.name, "state": svc.site_states[site.id]}
+            raise ManagementError(f"cannot {op} {what!r}: choose apppool or site")
+        raise ManagementError(f"unknown operation {op!r}")
+
+    def sites(self) -> list[dict[str, Any]]:
+        svc = self.service
+        return [
+            {
+                "name": s.name,
+                "id": s.id,
+                "state": svc.site_states.get(s.id, STOPPED),
+                "bindings": [f"{b.protocol}/{b.information}" for b in s.bindings],
+                "applications": [{"path": a.path, "apppool": a.pool, "physical_path": a.physical_path}
+                                 for a in s.applications],
+            }
+            for s in svc.config.sites
+        ]
+
+    async def apppools(self) -> list[dict[str, Any]]:
+        svc = self.service
+        stats = (await svc.listener_stats()).get("pools", {})
+        out = []
+        for name, pool in svc.pools.items():
+            st = stats.get(name, {})
+            out.append({
+                "name": name,
+                "state": STOPPED if pool.state == RAPID_FAIL else pool.state,
+                "rapid_fail_stopped": pool.state == RAPID_FAIL,
+                "rapid_fail_count": len(pool.crashes),
+                "workers": len(pool.live_workers),
+                "queue_length": st.get("queue_length", 0),
+                "in_flight": st.get("in_flight", 0),
+                "start_mode": pool.config.start_mode,
+                "max_processes": pool.config.max_processes,
+            })
+        return out

@@ -1,0 +1,156 @@
+"""``poolhouse``: the server and its administration with Unix-style flags.
+
+    poolhouse serve [-c applicationHost.config] [--state-dir DIR]
+    poolhouse list sites|apppools|wp [--json]
+    poolhouse start|stop apppool|site NAME
+    poolhouse recycle apppool NAME
+    poolhouse reload
+    poolhouse counters [--json]
+
+Every command but ``serve`` talks to a running server through the management socket in
+its state directory (``--state-dir``, or $POOLHOUSE_STATE_DIR, or the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no server answers
+EXIT_REFUSED = 1
+
+
+def default_state_dir() -> str:
+    env = os.environ.get("POOLHOUSE_STATE_DIR")
+    if env:
+        return env
+    return "/var/lib/poolhouse" if os.geteuid() == 0 and not os.path.isdir(".poolhouse") else ".poolhouse"
+
+
+class ServerUnavailable(Exception):
+    pass
+
+
+def call(state_dir: str, request: dict[str, Any], timeout: float = 30.0) -> Any:
+    """One request to the management API; returns its result or raises."""
+    path = os.path.join(state_dir, "run", "control.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ServerUnavailable(f"no server answers at {path} ({exc.strerror or exc}); is 'poolhouse serve' "
+                                f"running with --state-dir {state_dir}?") from None
+    try:
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        sock.close()
+    if not buf:
+        raise ServerUnavailable("the server closed the connection without answering")
+    answer = json.loads(buf)
+    if not answer.get("ok"):
+        raise RuntimeError(answer.get("error", "refused"))
+    return answer.get("result")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+_LIST_COLUMNS = {
+    "sites": ["name", "id", "state", "bindings"],
+    "apppools": ["name", "state", "workers", "queue_length", "in_flight", "rapid_fail_count"],
+    "wp": ["pid", "apppool", "state", "uptime", "requests", "in_flight", "private_memory_kb"],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poolhouse", description="Poolhouse web application server")
+    parser.add_argument("--state-dir", default=None, help="state directory (default: $POOLHOUSE_STATE_DIR, "
+                        "./.poolhouse, or /var/lib/poolhouse as root)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server in the foreground")
+    serve.add_argument("-c", "--config", default=None, help="applicationHost.config (default: the embedded one)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    lst = sub.add_parser("list", help="list sites, application pools or worker processes")
+    lst.add_argument("what", choices=["sites", "apppools", "wp"])
+    lst.add_argument("--json", action="store_true", help="JSON output")
+
+    for verb, objects in (("start", ["apppool", "site"]), ("stop", ["apppool", "site"]), ("recycle", ["apppool"])):
+        p = sub.add_parser(verb, help=f"{verb} an application pool" + (" or a site" if "site" in objects else ""))
+        p.add_argument("what", choices=objects)
+        p.add_argument("name")
+        p.add_argument("--json", action="store_true")
+
+    sub.add_parser("reload", help="re-read the configuration (as SIGHUP)")
+    counters = sub.add_parser("counters", help="listener counters")
+    counters.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir or default_state_dir()
+    if args.command == "serve":
+        return serve(args.config, state_dir, args.log_level)
+    try:
+        if args.command == "list":
+            result = call(state_dir, {"op": "list", "what": args.what})
+            print(json.dumps(result, indent=2) if args.json else _table(result, _LIST_COLUMNS[args.what]))
+        elif args.command in ("start", "stop", "recycle"):
+            result = call(state_dir, {"op": args.command, "what": args.what, "name": args.name})
+            print(json.dumps(result, indent=2) if args.json else
+                  " ".join(f"{k}={v}" for k, v in result.items()))
+        elif args.command == "reload":
+            call(state_dir, {"op": "reload"})
+            print("configuration reloaded")
+        elif args.command == "counters":
+            result = call(state_dir, {"op": "counters"})
+            print(json.dumps(result, indent=2))
+    except ServerUnavailable as exc:
+        print(f"poolhouse: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except RuntimeError as exc:
+        print(f"poolhouse: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
+def serve(config: str | None, state_dir: str, log_level: str) -> int:
+    import logging
+
+    import uvloop
+
+    from ..activation.service import serve as run_service
+
+    if config is not None and not os.path.isfile(config):
+        print(f"poolhouse: no configuration file at {config}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(asctime)s activation[%(process)d] %(levelname)s %(message)s")
+    return uvloop.run(run_service(os.path.abspath(config) if config else None, state_dir, log_level))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

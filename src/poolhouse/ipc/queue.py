@@ -1,0 +1,146 @@
+"""The queue protocol: what the listener and a worker say to each other.
+
+One Unix stream socket per worker, handed to it at spawn; requests are multiplexed on it
+by stream id (chosen by the listener).  Flow control has two parts:
+
+* requests: the worker announces in READY how many requests it takes at once (its
+  credits); every finished response (END_STREAM or RESET) gives one back.  The listener
+  never sends a REQUEST to a worker without a free credit; CREDIT adjusts the number.
+* bodies: each direction has a per-stream window.  The sender may have at most
+  ``BODY_WINDOW`` unacknowledged body bytes in flight; the receiver returns window with
+  WINDOW (payload: u32 increment) as it consumes them.  So a 1 GB upload or download never
+  sits in either process's memory.
+
+Heads are ``marshal``-encoded tuples of bytes/str/int (format version 4, stable across
+Python 3.x): the cheapest safe encoding for two trusted processes of ours.  The listener
+decodes a worker's heads defensively (type-checked), since application code runs there.
+"""
+
+from __future__ import annotations
+
+import marshal
+import struct
+from typing import NamedTuple
+
+from .frames import END_STREAM, encode, header
+
+# RESPONSE flag: close the client connection after this response
+CLOSE = 0x02
+
+__all__ = [
+    "END_STREAM", "CLOSE", "BODY_WINDOW",
+    "REQUEST", "REQUEST_BODY", "CANCEL", "WINDOW", "PING", "PONG",
+    "READY", "RESPONSE", "RESPONSE_BODY", "RESET", "CREDIT", "DRAINING",
+    "RequestHead", "encode_request", "decode_request",
+    "ResponseHead", "encode_response", "decode_response",
+    "encode_window", "decode_window", "encode_ready", "decode_ready",
+]
+
+# listener -> worker
+REQUEST = 1        # payload: request head; END_STREAM if no body follows
+REQUEST_BODY = 2   # payload: body bytes; END_STREAM on the last
+CANCEL = 3         # the client went away: stop working on this stream
+# both ways
+WINDOW = 4         # payload: u32 body-window increment for this stream
+PING = 5
+PONG = 6
+# worker -> listener
+READY = 16         # stream 0; payload: (pid, credits)
+RESPONSE = 17      # payload: response head (+ whole body when END_STREAM)
+RESPONSE_BODY = 18
+RESET = 19         # the worker abandons the stream (the response cannot be completed)
+CREDIT = 20        # stream 0; payload: i32 change in credits
+DRAINING = 21      # stream 0; the worker takes no new requests (recycle); in-flight go on
+
+BODY_WINDOW = 1 << 20
+
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+
+
+class RequestHead(NamedTuple):
+    app: str                 # application key "<siteId>/<app path>", as in the worker's config
+    method: str
+    target: bytes            # request-target as received (path and query, not decoded)
+    http_minor: int          # 0 or 1
+    headers: tuple[bytes, ...]  # name, value, name, value, ... names lower-case
+    client_addr: str
+    client_port: int
+    server_addr: str
+    server_port: int
+    scheme: str              # "http" | "https"
+    body_length: int         # -1 unknown (chunked), 0 none, n bytes
+
+
+class ResponseHead(NamedTuple):
+    status: int
+    header_block: bytes      # b"Name: value\r\n" * n, already validated by the worker
+    content_length: int      # -1 when the body length is not known in advance
+    body: bytes              # the whole body when the frame carries END_STREAM, else b""
+
+
+def encode_request(stream: int, head: RequestHead, end_stream: bool) -> bytes:
+    return encode(REQUEST, END_STREAM if end_stream else 0, stream, marshal.dumps(tuple(head), 4))
+
+
+def decode_request(payload: bytes) -> RequestHead:
+    return RequestHead(*marshal.loads(payload))
+
+
+def encode_response(stream: int, head: ResponseHead, end_stream: bool) -> bytes:
+    return encode(RESPONSE, END_STREAM if end_stream else 0, stream, marshal.dumps(tuple(head), 4))
+
+
+def marshal_response(status: int, header_block: bytes, content_length: int, body: bytes) -> bytes:
+    """The payload of a RESPONSE frame (see ``ResponseHead``)."""
+    return marshal.dumps((status, header_block, content_length, body), 4)
+
+
+def decode_response(payload: bytes) -> ResponseHead:
+    """Decodes and type-checks a worker's response head (raises ValueError if malformed)."""
+    try:
+        value = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"undecodable response head: {exc}") from None
+    if (
+        type(value) is not tuple
+        or len(value) != 4
+        or type(value[0]) is not int
+        or type(value[1]) is not bytes
+        or type(value[2]) is not int
+        or type(value[3]) is not bytes
+        or not 100 <= value[0] <= 999
+    ):
+        raise ValueError("malformed response head")
+    return ResponseHead(*value)
+
+
+def body_header(type_: int, stream: int, length: int, end_stream: bool) -> bytes:
+    return header(type_, END_STREAM if end_stream else 0, stream, length)
+
+
+def encode_window(stream: int, increment: int) -> bytes:
+    return encode(WINDOW, 0, stream, _U32.pack(increment))
+
+
+def decode_window(payload: bytes) -> int:
+    return int(_U32.unpack(payload)[0])
+
+
+def encode_credit(change: int) -> bytes:
+    return encode(CREDIT, 0, 0, _I32.pack(change))
+
+
+def decode_credit(payload: bytes) -> int:
+    return int(_I32.unpack(payload)[0])
+
+
+def encode_ready(pid: int, credits: int) -> bytes:
+    return encode(READY, 0, 0, marshal.dumps((pid, credits), 4))
+
+
+def decode_ready(payload: bytes) -> tuple[int, int]:
+    value = marshal.loads(payload)
+    if type(value) is not tuple or len(value) != 2 or not all(type(v) is int for v in value):
+        raise ValueError("malformed READY")
+    return value[0], value[1]

@@ -1,0 +1,57 @@
+"""Entry point of the listener process, started by the activation service:
+
+    python -m poolhouse.listener --control-fd N --fd-channel M --state-dir DIR --sockets JSON
+
+``--sockets`` lists the inherited listening sockets as ``[{"fd":…, "ip":…, "port":…,
+"protocol":…}]``; the activation service owns them, so a restarted listener takes over
+the same kernel backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+
+import uvloop
+
+from .server import Listener
+
+
+async def amain(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    listener = Listener(args.state_dir, json.loads(args.sockets))
+    # The activation service decides when we stop (control "exit", or the channel closes);
+    # a terminal's SIGINT is for it, not for us.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, listener.stopped.set)
+    control = socket.socket(fileno=args.control_fd)
+    fds = socket.socket(fileno=args.fd_channel)
+    await listener.start(control, fds)
+    await listener.stopped.wait()
+    await listener.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="poolhouse-listener")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--fd-channel", type=int, required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--sockets", default="[]")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s listener[%(process)d] %(levelname)s %(message)s",
+    )
+    return uvloop.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

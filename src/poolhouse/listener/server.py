@@ -1,0 +1,311 @@
+"""The listener process: owns every client connection and every pool's request queue.
+
+It is programmed by the activation service over the control channel (routing table,
+pool and site states), receives each worker's queue socket over the descriptor channel,
+and tells the activation service when a pool needs a worker or a worker went away.
+No application code runs here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from ..config.model import ServerConfig
+from ..ipc.control import ControlProtocol, FdReceiver, Message, open_control
+from ..urlpath import BadPath, normalize, split_target
+from .connection import HttpConnection
+from .exchange import Exchange
+from .httperr_log import HttpErrLog
+from .request_queue import STARTED, STOPPED_REASONS, PoolQueue
+from .routing import RoutingTable
+from .worker_link import WorkerLink
+
+log = logging.getLogger("poolhouse.listener")
+
+DEFAULT_HEADER_WAIT = 120.0
+
+
+class Listener:
+    def __init__(self, state_dir: str, sockets: list[dict[str, Any]]) -> None:
+        self.state_dir = state_dir
+        self.socket_specs = sockets
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[HttpConnection] = set()
+        self.pools: dict[str, PoolQueue] = {}
+        self.site_states: dict[int, str] = {}
+        self.routing = RoutingTable(ServerConfig())
+        self.config = ServerConfig()
+        self.workers: dict[str, WorkerLink] = {}
+        self.httperr = HttpErrLog(os.path.join(state_dir, "logs", "HTTPERR"))
+        self.servers: dict[tuple[str, int], asyncio.AbstractServer] = {}
+        self.control: ControlProtocol | None = None
+        self.fd_receiver: FdReceiver | None = None
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.counters: dict[str, int] = {"requests": 0, "connections": 0}
+        self.site_requests: dict[int, int] = {}
+
+    # ---- start-up -----------------------------------------------------------------
+
+    async def start(self, control_sock: socket.socket, fd_sock: socket.socket) -> None:
+        self.control = await open_control(control_sock, self.on_control, self.on_control_lost)
+        self.fd_receiver = FdReceiver(fd_sock, self.on_fd)
+        for spec in self.socket_specs:
+            await self._listen(socket.socket(fileno=spec["fd"]), spec["ip"], int(spec["port"]),
+                               spec.get("protocol", "http"))
+        self.loop.call_later(1.0, self._tick)
+        self.control.send({"op": "listener_ready", "pid": os.getpid()})
+
+    async def _listen(self, sock: socket.socket, ip: str, port: int, scheme: str) -> None:
+        server = await self.loop.create_server(
+            lambda: HttpConnection(self, scheme), sock=sock, backlog=65535
+        )
+        old = self.servers.pop((ip, port), None)
+        if old is not None:
+            old.close()
+        self.servers[(ip, port)] = server
+
+    def ctl_unlisten(self, msg: Message) -> None:
+        server = self.servers.pop((msg["ip"], int(msg["port"])), None)
+        if server is not None:
+            server.close()
+
+    def on_control_lost(self, exc: Exception | None) -> None:
+        # The activation service is gone: nobody can start workers or program us.
+        log.error("control channel to the activation service lost; listener exiting")
+        self.stopped.set()
+
+    # ---- control messages ---------------------------------------------------------
+
+    def on_control(self, msg: Message) -> None:
+        op = msg["op"]
+        handler = getattr(self, "ctl_" + op, None)
+        if handler is None:
+            log.error("unknown control op %r", op)
+            return
+        handler(msg)
+
+    def ctl_configure(self, msg: Message) -> None:
+        config = ServerConfig.from_dict(msg["config"])
+        self.config = config
+        self.routing = RoutingTable(config)
+        for name, pool in config.pools.items():
+            queue = self.pools.get(name)
+            if queue is None:
+                queue = self.pools[name] = PoolQueue(name, pool.queue_length, self.demand)
+            queue.limit = pool.queue_length
+            queue.load_balancer_capabilities = pool.load_balancer_capabilities
+        for name, state in msg.get("pool_states", {}).items():
+            self._set_pool_state(name, state)
+        self.site_states = {int(k): v for k, v in msg.get("site_states", {}).items()}
+
+    def ctl_pool_state(self, msg: Message) -> None:
+        self._set_pool_state(msg["pool"], msg["state"])
+
+    def _set_pool_state(self, name: str, state: str) -> None:
+        queue = self.pools.get(name)
+        if queue is None:
+            return
+        for exch in queue.set_state(state):
+            self.refuse(exch, queue)
+
+    def ctl_site_state(self, msg: Message) -> None:
+        self.site_states[int(msg["site_id"])] = msg["state"]
+
+    def ctl_demand_done(self, msg: Message) -> None:
+        queue = self.pools.get(msg["pool"])
+        if queue is not None:
+            queue.demand_done(bool(msg.get("at_capacity")))
+
+    def ctl_stats(self, msg: Message) -> None:
+        assert self.control is not None
+        self.control.reply(msg, result=self.stats())
+
+    def ctl_drain(self, msg: Message) -> None:
+        """Stop accepting; answer once every connection has finished its requests or
+        ``timeout`` passed."""
+        self.draining = True
+        for server in self.servers.values():
+            server.close()
+        self.loop.create_task(self._drain(msg, float(msg.get("timeout", 90.0))))
+
+    async def _drain(self, msg: Message, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for conn in list(self.connections):
+                if not conn.pipeline:
+                    conn.close()
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
+        self.httperr.flush()
+        assert self.control is not None
+        self.control.reply(msg, result={"open_connections": len(self.connections)})
+
+    def ctl_exit(self, msg: Message) -> None:
+        self.stopped.set()
+
+    def on_fd(self, label: Message, fd: int) -> None:
+        if label.get("op") == "listen":
+            self.loop.create_task(self._listen(socket.socket(fileno=fd), label["ip"], int(label["port"]),
+                                               label.get("protocol", "http")))
+            return
+        if label.get("op") != "attach_worker":
+            os.close(fd)
+            return
+        pool = self.pools.get(label["pool"])
+        if pool is None:
+            os.close(fd)
+            return
+        sock = socket.socket(fileno=fd)
+        self.loop.create_task(self._attach(sock, pool, label["worker_id"], int(label["pid"])))
+
+    async def _attach(self, sock: socket.socket, pool: PoolQueue, worker_id: str, pid: int) -> None:
+        _, link = await self.loop.connect_accepted_socket(
+            lambda: WorkerLink(self, pool, worker_id, pid), sock=sock
+        )
+        self.workers[worker_id] = link
+
+    # ---- used by connections, exchanges and links ---------------------------------
+
+    def demand(self, pool: str) -> None:
+        if self.control is not None:
+            self.control.send({"op": "need_worker", "pool": pool})
+
+    def worker_gone(self, link: WorkerLink) -> None:
+        self.workers.pop(link.worker_id, None)
+        if self.control is not None:
+            self.control.send({"op": "worker_gone", "worker_id": link.worker_id})
+
+    def start(self, conn: HttpConnection, exch: Exchange) -> None:
+        """Route ``exch`` (now at the head of its connection's pipeline) to its pool."""
+        exch.started = True
+        if exch.status == 505:
+            conn.send_error(exch, 505, "Version_N/S")
+            return
+        path, _query = split_target(exch.head.target)
+        try:
+            path = normalize(path)
+        except BadPath:
+            conn.send_error(exch, 400, "URL")
+            return
+        site_id, route = self.routing.route(conn.server[0], conn.server[1], exch.host, path)
+        if site_id is None:
+            conn.send_error(exch, 400, "Hostname", "The request hostname is invalid.")
+            return
+        if route is None:
+            conn.send_error(exch, 404, "N/A")
+            return
+        exch.route = route
+        if self.site_states.get(site_id, STARTED) != STARTED:
+            conn.send_error(exch, 503, "Disabled")
+            return
+        queue = self.pools.get(route.pool)
+        if queue is None:
+            conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
+            return
+        exch.head = exch.head._replace(app=route.app_key)
+        exch.queued_at = time.monotonic()
+        reason = queue.submit(exch)
+        if reason is not None:
+            self.refuse(exch, queue, reason)
+
+    def refuse(self, exch: Exchange, queue: PoolQueue, reason: str | None = None) -> None:
+        if reason is None:
+            reason = STOPPED_REASONS.get(queue.state, "Disabled")
+        if queue.load_balancer_capabilities == "TcpLevel" and reason in ("AppOffline", "QueueFull"):
+            self.log_error(reason, exch.conn, exch, None)
+            exch.done = True
+            exch.conn.abort()
+            return
+        exch.conn.send_error(exch, 503, reason)
+
+    def request_done(self, conn: HttpConnection, exch: Exchange) -> None:
+        self.counters["requests"] += 1
+        route = exch.route
+        if route is not None:
+            self.site_requests[route.site_id] = self.site_requests.get(route.site_id, 0) + 1
+
+    def log_error(self, reason: str, conn: HttpConnection, exch: Exchange | None, status: int | None = None) -> None:
+        head = exch.head if exch is not None else None
+        route = exch.route if exch is not None else None
+        self.httperr.write(
+            reason,
+            client=conn.client,
+            server=conn.server,
+            version=f"HTTP/1.{head.http_minor}" if head is not None else "",
+            method=head.method if head is not None else "",
+            uri=head.target if head is not None else "",
+            status=status,
+            site_id=route.site_id if route is not None else None,
+            queue=route.pool if route is not None else "",
+        )
+
+    # ---- housekeeping -------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Once a second: flush the error log and expire idle and slow connections."""
+        try:
+            now = time.monotonic()
+            limits = self.config.web_limits
+            idle = limits.connection_timeout
+            header_wait = limits.header_wait_timeout or DEFAULT_HEADER_WAIT
+            for conn in list(self.connections):
+                if conn.pipeline:
+                    continue
+                age = now - conn.last_activity
+                if age > idle:
+                    self.log_error("Timer_ConnectionIdle", conn, None)
+                    conn.close()
+                elif conn.parser_busy and now - conn.parser_busy > header_wait:
+                    self.log_error("Timer_HeaderWait", conn, None)
+                    conn.close()
+            self.httperr.flush()
+        except Exception:
+            log.exception("listener housekeeping failed")
+        if not self.stopped.is_set():
+            self.loop.call_later(1.0, self._tick)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "connections": len(self.connections),
+            "requests": self.counters["requests"],
+            "pools": {
+                name: {
+                    "state": q.state,
+                    "queue_length": len(q.waiting),
+                    "in_flight": q.in_flight,
+                    "workers": len(q.workers),
+                    "rejected": dict(q.rejected),
+                }
+                for name, q in self.pools.items()
+            },
+            "workers": {
+                wid: {
+                    "pid": link.pid,
+                    "pool": link.pool.name,
+                    "requests": link.requests,
+                    "in_flight": len(link.streams),
+                    "credits": link.credits,
+                    "ready": link.ready,
+                    "draining": link.draining,
+                }
+                for wid, link in self.workers.items()
+            },
+            "sites": {str(k): {"requests": v} for k, v in self.site_requests.items()},
+        }
+
+    async def shutdown(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        for link in list(self.workers.values()):
+            link.close()
+        self.httperr.flush()

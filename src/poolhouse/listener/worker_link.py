@@ -1,0 +1,157 @@
+"""The listener's end of one worker's queue socket.
+
+Frames going to the worker are collected during a loop turn and written with one
+``writelines`` call; frames coming back are dispatched by type to the exchange that owns
+their stream.  The link takes a credit back on every stream's terminal frame
+(END_STREAM or RESET), whatever became of the exchange meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..ipc import queue as q
+from ..ipc.frames import FrameDecoder, FrameError, encode
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+    from .request_queue import PoolQueue
+    from .server import Listener
+
+log = logging.getLogger("poolhouse.listener")
+
+
+class WorkerLink(asyncio.Protocol):
+    def __init__(self, listener: "Listener", pool: "PoolQueue", worker_id: str, pid: int) -> None:
+        self.listener = listener
+        self.pool = pool
+        self.worker_id = worker_id
+        self.pid = pid
+        self.credits = 0
+        self.ready = False
+        self.draining = False
+        self.streams: dict[int, Exchange] = {}
+        self.requests = 0
+        self._next_stream = 1
+        self._decoder = FrameDecoder()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    # ---- asyncio ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as exc:
+            log.error("worker %s (pid %d) broke the queue protocol: %s", self.worker_id, self.pid, exc)
+            self.close()
+            return
+        streams = self.streams
+        for ftype, flags, sid, payload in frames:
+            if ftype == q.RESPONSE:
+                exch = streams.get(sid)
+                try:
+                    head = q.decode_response(payload)
+                except ValueError as exc:
+                    log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
+                    self._terminal(sid)
+                    if exch is not None:
+                        exch.reset()
+                    continue
+                if flags & q.END_STREAM:
+                    self._terminal(sid)
+                if exch is not None:
+                    exch.response(head, flags)
+            elif ftype == q.RESPONSE_BODY:
+                exch = streams.get(sid)
+                if flags & q.END_STREAM:
+                    self._terminal(sid)
+                if exch is not None:
+                    exch.response_body(payload, flags)
+            elif ftype == q.WINDOW:
+                exch = streams.get(sid)
+                if exch is not None:
+                    exch.request_window(q.decode_window(payload))
+            elif ftype == q.RESET:
+                exch = streams.get(sid)
+                self._terminal(sid)
+                if exch is not None:
+                    exch.reset()
+            elif ftype == q.READY:
+                pid, credits = q.decode_ready(payload)
+                self.pid = pid
+                self.credits = credits
+                self.ready = True
+                self.pool.worker_ready(self)
+            elif ftype == q.CREDIT:
+                self.credits += q.decode_credit(payload)
+                if self.credits > 0:
+                    self.pool.worker_free(self)
+            elif ftype == q.DRAINING:
+                self.draining = True
+                self.pool.remove_worker(self)
+            elif ftype == q.PING:
+                self.send(encode(q.PONG, 0, sid))
+            elif ftype == q.PONG:
+                pass
+            else:
+                log.error("worker %s sent unknown frame type %d", self.worker_id, ftype)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.remove_worker(self)
+        streams, self.streams = self.streams, {}
+        for exch in streams.values():
+            exch.worker_lost()
+        self.listener.worker_gone(self)
+
+    # ---- used by the pool and exchanges -------------------------------------------
+
+    def _terminal(self, sid: int) -> None:
+        if self.streams.pop(sid, None) is not None:
+            self.credits += 1
+            self.requests += 1
+            if not self.draining:
+                self.pool.worker_free(self)
+
+    def assign(self, exch: "Exchange") -> None:
+        sid = self._next_stream
+        self._next_stream = sid + 1 if sid < 0xFFFFFFFF else 1
+        self.credits -= 1
+        self.streams[sid] = exch
+        exch.dispatched(self, sid)
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def send_parts(self, *parts: bytes) -> None:
+        self._out.extend(parts)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(out)
+
+    def cancel(self, sid: int) -> None:
+        if sid in self.streams:
+            self.send(encode(q.CANCEL, 0, sid))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,339 @@
+"""The WSGI handler (PEP 3333).
+
+Two modes, chosen per pool by ``<python threads="N"/>``:
+
+* ``threads="0"`` (the default, the fast path): one request at a time, the application
+  called inline on the worker's event loop.  The listener holds the queue and buffers
+  slow clients, so the worker never waits on a socket.  A request body is spooled (to
+  disk past 1 MB) before the application is called, since the loop cannot block in
+  ``wsgi.input.read``; the response iterable is pulled on the loop under the window.
+* ``threads="N"``: N requests at once on a thread pool; ``wsgi.input`` streams the body
+  as it arrives and a thread waits for window when the client is slow.  For
+  applications that block (database calls, outbound HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ...ipc.queue import RequestHead
+from ..stream import BadResponseHeader, Stream, build_header_block
+
+log = logging.getLogger("poolhouse.worker")
+
+SPOOL_LIMIT = 1024 * 1024
+_STATUS_CACHE: dict[str, int] = {}
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WsgiInput(io.RawIOBase):
+    """``wsgi.input`` for threaded mode: reads block until the listener sends more."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if not self._buf:
+            chunk = self._stream.read_chunk_blocking()
+            if chunk is None:
+                return 0
+            self._buf = chunk
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+class StartResponse:
+    __slots__ = ("status", "headers", "exc_info", "head_sent")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.head_sent = False
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.headers is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        code = _STATUS_CACHE.get(status)
+        if code is None:
+            if not isinstance(status, str) or len(status) < 3 or not status[:3].isdigit():
+                raise ValueError(f"invalid WSGI status {status!r}")
+            code = int(status[:3])
+            if len(_STATUS_CACHE) < 1000:
+                _STATUS_CACHE[status] = code
+        self.status = code
+        try:
+            self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        except (UnicodeEncodeError, AttributeError) as exc:
+            raise ValueError(f"WSGI headers must be latin-1 str pairs: {exc}") from None
+        return _no_write
+
+
+def _no_write(data: bytes) -> None:
+    raise NotImplementedError("the write() callable of start_response is not supported; return an iterable")
+
+
+class WsgiHandler:
+    """Runs requests for one pool's WSGI applications."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int) -> None:
+        self.loop = loop
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="wsgi") if threads > 0 else None
+
+    # ---- entry --------------------------------------------------------------------
+
+    def handle(self, stream: Stream, app: WsgiApp, environ: dict[str, Any]) -> None:
+        if self.executor is not None:
+            stream.enable_threads()
+            environ["wsgi.input"] = io.BufferedReader(WsgiInput(stream), 65536)
+            self.loop.run_in_executor(self.executor, self._run_threaded, stream, app, environ)
+            return
+        if stream.body_done and not stream.body_chunks:
+            environ["wsgi.input"] = io.BytesIO()
+            self._run_inline(stream, app, environ)
+            return
+        spool = tempfile.SpooledTemporaryFile(SPOOL_LIMIT)
+
+        def on_body() -> None:
+            while stream.body_chunks:
+                chunk = stream.body_chunks.popleft()
+                spool.write(chunk)
+                stream.consumed(len(chunk))
+            if stream.cancelled:
+                stream.on_body = None
+                spool.close()
+                stream.reset()
+            elif stream.body_done:
+                stream.on_body = None
+                spool.seek(0)
+                environ["wsgi.input"] = spool
+                self._run_inline(stream, app, environ)
+
+        stream.on_body = on_body
+        on_body()
+
+    # ---- inline mode --------------------------------------------------------------
+
+    def _run_inline(self, stream: Stream, app: WsgiApp, environ: dict[str, Any]) -> None:
+        start = StartResponse()
+        stream.stage = "ExecuteRequestHandler"
+        try:
+            result = app(environ, start)
+        except Exception:
+            self._fail(stream, environ, start)
+            return
+        try:
+            if type(result) is list and len(result) == 1 and start.headers is not None:
+                self._respond_whole(stream, environ, start, result[0])
+                _close(result)
+                return
+            it = iter(result)
+            first = self._first_chunk(it, start)
+        except Exception:
+            _close(result)
+            self._fail(stream, environ, start)
+            return
+        if first is None:  # empty body
+            self._respond_whole(stream, environ, start, b"")
+            _close(result)
+            return
+        if not self._send_head(stream, environ, start, first, end=False):
+            _close(result)
+            return
+        self.loop.create_task(self._pump_inline(stream, environ, it, result))
+
+    async def _pump_inline(self, stream: Stream, environ: dict[str, Any], it: Iterator[bytes], result: Any) -> None:
+        try:
+            while True:
+                if stream.window <= 0:
+                    await stream.wait_window()
+                if stream.cancelled:
+                    stream.reset()
+                    return
+                try:
+                    chunk = next(it)
+                except StopIteration:
+                    break
+                if chunk:
+                    stream.send_body(chunk)
+            stream.send_body(b"", end=True)
+        except Exception:
+            log.error("WSGI application failed while streaming %s:\n%s", environ.get("PATH_INFO"), traceback.format_exc())
+            stream.reset()
+        finally:
+            _close(result)
+
+    # ---- threaded mode ------------------------------------------------------------
+
+    def _run_threaded(self, stream: Stream, app: WsgiApp, environ: dict[str, Any]) -> None:
+        call = self.loop.call_soon_threadsafe
+        start = StartResponse()
+        result: Any = None
+        try:
+            result = app(environ, start)
+            if type(result) is list and len(result) == 1 and start.headers is not None:
+                call(self._respond_whole, stream, environ, start, result[0])
+                return
+            it = iter(result)
+            first = self._first_chunk(it, start)
+            if first is None:
+                call(self._respond_whole, stream, environ, start, b"")
+                return
+            ok = _run_on_loop(self.loop, self._send_head, stream, environ, start, first, False)
+            if not ok:
+                return
+            for chunk in it:
+                if stream.window <= 0:
+                    stream.wait_window_blocking()
+                if stream.cancelled:
+                    call(stream.reset)
+                    return
+                if chunk:
+                    stream.take_window_threadsafe(len(chunk))
+                    call(stream.send_body, chunk, False, False)
+            call(stream.send_body, b"", True)
+        except Exception:
+            if start.head_sent:
+                log.error("WSGI application failed while streaming %s:\n%s", environ.get("PATH_INFO"), traceback.format_exc())
+                call(stream.reset)
+            else:
+                call(self._fail, stream, environ, start)
+        finally:
+            if result is not None:
+                _close(result)
+
+    # ---- shared -------------------------------------------------------------------
+
+    @staticmethod
+    def _first_chunk(it: Iterator[bytes], start: StartResponse) -> bytes | None:
+        for chunk in it:
+            if chunk:
+                return chunk
+        if start.headers is None:
+            raise AssertionError("the application returned without calling start_response")
+        return None
+
+    def _respond_whole(self, stream: Stream, environ: dict[str, Any], start: StartResponse, body: bytes) -> None:
+        self._send_head(stream, environ, start, body, end=True)
+
+    def _send_head(self, stream: Stream, environ: dict[str, Any], start: StartResponse, body: bytes, end: bool) -> bool:
+        if start.headers is None:
+            self._fail(stream, environ, start, "the application did not call start_response")
+            return False
+        try:
+            block, length, close = build_header_block(start.headers)
+        except BadResponseHeader as exc:
+            self._fail(stream, environ, start, str(exc))
+            return False
+        start.head_sent = True
+        if environ["REQUEST_METHOD"] == "HEAD":
+            if end and length < 0:
+                length = len(body)
+            body = b""
+            end = True
+        elif end and length >= 0 and length != len(body):
+            log.warning("%s: Content-Length %d but %d bytes returned", environ.get("PATH_INFO"), length, len(body))
+            length = len(body)
+        stream.respond(start.status, block, length, body, end, close)
+        return not stream.ended
+
+    def _fail(self, stream: Stream, environ: dict[str, Any], start: StartResponse, reason: str = "") -> None:
+        if reason:
+            log.error("WSGI application error for %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
+        else:
+            log.error("WSGI application raised for %s %s:\n%s", environ.get("REQUEST_METHOD"),
+                      environ.get("PATH_INFO"), traceback.format_exc())
+        stream.worker.error_response(stream, 500, 0)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _close(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.error("WSGI iterable close() raised:\n%s", traceback.format_exc())
+
+
+def _run_on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., bool], *args: Any) -> bool:
+    return asyncio.run_coroutine_threadsafe(_as_coro(fn, *args), loop).result()
+
+
+async def _as_coro(fn: Callable[..., bool], *args: Any) -> bool:
+    return fn(*args)
+
+
+def make_environ_base(server_software: str, multithread: bool) -> dict[str, Any]:
+    return {
+        "SERVER_SOFTWARE": server_software,
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "wsgi.version": (1, 0),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": multithread,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
+def build_environ(base: dict[str, Any], head: RequestHead, script_name: str, path_info: str,
+                  query: str, extra: dict[str, Any]) -> dict[str, Any]:
+    env = base.copy()
+    env.update(extra)
+    env["REQUEST_METHOD"] = head.method
+    env["SCRIPT_NAME"] = script_name
+    env["PATH_INFO"] = path_info
+    env["QUERY_STRING"] = query
+    env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.http_minor else "HTTP/1.0"
+    env["wsgi.url_scheme"] = head.scheme
+    env["REMOTE_ADDR"] = head.client_addr
+    env["REMOTE_PORT"] = str(head.client_port)
+    env["SERVER_PORT"] = str(head.server_port)
+    env["REQUEST_URI"] = head.target.decode("latin-1")
+    headers = head.headers
+    host = ""
+    for i in range(0, len(headers), 2):
+        name = headers[i]
+        value = headers[i + 1].decode("latin-1")
+        if name == b"content-type":
+            env["CONTENT_TYPE"] = value
+            continue
+        if name == b"content-length":
+            env["CONTENT_LENGTH"] = value
+            continue
+        if name == b"host":
+            host = value
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if key in env:
+            env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+        else:
+            env[key] = value
+    if host:
+        env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    else:
+        env["SERVER_NAME"] = head.server_addr
+    return env

@@ -1,0 +1,406 @@
+"""The worker process (w3wp): takes requests of one pool from its queue socket, maps each
+to its application and handler, and answers through the same socket.
+
+Two channels, both inherited at spawn: the queue socket to the listener (the only queue
+this worker can reach), and a control socket to the activation service (configuration,
+pings, drain).  Frames to the listener are coalesced per loop turn into one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from .. import __version__
+from ..config import ConfigError
+from ..config.model import ServerConfig
+from ..ipc import exit_codes
+from ..ipc import queue as q
+from ..ipc.control import ControlProtocol, Message, open_control
+from ..ipc.frames import FrameDecoder, FrameError, encode
+from ..urlpath import BadPath, normalize, split_target
+from .apps import ASGI, STATIC, WSGI, AppLoadError, WorkerApplication
+from .handlers.asgi import Lifespan, build_scope, run_asgi
+from .handlers.static import FileBody, StaticFileHandler, StaticResponse
+from .handlers.wsgi import WsgiHandler, build_environ, make_environ_base
+from .stream import Stream
+from .error_pages import error_page
+
+log = logging.getLogger("poolhouse.worker")
+
+FILE_CHUNK = 256 * 1024
+ASGI_CREDITS = 100
+
+
+class QueueProtocol(asyncio.Protocol):
+    def __init__(self, worker: "WorkerProcess") -> None:
+        self.worker = worker
+        self.decoder = FrameDecoder()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.worker.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as exc:
+            log.error("listener broke the queue protocol: %s", exc)
+            self.worker.exit(exit_codes.QUEUE_LOST)
+            return
+        self.worker.on_frames(frames)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.queue_lost()
+
+
+class WorkerProcess:
+    def __init__(self, pool: str, worker_id: str) -> None:
+        self.pool_name = pool
+        self.worker_id = worker_id
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.control: ControlProtocol | None = None
+        self.apps: dict[str, WorkerApplication] = {}
+        self.streams: dict[int, Stream] = {}
+        self.lifespans: list[Lifespan] = []
+        self.lifespan_state: dict[str, dict[str, Any]] = {}
+        self.wsgi: WsgiHandler | None = None
+        self.static: dict[int, tuple[Any, StaticFileHandler]] = {}
+        self.environ_base: dict[str, Any] = {}
+        self.draining = False
+        self.done = asyncio.Event()
+        self.exit_code = exit_codes.STOPPED
+        self.requests = 0
+        self.started = time.time()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.config_event = asyncio.Event()
+        self.init_msg: Message | None = None
+        self.shutdown_timeout = 90.0
+
+    # ---- boot ---------------------------------------------------------------------
+
+    async def boot(self, queue_sock: socket.socket, control_sock: socket.socket) -> None:
+        self.control = await open_control(control_sock, self.on_control, self.control_lost)
+        await self.config_event.wait()
+        assert self.init_msg is not None
+        server = ServerConfig.from_dict(self.init_msg["config"])
+        pool = server.pools.get(self.pool_name)
+        if pool is None:
+            raise AppLoadError(f"application pool {self.pool_name!r} is not in the configuration")
+        self.shutdown_timeout = pool.shutdown_time_limit
+        threads = pool.python_threads
+        self.wsgi = WsgiHandler(self.loop, threads)
+        self.environ_base = make_environ_base(f"Poolhouse/{__version__}", threads > 0)
+        has_asgi = False
+        for site in server.sites:
+            for app in site.applications:
+                if app.pool.lower() != self.pool_name.lower():
+                    continue
+                wapp = WorkerApplication(server, site, app)
+                self.apps[wapp.key] = wapp
+                try:
+                    asgi = wapp.preload()
+                except ConfigError as exc:
+                    # a broken web.config fails only the requests under it (500.19)
+                    log.error("configuration error in %s%s: %s", site.name, app.path, exc)
+                    continue
+                for name, obj in asgi:
+                    has_asgi = True
+                    lifespan = Lifespan(obj, f"{site.name}{app.path} {name}")
+                    await lifespan.startup(pool.startup_time_limit)
+                    self.lifespans.append(lifespan)
+                    self.lifespan_state[name] = lifespan.state
+        credits = max(1, threads)
+        if has_asgi:
+            credits = max(credits, ASGI_CREDITS)
+        _, _proto = await self.loop.connect_accepted_socket(lambda: QueueProtocol(self), sock=queue_sock)
+        self.send(q.encode_ready(os.getpid(), credits))
+        self.control.send({"op": "ready", "pid": os.getpid(), "credits": credits})
+        log.info("worker %s of pool %s ready: %d application(s), %d credit(s)",
+                 self.worker_id, self.pool_name, len(self.apps), credits)
+
+    # ---- control channel ----------------------------------------------------------
+
+    def on_control(self, msg: Message) -> None:
+        op = msg["op"]
+        assert self.control is not None
+        if op == "init":
+            self.init_msg = msg
+            self.config_event.set()
+        elif op == "ping":
+            self.control.reply(msg, pid=os.getpid())
+        elif op == "stats":
+            self.control.reply(msg, result={"requests": self.requests, "in_flight": len(self.streams),
+                                            "pid": os.getpid()})
+        elif op == "drain":
+            self.drain()
+        else:
+            log.warning("unknown control op %r", op)
+
+    def control_lost(self, exc: Exception | None) -> None:
+        if not self.done.is_set():
+            log.error("activation service went away; worker exiting")
+            self.exit(exit_codes.CONTROL_LOST)
+
+    def drain(self) -> None:
+        """Take no new requests; exit once the ones in flight are done (the activation
+        service kills us if that takes longer than shutdownTimeLimit)."""
+        if self.draining:
+            return
+        self.draining = True
+        self.send(encode(q.DRAINING, 0, 0))
+        if not self.streams:
+            self.exit(exit_codes.STOPPED)
+
+    def queue_lost(self) -> None:
+        if not self.done.is_set():
+            self.exit(exit_codes.STOPPED if self.draining else exit_codes.QUEUE_LOST)
+
+    def exit(self, code: int) -> None:
+        self.exit_code = code
+        self.done.set()
+
+    async def shutdown(self) -> None:
+        self._flush()
+        for lifespan in self.lifespans:
+            await lifespan.shutdown(self.shutdown_timeout)
+        if self.wsgi is not None:
+            self.wsgi.close()
+
+    # ---- queue frames -------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_parts(self, *parts: bytes) -> None:
+        self._out.extend(parts)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is not None and out:
+            self.transport.writelines(out)
+
+    def call_threadsafe(self, fn: Any, *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def on_frames(self, frames: list[Any]) -> None:
+        streams = self.streams
+        for ftype, flags, sid, payload in frames:
+            if ftype == q.REQUEST:
+                self.on_request(sid, q.decode_request(payload), bool(flags & q.END_STREAM))
+            elif ftype == q.REQUEST_BODY:
+                stream = streams.get(sid)
+                if stream is not None:
+                    stream.feed_body(payload, bool(flags & q.END_STREAM))
+            elif ftype == q.WINDOW:
+                stream = streams.get(sid)
+                if stream is not None:
+                    stream.grant_window(q.decode_window(payload))
+            elif ftype == q.CANCEL:
+                stream = streams.get(sid)
+                if stream is not None:
+                    stream.cancel()
+            elif ftype == q.PING:
+                self.send(encode(q.PONG, 0, sid))
+            elif ftype == q.PONG:
+                pass
+            else:
+                log.error("unknown frame type %d from the listener", ftype)
+
+    def stream_ended(self, stream: Stream) -> None:
+        self.streams.pop(stream.sid, None)
+        self.requests += 1
+        if self.draining and not self.streams:
+            self.loop.call_soon(self.exit, exit_codes.STOPPED)
+
+    # ---- dispatch -----------------------------------------------------------------
+
+    def on_request(self, sid: int, head: q.RequestHead, end: bool) -> None:
+        stream = Stream(self, sid, head, end)
+        self.streams[sid] = stream
+        stream.started_at = time.monotonic()
+        try:
+            self.dispatch(stream)
+        except Exception:
+            log.exception("dispatch failed for %s", head.target[:200])
+            if not stream.ended:
+                if stream.head_sent:
+                    stream.reset()
+                else:
+                    self.error_response(stream, 500, 0)
+
+    def dispatch(self, stream: Stream) -> None:
+        head = stream.head
+        app = self.apps.get(head.app)
+        if app is None:
+            self.error_response(stream, 503, 0, "This worker does not host the application.")
+            return
+        raw_path, query = split_target(head.target)
+        try:
+            path = normalize(raw_path)
+        except BadPath:
+            self.error_response(stream, 400, 0)
+            return
+        stream.stage = "MapRequestHandler"
+        try:
+            web = app.resolver.for_path(path)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            self.error_response(stream, 500, 19, f"Configuration error: {exc}", detail_local=True)
+            return
+        rel = app.relative(path)
+        last = rel.rsplit("/", 1)[-1]
+        method = head.method
+        allowed_elsewhere = False
+        for mapping in app.mappings(web):
+            if not mapping.matches(method, last):
+                continue
+            if not mapping.verb_allowed(method):
+                allowed_elsewhere = True
+                continue
+            # The first mapping matching path and verb is the handler; its resourceType
+            # is then checked, and a mismatch is a 404 (as in IIS), not a search onwards.
+            rtype = mapping.entry.resource_type
+            if rtype in ("File", "Directory") and mapping.kind != STATIC:
+                physical = app.physical(rel)
+                if not (os.path.isfile(physical) if rtype == "File" else os.path.isdir(physical)):
+                    self.error_response(stream, 404, 0)
+                    return
+            elif rtype == "Either" and mapping.kind != STATIC:
+                if not os.path.exists(app.physical(rel)):
+                    self.error_response(stream, 404, 0)
+                    return
+            kind = mapping.kind
+            if kind == WSGI:
+                self.run_wsgi(stream, app, mapping, path, rel, query)
+            elif kind == ASGI:
+                self.run_asgi(stream, app, mapping, path, rel, raw_path, query)
+            elif kind == STATIC:
+                self.run_static(stream, app, web, rel, query)
+            else:
+                self.error_response(stream, 500, 21, f"Handler {mapping.entry.name!r} uses modules "
+                                    f"{mapping.entry.modules!r}, which this server does not provide.")
+            return
+        if allowed_elsewhere:
+            self.error_response(stream, 405, 0)
+        else:
+            self.error_response(stream, 404, 4)
+
+    def run_wsgi(self, stream: Stream, app: WorkerApplication, mapping: Any, path: str, rel: str, query: str) -> None:
+        try:
+            fn = app.callable_for(mapping)
+        except AppLoadError as exc:
+            log.error("%s", exc)
+            self.error_response(stream, 500, 0, str(exc), detail_local=True)
+            return
+        script_name = app.base
+        environ = build_environ(self.environ_base, stream.head, script_name, path[len(script_name):] or "",
+                                query, {"APPL_PHYSICAL_PATH": app.app.physical_path,
+                                        "APPL_MD_PATH": f"/LM/W3SVC/{app.site.id}/ROOT{app.base}",
+                                        "INSTANCE_ID": str(app.site.id)})
+        assert self.wsgi is not None
+        self.wsgi.handle(stream, fn, environ)
+
+    def run_asgi(self, stream: Stream, app: WorkerApplication, mapping: Any, path: str, rel: str,
+                 raw_path: str, query: str) -> None:
+        try:
+            fn = app.callable_for(mapping)
+        except AppLoadError as exc:
+            log.error("%s", exc)
+            self.error_response(stream, 500, 0, str(exc), detail_local=True)
+            return
+        scope = build_scope(stream.head, app.base, path, raw_path.encode("latin-1"), query,
+                            self.lifespan_state.get(mapping.entry.script_processor, {}))
+        self.loop.create_task(run_asgi(fn, scope, stream))
+
+    def run_static(self, stream: Stream, app: WorkerApplication, web: Any, rel: str, query: str) -> None:
+        cached = self.static.get(id(web))
+        if cached is None or cached[0] is not web:
+            handler = StaticFileHandler(web.mime_maps, web.default_documents, web.default_document_enabled,
+                                        web.directory_browse_enabled, web.directory_browse_show_flags)
+            if len(self.static) > 256:
+                self.static.clear()
+            self.static[id(web)] = cached = (web, handler)
+        handler = cached[1]
+        head = stream.head
+        hdrs = head.headers
+        headers = {hdrs[i].decode("latin-1"): hdrs[i + 1].decode("latin-1") for i in range(0, len(hdrs), 2)}
+        url_path = (app.base + rel) if rel != "/" or not app.base else app.base + "/"
+        stream.stage = "ExecuteRequestHandler"
+        resp = handler.serve(head.method, url_path, app.physical(rel), headers, query)
+        self.send_static(stream, resp)
+
+    def send_static(self, stream: Stream, resp: StaticResponse) -> None:
+        if resp.status >= 400 and not resp.body:
+            self.error_response(stream, resp.status, resp.substatus, extra_headers=resp.headers)
+            return
+        content_length = -1
+        headers = []
+        for name, value in resp.headers:
+            if name.lower() == b"content-length":
+                content_length = int(value)
+            else:
+                headers.append((name, value))
+        block = b"".join(b"%s: %s\r\n" % h for h in headers)
+        if isinstance(resp.body, FileBody):
+            if stream.head.method == "HEAD":
+                stream.respond(resp.status, block, content_length, b"", True)
+                return
+            stream.respond(resp.status, block, content_length, b"", False)
+            self.loop.create_task(self._send_file(stream, resp.body))
+            return
+        if stream.head.method == "HEAD":
+            stream.respond(resp.status, block, content_length, b"", True)
+        else:
+            stream.respond(resp.status, block, len(resp.body), resp.body, True)
+
+    async def _send_file(self, stream: Stream, body: FileBody) -> None:
+        try:
+            with open(body.path, "rb") as fh:
+                fh.seek(body.offset)
+                remaining = body.length
+                while remaining > 0:
+                    if stream.window <= 0:
+                        await stream.wait_window()
+                    if stream.cancelled:
+                        stream.reset()
+                        return
+                    chunk = fh.read(min(FILE_CHUNK, remaining))
+                    if not chunk:
+                        raise OSError("file shrank while being sent")
+                    remaining -= len(chunk)
+                    stream.send_body(chunk, end=remaining == 0)
+        except OSError as exc:
+            log.error("sending %s failed: %s", body.path, exc)
+            stream.reset()
+
+    def error_response(self, stream: Stream, status: int, substatus: int, detail: str = "",
+                       detail_local: bool = False, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        if stream.ended:
+            return
+        if stream.head_sent:
+            stream.reset()
+            return
+        local = stream.head.client_addr in ("127.0.0.1", "::1")
+        body = error_page(status, substatus, detail if (local or not detail_local) else "")
+        block = b"Content-Type: text/html; charset=utf-8\r\n"
+        if extra_headers:
+            block += b"".join(b"%s: %s\r\n" % h for h in extra_headers if h[0].lower() != b"content-length")
+        if stream.head.method == "HEAD":
+            stream.respond(status, block, len(body), b"", True)
+        else:
+            stream.respond(status, block, len(body), body, True)
+

@@ -1,0 +1,205 @@
+"""One request on the worker's side of the queue protocol.
+
+A ``Stream`` owns the request body as it arrives (in order, under the window the worker
+returns as it consumes), the response window granted by the listener, and the rule that
+every stream ends with exactly one terminal frame (END_STREAM or RESET), so the
+listener's credit accounting stays exact whatever the application does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..ipc import queue as q
+from ..ipc.frames import encode
+
+if TYPE_CHECKING:
+    from .process import WorkerProcess
+
+_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"upgrade",
+                         b"proxy-connection", b"te", b"trailer"))
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class BadResponseHeader(ValueError):
+    pass
+
+
+def build_header_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, bool]:
+    """Validate application headers and prepare them for the listener: returns the header
+    block, the Content-Length (-1 if absent) and whether the app asked to close."""
+    out: list[bytes] = []
+    content_length = -1
+    close = False
+    for name, value in headers:
+        if not name or not set(name) <= _TOKEN:
+            raise BadResponseHeader(f"invalid header name {name!r}")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise BadResponseHeader(f"invalid value for header {name!r}")
+        lname = name.lower()
+        if lname == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                raise BadResponseHeader(f"invalid Content-Length {value!r}") from None
+            if content_length < 0:
+                raise BadResponseHeader(f"invalid Content-Length {value!r}")
+            continue
+        if lname in _HOP_BY_HOP:
+            if lname == b"connection" and b"close" in value.lower():
+                close = True
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(out), content_length, close
+
+
+class Stream:
+    """Request state shared by the handlers.  Methods named ``*_threadsafe`` may be called
+    from a handler thread; everything else runs on the worker's event loop."""
+
+    __slots__ = (
+        "worker", "sid", "head", "body_chunks", "body_done", "body_event", "cancelled",
+        "window", "window_event", "ended", "head_sent", "on_body", "_tlock", "_tcond",
+        "app", "started_at", "stage",
+    )
+
+    def __init__(self, worker: "WorkerProcess", sid: int, head: q.RequestHead, body_done: bool) -> None:
+        self.worker = worker
+        self.sid = sid
+        self.head = head
+        self.body_chunks: deque[bytes] = deque()
+        self.body_done = body_done
+        self.body_event: asyncio.Event | None = None
+        self.cancelled = False
+        self.window = q.BODY_WINDOW
+        self.window_event: asyncio.Event | None = None
+        self.ended = False
+        self.head_sent = False
+        self.on_body: Callable[[], None] | None = None
+        self._tlock: threading.Lock | None = None
+        self._tcond: threading.Condition | None = None
+        self.app: object = None
+        self.started_at = 0.0
+        self.stage = "queued"
+
+    # ---- request body (frames from the listener) ----------------------------------
+
+    def feed_body(self, data: bytes, end: bool) -> None:
+        if data:
+            self.body_chunks.append(data)
+        if end:
+            self.body_done = True
+        if self._tcond is not None:
+            with self._tcond:
+                self._tcond.notify_all()
+        if self.body_event is not None:
+            self.body_event.set()
+        if self.on_body is not None:
+            self.on_body()
+
+    def consumed(self, n: int) -> None:
+        """Return ``n`` bytes of request-body window to the listener."""
+        if n and not self.ended:
+            self.worker.send(q.encode_window(self.sid, n))
+
+    async def read_chunk(self) -> bytes | None:
+        """Next body chunk (asyncio handlers); None at the end of the body."""
+        while not self.body_chunks:
+            if self.body_done or self.cancelled:
+                return None
+            if self.body_event is None:
+                self.body_event = asyncio.Event()
+            self.body_event.clear()
+            await self.body_event.wait()
+        chunk = self.body_chunks.popleft()
+        self.consumed(len(chunk))
+        return chunk
+
+    def enable_threads(self) -> None:
+        self._tlock = threading.Lock()
+        self._tcond = threading.Condition(self._tlock)
+
+    def read_chunk_blocking(self) -> bytes | None:
+        """Next body chunk, from a handler thread; None at the end of the body."""
+        assert self._tcond is not None
+        with self._tcond:
+            while not self.body_chunks:
+                if self.body_done or self.cancelled:
+                    return None
+                self._tcond.wait()
+            chunk = self.body_chunks.popleft()
+        self.worker.call_threadsafe(self.consumed, len(chunk))
+        return chunk
+
+    # ---- response (frames to the listener) ----------------------------------------
+
+    def respond(self, status: int, header_block: bytes, content_length: int, body: bytes,
+                end: bool, close: bool = False) -> None:
+        if self.ended:
+            return
+        flags = (q.END_STREAM if end else 0) | (q.CLOSE if close else 0)
+        self.head_sent = True
+        self.worker.send(
+            encode(q.RESPONSE, flags, self.sid,
+                   q.marshal_response(status, header_block, content_length, body))
+        )
+        if end:
+            self._end()
+        elif body:
+            self.window -= len(body)
+
+    def send_body(self, data: bytes, end: bool = False, account: bool = True) -> None:
+        """``account=False``: the window was already taken (``take_window_threadsafe``)."""
+        if self.ended:
+            return
+        self.worker.send_parts(q.body_header(q.RESPONSE_BODY, self.sid, len(data), end), data)
+        if end:
+            self._end()
+        elif account:
+            self.window -= len(data)
+
+    def take_window_threadsafe(self, n: int) -> None:
+        assert self._tcond is not None
+        with self._tcond:
+            self.window -= n
+
+    async def wait_window(self) -> None:
+        while self.window <= 0 and not self.cancelled and not self.ended:
+            if self.window_event is None:
+                self.window_event = asyncio.Event()
+            self.window_event.clear()
+            await self.window_event.wait()
+
+    def wait_window_blocking(self) -> None:
+        assert self._tcond is not None
+        with self._tcond:
+            while self.window <= 0 and not self.cancelled and not self.ended:
+                self._tcond.wait()
+
+    def grant_window(self, n: int) -> None:
+        if self._tcond is not None:
+            with self._tcond:
+                self.window += n
+                self._tcond.notify_all()
+        else:
+            self.window += n
+        if self.window_event is not None:
+            self.window_event.set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.feed_body(b"", False)
+        self.grant_window(0)
+
+    def reset(self) -> None:
+        if not self.ended:
+            self.worker.send(encode(q.RESET, 0, self.sid))
+            self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        self.worker.stream_ended(self)

@@ -1,0 +1,110 @@
+"""The frame decoder fed whole, byte by byte and in random chunks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from poolhouse.ipc import queue as q
+from poolhouse.ipc.control import MessageDecoder, encode_message
+from poolhouse.ipc.frames import END_STREAM, FrameDecoder, FrameError, encode, header
+
+
+def _stream() -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
+    frames = [
+        (q.REQUEST, END_STREAM, 1, b"head"),
+        (q.REQUEST_BODY, 0, 2, b"x" * 70000),
+        (q.REQUEST_BODY, END_STREAM, 2, b""),
+        (q.PING, 0, 0, b""),
+        (q.RESPONSE, 0, 0xFFFFFFFF, bytes(range(256))),
+    ]
+    return b"".join(encode(*f) for f in frames), frames
+
+
+def test_whole() -> None:
+    data, frames = _stream()
+    assert [tuple(f) for f in FrameDecoder().feed(data)] == frames
+
+
+def test_byte_by_byte() -> None:
+    data, frames = _stream()
+    dec = FrameDecoder()
+    out = []
+    for i in range(len(data)):
+        out.extend(dec.feed(data[i : i + 1]))
+    assert [tuple(f) for f in out] == frames
+    assert dec.buffered == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_chunks(seed: int) -> None:
+    rng = random.Random(seed)
+    data, frames = _stream()
+    dec = FrameDecoder()
+    out = []
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, 5000)
+        out.extend(dec.feed(data[pos : pos + n]))
+        pos += n
+    assert [tuple(f) for f in out] == frames
+
+
+def test_partial_frame_waits() -> None:
+    dec = FrameDecoder()
+    data = encode(q.RESPONSE_BODY, 0, 7, b"abcdef")
+    assert dec.feed(data[:12]) == []
+    assert dec.buffered == 12
+    assert [tuple(f) for f in dec.feed(data[12:])] == [(q.RESPONSE_BODY, 0, 7, b"abcdef")]
+
+
+def test_oversized_frame_is_refused() -> None:
+    dec = FrameDecoder(max_payload=1024)
+    with pytest.raises(FrameError):
+        dec.feed(header(q.RESPONSE_BODY, 0, 1, 1025))
+
+
+def test_request_head_round_trip() -> None:
+    head = q.RequestHead("1/", "POST", b"/a?b=1", 1, (b"host", b"x", b"content-length", b"3"),
+                         "127.0.0.1", 5555, "127.0.0.1", 8080, "http", 3)
+    frame = FrameDecoder().feed(q.encode_request(9, head, False))[0]
+    assert frame.type == q.REQUEST and frame.stream == 9 and not frame.flags & END_STREAM
+    assert q.decode_request(frame.payload) == head
+
+
+def test_response_head_is_checked() -> None:
+    ok = q.marshal_response(200, b"A: b\r\n", 3, b"abc")
+    assert q.decode_response(ok) == q.ResponseHead(200, b"A: b\r\n", 3, b"abc")
+    import marshal
+
+    for bad in (marshal.dumps((200, "str", 3, b"")), marshal.dumps((99, b"", 0, b"")),
+                marshal.dumps([200, b"", 0, b""]), b"\xff\x00garbage"):
+        with pytest.raises(ValueError):
+            q.decode_response(bad)
+
+
+def test_ready_and_window() -> None:
+    frame = FrameDecoder().feed(q.encode_ready(1234, 8))[0]
+    assert q.decode_ready(frame.payload) == (1234, 8)
+    frame = FrameDecoder().feed(q.encode_window(3, 65536))[0]
+    assert frame.stream == 3 and q.decode_window(frame.payload) == 65536
+
+
+def test_control_messages_any_chunking() -> None:
+    msgs = [{"op": "need_worker", "pool": "A"}, {"op": "reply", "id": 3, "result": {"x": [1, 2]}}]
+    data = b"".join(encode_message(m) for m in msgs)
+    dec = MessageDecoder()
+    out = []
+    for i in range(0, len(data), 3):
+        out.extend(dec.feed(data[i : i + 3]))
+    assert out == msgs
+
+
+def test_control_message_without_op_is_refused() -> None:
+    from poolhouse.ipc.control import MESSAGE
+
+    with pytest.raises(FrameError):
+        MessageDecoder().feed(encode(MESSAGE, 0, 0, b'{"no": "op"}'))
+    with pytest.raises(FrameError):
+        MessageDecoder().feed(encode(MESSAGE, 0, 0, b"not json"))
