@@ -1,0 +1,35 @@
+"""Poolhouse configuration: IIS-compatible applicationHost.config and web.config.
+
+Public API (what the listener, the activation service and the workers call):
+
+- ``load_server_config(path=None) -> ServerConfig`` — the built-in base configuration,
+  then applicationHost.config (None: the embedded default), as flat dataclasses.
+- ``WebConfigResolver(server, site_name, app_path).for_path(url) -> WebConfig`` — the
+  effective ``system.webServer`` + ``appSettings`` configuration at a URL, cached per
+  folder and refreshed when a contributing file changes.
+- ``ConfigError`` — every violation, with file, line, section and reason.
+"""
+
+from .errors import ConfigError
+from .model import (
+    Application,
+    Binding,
+    HandlerMapping,
+    LogFile,
+    MimeMap,
+    Pool,
+    ServerConfig,
+    Site,
+    SiteLimits,
+    VirtualDirectory,
+    WebConfig,
+    WebLimits,
+)
+from .resolver import WebConfigResolver
+from .server import load_server_config
+
+__all__ = [
+    "Application", "Binding", "ConfigError", "HandlerMapping", "LogFile", "MimeMap", "Pool",
+    "ServerConfig", "Site", "SiteLimits", "VirtualDirectory", "WebConfig",
+    "WebConfigResolver", "WebLimits", "load_server_config",
+]
