@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]
 
 from .errors import ConfigError
 from .paths import expand_env, normalize_path, windows_path_problem
@@ -202,10 +202,10 @@ class Parser:
                         raise self.error(f"<{name}> takes no attributes or elements", cline)
                     d.ops.append(Op("clear", name, None, (), False, cline))
                     continue
-            allowed = list(schema.children) + (coll.directive_names() if coll else [])
+            choices = list(schema.children) + (coll.directive_names() if coll else [])
             raise self.error(
                 f"unrecognized element <{name}> in <{local_name(el)}>; allowed: "
-                + (", ".join(f"<{a}>" for a in allowed) or "none"), cline)
+                + (", ".join(f"<{a}>" for a in choices) or "none"), cline)
         return d, lock_item
 
     def _remove_keys(self, coll: Collection, item: Delta) -> tuple[Any, ...]:

@@ -8,7 +8,7 @@ values and an applicationHost.config may register others.
 
 from __future__ import annotations
 
-from .schema import B, C, E, EN, FL, I, I64, S, Section, T, U
+from .schema import B, C, E, EN, FL, I, I64, S, Element, Member, Section, T, U
 
 WS = "system.webServer/"
 DENY = dict(override="Deny")
@@ -22,7 +22,7 @@ ACCESS = (
 DENY_ACTION = "AbortRequest=0 Unauthorized=401 Forbidden=403 NotFound=404"
 
 
-def _rewrite_conditions(track_default: bool) -> E:  # type: ignore[valid-type]
+def _rewrite_conditions(track_default: bool) -> Element:
     return E(
         "conditions",
         EN("logicalGrouping", "MatchAll", "MatchAll=0 MatchAny=1",
@@ -37,7 +37,7 @@ def _rewrite_conditions(track_default: bool) -> E:  # type: ignore[valid-type]
         doc="Conditions of the rule.")
 
 
-def _rule_members(outbound: bool = False) -> list:  # type: ignore[type-arg]
+def _rule_members() -> list[Member]:
     return [
         S("name", "", "Rule name.", required=True, key=True),
         B("enabled", True, "Rule is evaluated."),

@@ -161,7 +161,8 @@ def _validate_web_server(docs: ServerDocuments, cfg: model.ServerConfig) -> None
 def _first(name: str, *elements: Merged | None) -> object | None:
     for el in elements:
         if el is not None and name in el.attrs:
-            return el.attrs[name]
+            value: object = el.attrs[name]
+            return value
     return None
 
 

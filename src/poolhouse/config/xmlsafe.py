@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]
 
 from .errors import ConfigError
 
