@@ -197,6 +197,7 @@ class WebConfigResolver:
         prefixes = ["/"] + ["/" + "/".join(segments[: i + 1]) for i in range(len(segments))]
         files: list[tuple[str, str, float]] = []
         sources = list(self._sources)
+        registered: set[str] | None = None
         for prefix in prefixes:
             st = self._web_config_at(prefix, now)
             if st.path is None:
@@ -204,6 +205,15 @@ class WebConfigResolver:
             doc = self._document(st.path, st.mtime)
             if isinstance(doc, ConfigError):
                 return doc
+            if doc.registrations:
+                if registered is None:
+                    registered = set(self._docs.registrations)
+                for reg in doc.registrations.values():
+                    if reg.path in registered:
+                        return ConfigError(
+                            f"the section '{reg.path}' is already registered at a parent "
+                            "level and cannot be registered again", reg.file, reg.line)
+                    registered.add(reg.path)
             folder = prefix.lower()
             files.append((folder, st.path, st.mtime))
             rank = 2 + (0 if folder == "/" else folder.count("/"))
