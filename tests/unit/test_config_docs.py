@@ -13,7 +13,8 @@ def test_reference_is_generated_and_current() -> None:
     generate(out)
     text = out.getvalue()
     assert "GENERATED FILE" in text and "python -m poolhouse.config.docs" in text
-    assert "`system.webServer/handlers`" in text and "`python`" in text
+    assert "`system.webServer/handlers`" in text
+    assert "applicationPools/add/python` (Poolhouse extension)" in text
     assert DOC.read_text() == text, (
         "docs/configuration.md is stale: run "
         "python -m poolhouse.config.docs > docs/configuration.md")
