@@ -57,6 +57,8 @@ class ActivationService:
         self.management: ManagementServer | None = None
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self.started_at = time.time()
+        self.listener_started = 0.0
+        self.listener_restarts = 0
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class ActivationService:
         specs = [{"fd": s.fileno(), "ip": ip, "port": port, "protocol": "http"}
                  for (ip, port), s in self.sockets.items()]
         self.listener_ready.clear()
+        self.listener_started = time.monotonic()
         try:
             self.listener_proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "poolhouse.listener",
@@ -150,8 +153,11 @@ class ActivationService:
             return
         self.events.emit("listener_exited", logging.ERROR, pid=proc.pid, reason=exit_codes.describe(code))
         # Workers lose their queue with the listener and exit; start a new listener on
-        # the same sockets (their backlog kept every waiting connection).
-        await asyncio.sleep(LISTENER_RESTART_DELAY)
+        # the same sockets (their backlog kept every waiting connection).  A listener
+        # that keeps dying young is restarted ever more slowly.
+        lived = time.monotonic() - self.listener_started
+        self.listener_restarts = self.listener_restarts + 1 if lived < 10 else 0
+        await asyncio.sleep(min(30.0, LISTENER_RESTART_DELAY * (2 ** min(self.listener_restarts, 6))))
         if not self.stopping:
             for pool in self.pools.values():
                 pool.demand = False

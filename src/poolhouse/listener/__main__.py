@@ -31,7 +31,7 @@ async def amain(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGTERM, listener.stopped.set)
     control = socket.socket(fileno=args.control_fd)
     fds = socket.socket(fileno=args.fd_channel)
-    await listener.start(control, fds)
+    await listener.boot(control, fds)
     await listener.stopped.wait()
     await listener.shutdown()
     return 0

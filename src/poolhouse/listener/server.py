@@ -52,7 +52,7 @@ class Listener:
 
     # ---- start-up -----------------------------------------------------------------
 
-    async def start(self, control_sock: socket.socket, fd_sock: socket.socket) -> None:
+    async def boot(self, control_sock: socket.socket, fd_sock: socket.socket) -> None:
         self.control = await open_control(control_sock, self.on_control, self.on_control_lost)
         self.fd_receiver = FdReceiver(fd_sock, self.on_fd)
         for spec in self.socket_specs:

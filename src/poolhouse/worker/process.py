@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__
 from ..config import ConfigError
@@ -42,7 +42,7 @@ class QueueProtocol(asyncio.Protocol):
         self.decoder = FrameDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.worker.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -87,7 +87,12 @@ class WorkerProcess:
 
     async def boot(self, queue_sock: socket.socket, control_sock: socket.socket) -> None:
         self.control = await open_control(control_sock, self.on_control, self.control_lost)
-        await self.config_event.wait()
+        done = self.loop.create_task(self.done.wait())
+        config = self.loop.create_task(self.config_event.wait())
+        await asyncio.wait([done, config], return_when=asyncio.FIRST_COMPLETED)
+        if self.done.is_set():
+            config.cancel()
+            return
         assert self.init_msg is not None
         server = ServerConfig.from_dict(self.init_msg["config"])
         pool = server.pools.get(self.pool_name)
@@ -129,17 +134,20 @@ class WorkerProcess:
 
     def on_control(self, msg: Message) -> None:
         op = msg["op"]
-        assert self.control is not None
         if op == "init":
             self.init_msg = msg
             self.config_event.set()
-        elif op == "ping":
+            return
+        if op == "drain":
+            self.drain()
+            return
+        if self.control is None:
+            return
+        if op == "ping":
             self.control.reply(msg, pid=os.getpid())
         elif op == "stats":
             self.control.reply(msg, result={"requests": self.requests, "in_flight": len(self.streams),
                                             "pid": os.getpid()})
-        elif op == "drain":
-            self.drain()
         else:
             log.warning("unknown control op %r", op)
 
@@ -154,7 +162,8 @@ class WorkerProcess:
         if self.draining:
             return
         self.draining = True
-        self.send(encode(q.DRAINING, 0, 0))
+        if self.transport is not None:
+            self.send(encode(q.DRAINING, 0, 0))
         if not self.streams:
             self.exit(exit_codes.STOPPED)
 
