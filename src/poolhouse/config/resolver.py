@@ -84,14 +84,27 @@ class WebConfigResolver:
         self._results: OrderedDict[tuple[Any, ...], model.WebConfig | ConfigError] = (
             OrderedDict())
         self._warned: set[str] = set()
+        # URL -> (when resolved, result): repeated URLs skip the walk for a second
+        self._recent: OrderedDict[str, tuple[float, model.WebConfig | ConfigError]] = (
+            OrderedDict())
 
     # -- public ----------------------------------------------------------------------
 
     def for_path(self, url_path: str) -> model.WebConfig:
         """The effective configuration at ``url_path``; raises ConfigError when a
         contributing file is invalid (the request gets a 500.19)."""
+        url = _norm(url_path)
         with self._lock:
-            result = self._resolve(_norm(url_path))
+            now = time.monotonic()
+            recent = self._recent.get(url)
+            if recent is not None and now - recent[0] < STAT_INTERVAL:
+                result = recent[1]
+            else:
+                result = self._resolve(url)
+                self._recent[url] = (now, result)
+                self._recent.move_to_end(url)
+                if len(self._recent) > MAX_CACHED:
+                    self._recent.popitem(last=False)
         if isinstance(result, ConfigError):
             raise result
         return result

@@ -90,7 +90,7 @@ def load_server_config(path: str | None = None) -> model.ServerConfig:
     cfg = model.ServerConfig(
         pools=builder.pools(apphost.get(APPHOST_PREFIX + "applicationPools")),
         web_limits=builder.web_limits(apphost.get(APPHOST_PREFIX + "webLimits")),
-        config_path=path or "",
+        config_path=os.path.abspath(path) if path else "",
         source_files=[BASE_CONFIG, docs.apphost.path],
         warnings=warnings,
     )
