@@ -309,3 +309,12 @@ def test_server_level_web_server_errors_surface_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="duplicate collection entry") as exc:
         load_server_config(apphost(tmp_path, top=top))
     assert exc.value.line == 3
+
+
+def test_directives_follow_the_iis_schema(tmp_path: Path) -> None:
+    # applicationPools has only <add> in IIS's schema; bindings has <binding> and <clear>
+    path = apphost(tmp_path, pools='<add name="DefaultAppPool" /><remove name="DefaultAppPool" />')
+    with pytest.raises(ConfigError, match="unrecognized element <remove>"):
+        load_server_config(path)
+    sites = SITE.replace("<bindings>", "<bindings><clear />")
+    assert load_server_config(apphost(tmp_path, sites=sites)).sites[0].bindings

@@ -138,8 +138,7 @@ def _pool_members(is_default: bool) -> list[Member]:
 
 APPLICATION_POOLS = Section(
     "system.applicationHost/applicationPools",
-    C(*_pool_members(False), remove="remove", clear="clear",
-      doc="One application pool."),
+    C(*_pool_members(False), remove=None, clear=None, doc="One application pool."),
     E("applicationPoolDefaults", *_pool_members(True),
       doc="Defaults for every application pool."),
     doc="Application pools: groups of applications served by the same worker processes.",
@@ -174,8 +173,8 @@ def _app_members(is_default: bool) -> list[Member]:
           "pool starts."),
     ]
     if not is_default:
-        members.append(C(*_vdir_members(False), add="virtualDirectory", remove="remove",
-                         clear="clear", doc="One virtual directory."))
+        members.append(C(*_vdir_members(False), add="virtualDirectory", remove=None,
+                         clear=None, doc="One virtual directory."))
         members.append(E("virtualDirectoryDefaults", *_vdir_members(True),
                          doc="Defaults for the application's virtual directories."))
     return members
@@ -200,7 +199,7 @@ def _site_members(is_default: bool) -> list[Member]:
               expanded=True, path=True, extension=True),
             S("keyFile", "", "PEM private key for an https binding.", expanded=True,
               path=True, extension=True),
-            add="binding", remove="remove", clear="clear", doc="One binding."),
+            add="binding", remove=None, clear="clear", doc="One binding."),
           doc="Where the site listens."),
         E("limits",
           U("maxBandwidth", 4294967295, "Bytes per second for the site.", range=(0, 1023),
@@ -239,14 +238,14 @@ def _site_members(is_default: bool) -> list[Member]:
           doc="Defaults for the site's virtual directories."),
     ]
     if not is_default:
-        members.append(C(*_app_members(False), add="application", remove="remove",
-                         clear="clear", doc="One application."))
+        members.append(C(*_app_members(False), add="application", remove=None,
+                         clear=None, doc="One application."))
     return members
 
 
 SITES = Section(
     "system.applicationHost/sites",
-    C(*_site_members(False), add="site", remove="remove", clear="clear", doc="One site."),
+    C(*_site_members(False), add="site", remove=None, clear=None, doc="One site."),
     E("siteDefaults", *_site_members(True), doc="Defaults for every site."),
     E("applicationDefaults", *_app_members(True), doc="Defaults for every application."),
     E("virtualDirectoryDefaults", *_vdir_members(True),
