@@ -34,6 +34,11 @@ log = logging.getLogger("poolhouse.worker")
 
 FILE_CHUNK = 256 * 1024
 ASGI_CREDITS = 100
+# Requests the listener may hand an inline (threads="0") worker ahead: they are still
+# run one at a time, but a batch arrives in one read and leaves in one write, which is
+# what makes the process hop cheap.  A worker that dies takes at most this many requests
+# with it; the idempotent ones among them are replayed on another worker.
+INLINE_CREDITS = 32
 
 
 class QueueProtocol(asyncio.Protocol):
@@ -121,7 +126,7 @@ class WorkerProcess:
                     await lifespan.startup(pool.startup_time_limit)
                     self.lifespans.append(lifespan)
                     self.lifespan_state[name] = lifespan.state
-        credits = max(1, threads)
+        credits = threads if threads > 0 else INLINE_CREDITS
         if has_asgi:
             credits = max(credits, ASGI_CREDITS)
         _, _proto = await self.loop.connect_accepted_socket(lambda: QueueProtocol(self), sock=queue_sock)
