@@ -165,11 +165,18 @@ class Exchange:
             self.conn.write(data)
             self.finish()
         else:
-            if head.body and not no_body:
-                parts.append(head.body)
+            body = head.body
+            if body and not no_body:
+                # the first piece of a streamed body travels with the head
+                if self.chunked:
+                    parts.append(b"%x\r\n%s\r\n" % (len(body), body))
+                else:
+                    parts.append(body)
             data = b"".join(parts)
             self.bytes_sent += len(data)
             self.conn.write(data)
+            if body:
+                self._ack(len(body))
 
     def response_body(self, data: bytes, flags: int) -> None:
         if self.done or self.conn.closed:
@@ -185,10 +192,15 @@ class Exchange:
                 self.conn.write(b"0\r\n\r\n")
             self.finish()
         elif data:
-            if self.conn.write_paused:
-                self.owed_window += len(data)
-            elif self.worker is not None:
-                self.worker.send(q.encode_window(self.stream, len(data)))
+            self._ack(len(data))
+
+    def _ack(self, n: int) -> None:
+        """Give the worker back ``n`` bytes of response window, now if the client is
+        draining, else once it does."""
+        if self.conn.write_paused:
+            self.owed_window += n
+        elif self.worker is not None:
+            self.worker.send(q.encode_window(self.stream, n))
 
     def return_owed_window(self) -> None:
         if self.owed_window and self.worker is not None and not self.done:
