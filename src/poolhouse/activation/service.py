@@ -249,6 +249,14 @@ class ActivationService:
             return worker
         finally:
             pool.spawning -= 1
+            self.loop.call_soon(self._maybe_respawn, pool)
+
+    def _maybe_respawn(self, pool: PoolRuntime) -> None:
+        """Requests are waiting and nothing is starting: start a worker (again)."""
+        if (pool.demand and not pool.spawning and pool.state == STARTED and not self.stopping
+                and self.pools.get(pool.name) is pool
+                and len(pool.live_workers) < max(1, pool.config.max_processes)):
+            self.loop.create_task(self.spawn_worker(pool))
 
     def on_worker_message(self, worker: WorkerHandle, msg: Message) -> None:
         if msg["op"] == "ready":
@@ -289,8 +297,8 @@ class ActivationService:
                 return
         if pool.state != STARTED:
             return
-        if pool.demand and not pool.spawning:
-            self.loop.create_task(self.spawn_worker(pool))
+        if pool.demand:
+            self.loop.call_soon(self._maybe_respawn, pool)
         elif pool.answered_at_capacity:
             self.demand_done(pool, False)  # the listener may ask again
         if pool.config.start_mode == "AlwaysRunning" and not pool.live_workers and not pool.spawning:
@@ -432,6 +440,10 @@ class ActivationService:
         self.stopping = True
         self.events.emit("service_stopping")
         limit = max([p.config.shutdown_time_limit for p in self.pools.values()] or [90.0])
+        for pool in self.pools.values():
+            if not pool.ready_workers and self.listener_control is not None:
+                # nothing will serve what waits in this pool's queue: refuse it now
+                self.listener_control.send({"op": "pool_state", "pool": pool.name, "state": STOPPED})
         if self.listener_control is not None and not self.listener_control.closed:
             try:
                 await asyncio.wait_for(self.listener_control.request({"op": "drain", "timeout": limit}), limit + 5)

@@ -124,6 +124,10 @@ class PoolQueue:
         worker goes away)."""
         self.demand_pending = False
         self.at_capacity = at_capacity
+        if not at_capacity and self.waiting and self.state == STARTED and self._pick() is None:
+            # a worker went away meanwhile, or a start failed: ask again (the activation
+            # service backs off and rapid-fail protection bounds the retries)
+            self._want_worker()
 
     def set_state(self, state: str) -> list["Exchange"]:
         """Returns the queued requests that must now be refused (pool stopped)."""
