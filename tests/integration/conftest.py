@@ -151,20 +151,17 @@ class Server:
 
 
 def apphost(sites: str, pools: str = '<add name="DefaultAppPool" />', extra: str = "") -> str:
-    return textwrap.dedent(f"""\
-        <?xml version="1.0" encoding="UTF-8"?>
-        <configuration>
-          <system.applicationHost>
-            <applicationPools>
-              {pools}
-            </applicationPools>
-            <sites>
-              {sites}
-            </sites>
-          </system.applicationHost>
-          {extra}
-        </configuration>
-        """)
+    """An applicationHost.config with these pools and sites (and ``extra`` sections)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        "<configuration>\n"
+        "  <system.applicationHost>\n"
+        f"    <applicationPools>\n      {pools}\n    </applicationPools>\n"
+        f"    <sites>\n{sites}\n    </sites>\n"
+        "  </system.applicationHost>\n"
+        f"  {extra}\n"
+        "</configuration>\n"
+    )
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
