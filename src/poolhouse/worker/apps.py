@@ -15,9 +15,11 @@ import importlib
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from ..config import ConfigError
 from ..config.model import Application, HandlerMapping, ServerConfig, Site, WebConfig
 
 log = logging.getLogger("poolhouse.worker")
@@ -25,6 +27,24 @@ log = logging.getLogger("poolhouse.worker")
 WSGI = "wsgi"
 ASGI = "asgi"
 STATIC = "static"
+
+
+SELECTION_TTL = 1.0  # seconds a URL's handler choice is reused (as the resolver's stat)
+SELECTION_CACHE = 4096
+
+
+class Selection(NamedTuple):
+    """The outcome of handler mapping for one (verb, URL): a handler, or an error."""
+
+    kind: str  # WSGI | ASGI | STATIC | "" (error)
+    mapping: "Mapping | None"
+    web: WebConfig | None
+    rel: str  # the URL path below the application
+    status: int = 0  # when kind == "": the error status, sub-status and detail
+    substatus: int = 0
+    detail: str = ""
+    target: Any = None  # the loaded callable for WSGI/ASGI
+    expires: float = 0.0
 
 
 class AppLoadError(Exception):
@@ -127,6 +147,13 @@ class WorkerApplication:
         self.vdirs = sorted(vdirs, key=lambda v: len(v[0]), reverse=True)
         self.callables: dict[str, Any] = {}
         self._mappings: dict[int, tuple[WebConfig, list[Mapping]]] = {}
+        self._selections: dict[tuple[str, str], Selection] = {}
+        self.environ_base: dict[str, Any] = {
+            "SCRIPT_NAME": self.base,
+            "APPL_PHYSICAL_PATH": app.physical_path,
+            "APPL_MD_PATH": f"/LM/W3SVC/{site.id}/ROOT{self.base}",
+            "INSTANCE_ID": str(site.id),
+        }
 
     def relative(self, path: str) -> str:
         """The URL path below the application (``/hello/x`` in app ``/hello`` -> ``/x``)."""
@@ -159,6 +186,61 @@ class WorkerApplication:
         if obj is None:
             obj = self.callables[spec] = load_callable(spec, self.app.physical_path)
         return obj
+
+    def select(self, method: str, path: str) -> Selection:
+        """Handler mapping for ``method`` on the (normalised) ``path``, cached for
+        SELECTION_TTL: IIS's order — the first mapping matching path and verb is the
+        handler; its resourceType is then checked (a mismatch is a 404, not a search
+        onwards); a path matched only with other verbs is a 405; nothing is a 404.4."""
+        key = (method, path)
+        now = time.monotonic()
+        sel = self._selections.get(key)
+        if sel is not None and sel.expires > now:
+            return sel
+        sel = self._select(method, path)._replace(expires=now + SELECTION_TTL)
+        if len(self._selections) >= SELECTION_CACHE:
+            self._selections.clear()
+        self._selections[key] = sel
+        return sel
+
+    def _select(self, method: str, path: str) -> Selection:
+        rel = self.relative(path)
+        try:
+            web = self.resolver.for_path(path)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return Selection("", None, None, rel, 500, 19, f"Configuration error: {exc}")
+        last = rel.rsplit("/", 1)[-1]
+        allowed_elsewhere = False
+        for mapping in self.mappings(web):
+            if not mapping.matches(method, last):
+                continue
+            if not mapping.verb_allowed(method):
+                allowed_elsewhere = True
+                continue
+            kind = mapping.kind
+            rtype = mapping.entry.resource_type
+            if kind != STATIC and rtype in ("File", "Directory", "Either"):
+                physical = self.physical(rel)
+                exists = (os.path.isfile(physical) if rtype == "File" else
+                          os.path.isdir(physical) if rtype == "Directory" else os.path.exists(physical))
+                if not exists:
+                    return Selection("", mapping, web, rel, 404, 0)
+            if kind in (WSGI, ASGI):
+                try:
+                    target = self.callable_for(mapping)
+                except AppLoadError as exc:
+                    log.error("%s", exc)
+                    return Selection("", mapping, web, rel, 500, 0, str(exc))
+                return Selection(kind, mapping, web, rel, target=target)
+            if kind == STATIC:
+                return Selection(kind, mapping, web, rel)
+            return Selection("", mapping, web, rel, 500, 21,
+                             f"Handler {mapping.entry.name!r} uses modules {mapping.entry.modules!r}, "
+                             "which this server does not provide.")
+        if allowed_elsewhere:
+            return Selection("", None, web, rel, 405, 0)
+        return Selection("", None, web, rel, 404, 4)
 
     def preload(self) -> list[tuple[str, Any]]:
         """Load every WSGI/ASGI callable mapped at the application's root; returns the

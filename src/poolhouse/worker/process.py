@@ -269,76 +269,21 @@ class WorkerProcess:
             self.error_response(stream, 400, 0)
             return
         stream.stage = "MapRequestHandler"
-        try:
-            web = app.resolver.for_path(path)
-        except ConfigError as exc:
-            log.error("%s", exc)
-            self.error_response(stream, 500, 19, f"Configuration error: {exc}", detail_local=True)
-            return
-        rel = app.relative(path)
-        last = rel.rsplit("/", 1)[-1]
-        method = head.method
-        allowed_elsewhere = False
-        for mapping in app.mappings(web):
-            if not mapping.matches(method, last):
-                continue
-            if not mapping.verb_allowed(method):
-                allowed_elsewhere = True
-                continue
-            # The first mapping matching path and verb is the handler; its resourceType
-            # is then checked, and a mismatch is a 404 (as in IIS), not a search onwards.
-            rtype = mapping.entry.resource_type
-            if rtype in ("File", "Directory") and mapping.kind != STATIC:
-                physical = app.physical(rel)
-                if not (os.path.isfile(physical) if rtype == "File" else os.path.isdir(physical)):
-                    self.error_response(stream, 404, 0)
-                    return
-            elif rtype == "Either" and mapping.kind != STATIC:
-                if not os.path.exists(app.physical(rel)):
-                    self.error_response(stream, 404, 0)
-                    return
-            kind = mapping.kind
-            if kind == WSGI:
-                self.run_wsgi(stream, app, mapping, path, rel, query)
-            elif kind == ASGI:
-                self.run_asgi(stream, app, mapping, path, rel, raw_path, query)
-            elif kind == STATIC:
-                self.run_static(stream, app, web, rel, query)
-            else:
-                self.error_response(stream, 500, 21, f"Handler {mapping.entry.name!r} uses modules "
-                                    f"{mapping.entry.modules!r}, which this server does not provide.")
-            return
-        if allowed_elsewhere:
-            self.error_response(stream, 405, 0)
+        sel = app.select(head.method, path)
+        kind = sel.kind
+        if kind == WSGI:
+            assert self.wsgi is not None
+            self.wsgi.handle(stream, sel.target, build_environ(
+                self.environ_base, app.environ_base, head, path[len(app.base):], query))
+        elif kind == ASGI:
+            scope = build_scope(head, app.base, path, raw_path.encode("latin-1"), query,
+                                self.lifespan_state.get(sel.mapping.entry.script_processor, {}))  # type: ignore[union-attr]
+            self.loop.create_task(run_asgi(sel.target, scope, stream))
+        elif kind == STATIC:
+            self.run_static(stream, app, sel.web, sel.rel, query)
         else:
-            self.error_response(stream, 404, 4)
-
-    def run_wsgi(self, stream: Stream, app: WorkerApplication, mapping: Any, path: str, rel: str, query: str) -> None:
-        try:
-            fn = app.callable_for(mapping)
-        except AppLoadError as exc:
-            log.error("%s", exc)
-            self.error_response(stream, 500, 0, str(exc), detail_local=True)
-            return
-        script_name = app.base
-        environ = build_environ(self.environ_base, stream.head, script_name, path[len(script_name):] or "",
-                                query, {"APPL_PHYSICAL_PATH": app.app.physical_path,
-                                        "APPL_MD_PATH": f"/LM/W3SVC/{app.site.id}/ROOT{app.base}",
-                                        "INSTANCE_ID": str(app.site.id)})
-        assert self.wsgi is not None
-        self.wsgi.handle(stream, fn, environ)
-
-    def run_asgi(self, stream: Stream, app: WorkerApplication, mapping: Any, path: str, rel: str,
-                 raw_path: str, query: str) -> None:
-        try:
-            fn = app.callable_for(mapping)
-        except AppLoadError as exc:
-            log.error("%s", exc)
-            self.error_response(stream, 500, 0, str(exc), detail_local=True)
-            return
-        scope = build_scope(stream.head, app.base, path, raw_path.encode("latin-1"), query,
-                            self.lifespan_state.get(mapping.entry.script_processor, {}))
-        self.loop.create_task(run_asgi(fn, scope, stream))
+            self.error_response(stream, sel.status, sel.substatus, sel.detail,
+                                detail_local=sel.status == 500)
 
     def run_static(self, stream: Stream, app: WorkerApplication, web: Any, rel: str, query: str) -> None:
         cached = self.static.get(id(web))

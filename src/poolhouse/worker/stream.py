@@ -29,6 +29,20 @@ class BadResponseHeader(ValueError):
     pass
 
 
+_NAMES: dict[bytes, bytes] = {}  # header name -> lower-case, for names already validated
+
+
+def _checked_name(name: bytes) -> bytes:
+    lname = _NAMES.get(name)
+    if lname is None:
+        if not name or not set(name) <= _TOKEN:
+            raise BadResponseHeader(f"invalid header name {name!r}")
+        lname = name.lower()
+        if len(_NAMES) < 4096:
+            _NAMES[name] = lname
+    return lname
+
+
 def build_header_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, bool]:
     """Validate application headers and prepare them for the listener: returns the header
     block, the Content-Length (-1 if absent) and whether the app asked to close."""
@@ -36,11 +50,9 @@ def build_header_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, 
     content_length = -1
     close = False
     for name, value in headers:
-        if not name or not set(name) <= _TOKEN:
-            raise BadResponseHeader(f"invalid header name {name!r}")
+        lname = _checked_name(name)
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             raise BadResponseHeader(f"invalid value for header {name!r}")
-        lname = name.lower()
         if lname == b"content-length":
             try:
                 content_length = int(value)

@@ -300,12 +300,25 @@ def make_environ_base(server_software: str, multithread: bool) -> dict[str, Any]
     }
 
 
-def build_environ(base: dict[str, Any], head: RequestHead, script_name: str, path_info: str,
-                  query: str, extra: dict[str, Any]) -> dict[str, Any]:
+_HEADER_KEYS: dict[bytes, str] = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def _header_key(name: bytes) -> str:
+    key = _HEADER_KEYS.get(name)
+    if key is None:
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_HEADER_KEYS) < 4096:
+            _HEADER_KEYS[name] = key
+    return key
+
+
+def build_environ(base: dict[str, Any], app_base: dict[str, Any], head: RequestHead, path_info: str,
+                  query: str) -> dict[str, Any]:
+    """PEP 3333 environ: the worker's and the application's constant keys (built once)
+    plus the request's."""
     env = base.copy()
-    env.update(extra)
+    env.update(app_base)
     env["REQUEST_METHOD"] = head.method
-    env["SCRIPT_NAME"] = script_name
     env["PATH_INFO"] = path_info
     env["QUERY_STRING"] = query
     env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.http_minor else "HTTP/1.0"
@@ -315,23 +328,14 @@ def build_environ(base: dict[str, Any], head: RequestHead, script_name: str, pat
     env["SERVER_PORT"] = str(head.server_port)
     env["REQUEST_URI"] = head.target.decode("latin-1")
     headers = head.headers
-    host = ""
     for i in range(0, len(headers), 2):
-        name = headers[i]
+        key = _header_key(headers[i])
         value = headers[i + 1].decode("latin-1")
-        if name == b"content-type":
-            env["CONTENT_TYPE"] = value
-            continue
-        if name == b"content-length":
-            env["CONTENT_LENGTH"] = value
-            continue
-        if name == b"host":
-            host = value
-        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        if key in env:
+        if key in env and key[0] == "H":
             env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
             env[key] = value
+    host = env.get("HTTP_HOST")
     if host:
         env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     else:
