@@ -245,3 +245,32 @@ app = validator(_inner)
     r = httpx.post(server.url("/echo"), content=b"abc" * 1000, timeout=10)
     assert r.content == b"abc" * 1000
     assert "AssertionError" not in server.stderr() and "WSGIWarning" not in server.stderr()
+
+
+def test_sighup_reload_adds_a_binding_and_keeps_serving(poolhouse_server) -> None:
+    server = poolhouse_server(one_site(), FILES, extra_ports=1)
+    assert get(server, "/ok").status_code == 200
+    second = server.ports[1]
+    text = server.config.read_text().replace(
+        f'<binding protocol="http" bindingInformation="127.0.0.1:{server.port}:" />',
+        f'<binding protocol="http" bindingInformation="127.0.0.1:{server.port}:" />'
+        f'<binding protocol="http" bindingInformation="127.0.0.1:{second}:" />')
+    server.config.write_text(text)
+    server.proc.send_signal(signal.SIGHUP)
+    r = server.wait_for(lambda: _try_get(f"http://127.0.0.1:{second}/ok"), timeout=5)
+    assert r.text == "hello /ok"
+    assert get(server, "/ok").status_code == 200
+    # a broken file is refused: the running configuration keeps serving
+    server.config.write_text(text.replace("<sites>", "<sites><bogus/>"))
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(lambda: any(e["event"] == "config_refused" for e in server.events()), timeout=5)
+    refused = [e for e in server.events() if e["event"] == "config_refused"][0]
+    assert "applicationHost.config" in refused["reason"] and "bogus" in refused["reason"]
+    assert get(server, "/ok").status_code == 200
+
+
+def _try_get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
