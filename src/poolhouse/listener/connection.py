@@ -22,14 +22,29 @@ if TYPE_CHECKING:
     from .server import Listener
 
 MAX_PIPELINE = 16
+# HTTP.sys's defaults: MaxFieldLength (one header line, or the URL) and MaxRequestBytes
+# (request line and headers together).
+MAX_FIELD_LENGTH = 16 * 1024
+MAX_REQUEST_BYTES = 16 * 1024
 _HTTP_MINOR = {"1.1": 1, "1.0": 0}
+
+# (status, HTTPERR reason, detail) for the heads the listener refuses to parse further
+_URL_TOO_LONG = (414, "URL_Length", "The request URL is too long.")
+_FIELD_TOO_LONG = (400, "FieldLength", "A request header field is too long.")
+_HEAD_TOO_LONG = (400, "RequestLength", "The size of the request headers is too long.")
+_BAD_REQUEST = (400, "BadRequest", "")
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head past HTTP.sys's limits."""
 
 
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "listener", "transport", "parser", "client", "server", "scheme", "pipeline",
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
-        "headers", "url", "header_bytes", "requests", "parser_busy",
+        "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
+        "deferred_error",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -50,6 +65,9 @@ class HttpConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.requests = 0
         self.parser_busy = 0.0  # when the current request's head began (0: not in a head)
+        self.head_error: tuple[int, str, str] | None = None
+        self.head_raw = 0  # bytes of reads that fell wholly inside the current head
+        self.deferred_error = b""  # the 400 to send once the requests before it are answered
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -77,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        in_head = self.parser_busy
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -86,9 +105,18 @@ class HttpConnection(asyncio.Protocol):
                 self.parsing.keep_alive = False
                 if not self.parsing.body_done:
                     self.on_message_complete()
-            self.pause_for(self)
-        except httptools.HttpParserError as exc:
-            self.bad_request(str(exc))
+            self.pause_for(self.parser)
+            return
+        except httptools.HttpParserError:
+            self.bad_request(*(self.head_error or _BAD_REQUEST))
+            return
+        if in_head and self.parser_busy == in_head:
+            # The same head is still arriving, in pieces: the parser holds an unfinished
+            # header line whose callback has not fired yet, so bound the head by the bytes
+            # received while it was in progress.
+            self.head_raw += len(data)
+            if self.head_raw > MAX_REQUEST_BYTES:
+                self.bad_request(*_HEAD_TOO_LONG)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -99,8 +127,9 @@ class HttpConnection(asyncio.Protocol):
             exch.return_owed_window()
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: finish what it asked for, then close.
-        if self.pipeline:
+        # The client half-closed: finish what it asked for, then close.  A request still
+        # being received can never complete: that is a client gone (connection_lost logs it).
+        if self.pipeline and self.parsing is None and not self.parser_busy:
             self.pipeline[-1].keep_alive = False
             return True
         return None
@@ -110,12 +139,22 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.url = b""
+        self.header_bytes = 0
+        self.head_raw = 0
         self.parser_busy = self.last_activity
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_FIELD_LENGTH:
+            self.head_error = _URL_TOO_LONG
+            raise HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self.header_bytes += size
+        if size > MAX_FIELD_LENGTH or self.header_bytes > MAX_REQUEST_BYTES:
+            self.head_error = _FIELD_TOO_LONG if size > MAX_FIELD_LENGTH else _HEAD_TOO_LONG
+            raise HeadTooLarge
         self.headers.append(name.lower())
         self.headers.append(value)
 
@@ -208,6 +247,9 @@ class HttpConnection(asyncio.Protocol):
             head = self.pipeline[0]
             if not head.started:
                 self.listener.start(self, head)
+        elif self.deferred_error:
+            self._send_deferred_error()
+            return
         if len(self.pipeline) <= MAX_PIPELINE:
             self.unpause_for(self)
 
@@ -230,11 +272,29 @@ class HttpConnection(asyncio.Protocol):
         self.listener.log_error(reason, self, exch, exch.status)
         self.abort()
 
-    def bad_request(self, detail: str) -> None:
-        exch = self.parsing
-        self.listener.log_error("BadRequest", self, exch, 400)
-        if not self.pipeline or (exch is not None and self.pipeline[0] is exch):
-            self.write(error_response(400, 1, False, True))
+    def bad_request(self, status: int, reason: str, detail: str) -> None:
+        """The bytes on this connection stopped being HTTP: nothing more is read, the
+        requests before the bad one are answered, then the error, then the connection
+        closes (as HTTP.sys does)."""
+        exch = self.parsing  # set when the error is in this request's body
+        self.parsing = None
+        self.parser_busy = 0.0
+        self.listener.log_error(reason, self, exch, status)
+        self.pause_for(self.parser)
+        if exch is not None:
+            if exch.response_started:  # too late for an error status
+                exch.cancel()
+                self.abort()
+                return
+            exch.cancel()
+            self.pipeline.remove(exch)  # the request being parsed is the last one
+        self.deferred_error = error_response(status, 1, False, True, detail)
+        if not self.pipeline:
+            self._send_deferred_error()
+
+    def _send_deferred_error(self) -> None:
+        self.write(self.deferred_error)
+        self.deferred_error = b""
         self.close()
 
     def close(self) -> None:

@@ -83,6 +83,7 @@ class Exchange:
                 self.conn.unpause_for(self)
         elif not self.body_done and self.expect_continue and self.body_received == 0:
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.conn.last_activity = time.monotonic()  # the body timer starts now
 
     def _send_body(self, chunk: bytes, end: bool) -> None:
         assert self.worker is not None

@@ -256,9 +256,17 @@ class Listener:
             idle = limits.connection_timeout
             header_wait = limits.header_wait_timeout or DEFAULT_HEADER_WAIT
             for conn in list(self.connections):
-                if conn.pipeline:
-                    continue
                 age = now - conn.last_activity
+                if conn.pipeline:
+                    # HTTP.sys's EntityBody timer: a body the client stopped sending (not
+                    # one we hold back, nor one awaiting our 100 Continue)
+                    exch = conn.parsing
+                    if (exch is not None and age > idle and not conn.read_paused_by
+                            and not (exch.expect_continue and exch.worker is None)):
+                        self.log_error("Timer_EntityBody", conn, exch)
+                        exch.cancel()
+                        conn.abort()
+                    continue
                 if age > idle:
                     self.log_error("Timer_ConnectionIdle", conn, None)
                     conn.close()
