@@ -94,6 +94,8 @@ class HttpConnection(asyncio.Protocol):
         self.parsing = None
 
     def data_received(self, data: bytes) -> None:
+        if self.deferred_error or self.closed:
+            return  # past a parse error nothing is HTTP any more (reads already under way)
         self.last_activity = time.monotonic()
         in_head = self.parser_busy
         try:
@@ -111,11 +113,11 @@ class HttpConnection(asyncio.Protocol):
             self.bad_request(*(self.head_error or _BAD_REQUEST))
             return
         if in_head and self.parser_busy == in_head:
-            # The same head is still arriving, in pieces: the parser holds an unfinished
-            # header line whose callback has not fired yet, so bound the head by the bytes
-            # received while it was in progress.
+            # The same head is still arriving, in pieces.  The exact limits are checked
+            # as its lines complete; this only bounds what the parser may buffer of a line
+            # that never does.
             self.head_raw += len(data)
-            if self.head_raw > MAX_REQUEST_BYTES:
+            if self.head_raw > 2 * MAX_REQUEST_BYTES:
                 self.bad_request(*_HEAD_TOO_LONG)
 
     def pause_writing(self) -> None:
