@@ -132,6 +132,9 @@ def _pool_members(is_default: bool) -> list[Member]:
             "interpreter Poolhouse runs on.", expanded=True, path=True, extension=True),
           U("threads", 0, "Threads per worker for WSGI applications; 0: one request at a "
             "time on the worker's event loop.", range=(0, 1024), extension=True),
+          T("requestTimeout", "00:00:00", "A request not answered within this time gets "
+            "504 (503 if it was still queued) and its worker is recycled if it does not "
+            "recover; 0 = off.", range=(0, 4294967), granularity=1, extension=True),
           doc="Poolhouse extension: how the pool's Python workers run.", extension=True),
     ]
 
