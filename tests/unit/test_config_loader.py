@@ -305,10 +305,21 @@ def test_apphost_location_for_site_cannot_hold_apphost_sections(tmp_path: Path) 
 
 def test_server_level_web_server_errors_surface_at_load(tmp_path: Path) -> None:
     top = """
-  <system.webServer><staticContent><mimeMap fileExtension=".css" mimeType="text/css" /></staticContent></system.webServer>"""
+  <system.webServer><staticContent><mimeMap fileExtension=".x1" mimeType="text/a" />
+  <mimeMap fileExtension=".X1" mimeType="text/b" /></staticContent></system.webServer>"""
     with pytest.raises(ConfigError, match="duplicate collection entry") as exc:
         load_server_config(apphost(tmp_path, top=top))
-    assert exc.value.line == 3
+    assert exc.value.line == 4
+
+
+def test_apphost_may_redeclare_and_clear_built_in_entries(tmp_path: Path) -> None:
+    # the base configuration is the defaults layer: applicationHost.config redeclaring an
+    # entry replaces it, and the base's lockItem does not bind applicationHost.config
+    top = """
+  <system.webServer><staticContent><mimeMap fileExtension=".css" mimeType="text/x-css" /></staticContent></system.webServer>
+  <location path="" overrideMode="Allow"><system.webServer><modules><clear />
+    <add name="StaticFileModule" lockItem="true" /></modules></system.webServer></location>"""
+    load_server_config(apphost(tmp_path, top=top))
 
 
 def test_directives_follow_the_iis_schema(tmp_path: Path) -> None:

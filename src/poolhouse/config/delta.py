@@ -9,6 +9,14 @@ down: attributes by override, collections by directive with IIS's rules (duplica
 ``lockElements``, ``lockAllElementsExcept``, ``lockItem``) that later deltas must obey.
 ``to_plain`` turns a Merged into dicts with every default filled in: attributes under
 their XML names, collection entries as a list under ``"items"``.
+
+Levels: the built-in base configuration is level ``DEFAULTS`` (0), applicationHost.config
+``APPHOST`` (1), every web.config ``BELOW`` (2).  The base plays the part of IIS's schema
+defaults and stock file, not of a parent file: applicationHost.config may redeclare an
+entry the base already has (the file's entry replaces the base's, at the file's
+position) and is not bound by the base's locks (``lockItem``, ``lockAttributes``, ...),
+so a stock IIS applicationHost.config, which declares the same modules and handlers,
+loads.  The base's locks do bind web.config files, as the stock file's would.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ LOCK_ATTRS = ("lockAttributes", "lockAllAttributesExcept", "lockElements",
               "lockAllElementsExcept")
 
 Warn = Callable[[str, int | None, str], None]  # (file, line, message)
+
+DEFAULTS, APPHOST, BELOW = 0, 1, 2
 
 
 class Locks:
@@ -238,28 +248,48 @@ class Parser:
 
 
 class Item:
-    __slots__ = ("keys", "value", "locked", "name")
+    __slots__ = ("keys", "value", "locked", "name", "level")
 
-    def __init__(self, keys: tuple[Any, ...], value: "Merged", locked: bool, name: str):
+    def __init__(self, keys: tuple[Any, ...], value: "Merged", locked: bool, name: str,
+                 level: int = BELOW):
         self.keys = keys
         self.value = value
         self.locked = locked
         self.name = name
+        self.level = level
+
+    def locked_for(self, level: int) -> bool:
+        """lockItem binds the levels below the one that set it, except that the
+        defaults layer never binds applicationHost.config."""
+        return self.locked and not (self.level == DEFAULTS and level <= APPHOST)
 
 
 class Merged:
     """The effective state of one element after some deltas."""
 
-    __slots__ = ("schema", "attrs", "children", "items", "locks", "file", "line")
+    __slots__ = ("schema", "attrs", "children", "items", "locks", "default_locks", "file",
+                 "line")
 
     def __init__(self, schema: Element) -> None:
         self.schema = schema
         self.attrs: dict[str, Any] = {}
         self.children: dict[str, Merged] = {}
         self.items: list[Item] = []
-        self.locks: Locks | None = None
+        self.locks: Locks | None = None  # set by applicationHost.config or a web.config
+        self.default_locks: Locks | None = None  # set by the base configuration
         self.file = ""
         self.line = 0
+
+    def locks_for(self, level: int) -> Locks | None:
+        """The locks a delta at ``level`` must obey."""
+        if level <= APPHOST or self.default_locks is None:
+            return self.locks if level > DEFAULTS else self.default_locks
+        if self.locks is None:
+            return self.default_locks
+        combined = Locks()
+        combined.update(self.default_locks)
+        combined.update(self.locks)
+        return combined
 
     def get(self, name: str) -> Any:
         """Effective attribute value: explicit, else the schema default."""
@@ -274,9 +304,10 @@ class Merged:
         return m
 
 
-def apply(m: Merged, d: Delta, section: str) -> None:
-    """Apply one delta to the effective element, enforcing the locks of earlier ones."""
-    locks = m.locks
+def apply(m: Merged, d: Delta, section: str, level: int = BELOW) -> None:
+    """Apply one delta (from a file at ``level``) to the effective element, enforcing the
+    locks of earlier ones."""
+    locks = m.locks_for(level)
     for name, value in d.attrs.items():
         if locks is not None and locks.attr_locked(name):
             raise ConfigError(
@@ -291,13 +322,18 @@ def apply(m: Merged, d: Delta, section: str) -> None:
         sub = m.children.get(name)
         if sub is None:
             sub = m.children[name] = Merged(cd.schema)
-        apply(sub, cd, section)
+        apply(sub, cd, section, level)
     if d.ops:
-        _apply_ops(m, d, section)
+        _apply_ops(m, d, section, level, locks)
     if d.locks is not None:
-        if m.locks is None:
-            m.locks = Locks()
-        m.locks.update(d.locks)
+        if level == DEFAULTS:
+            if m.default_locks is None:
+                m.default_locks = Locks()
+            m.default_locks.update(d.locks)
+        else:
+            if m.locks is None:
+                m.locks = Locks()
+            m.locks.update(d.locks)
     m.file, m.line = d.file, d.line
 
 
@@ -312,10 +348,9 @@ def _describe_key(coll: Collection, op: Op) -> str:
             f"'{', '.join(values)}'")
 
 
-def _apply_ops(m: Merged, d: Delta, section: str) -> None:
+def _apply_ops(m: Merged, d: Delta, section: str, level: int, locks: Locks | None) -> None:
     coll = m.schema.collection
     assert coll is not None
-    locks = m.locks
     inherited = list(m.items)
     new: list[Item] = []
     check_dupes = bool(coll.key_groups) and not coll.allow_duplicates
@@ -331,6 +366,15 @@ def _apply_ops(m: Merged, d: Delta, section: str) -> None:
                 "used here", d.file, op.line, section)
         if op.kind == "add":
             assert op.item is not None
+            if check_dupes and level == APPHOST:
+                # applicationHost.config redeclaring a built-in entry: it replaces it
+                for g, key in enumerate(op.keys):
+                    old = index[g].get(key)
+                    if old is not None and old.level == DEFAULTS and old in inherited:
+                        inherited.remove(old)
+                        for g2, k2 in enumerate(old.keys):
+                            if index[g2].get(k2) is old:
+                                del index[g2][k2]
             if check_dupes:
                 for g, key in enumerate(op.keys):
                     if key in index[g]:
@@ -338,8 +382,8 @@ def _apply_ops(m: Merged, d: Delta, section: str) -> None:
                             f"Cannot add duplicate collection entry of type '{op.name}' "
                             f"with {_describe_key(coll, op)}", d.file, op.line, section)
             value = Merged(coll.item)
-            apply(value, op.item, section)
-            it = Item(op.keys, value, op.locked, op.name)
+            apply(value, op.item, section, level)
+            it = Item(op.keys, value, op.locked, op.name, level)
             new.append(it)
             if check_dupes:
                 for g, key in enumerate(op.keys):
@@ -349,7 +393,7 @@ def _apply_ops(m: Merged, d: Delta, section: str) -> None:
             for lst in (new, inherited):
                 for it in lst:
                     if it.keys[group] == key:
-                        if it.locked:
+                        if it.locked_for(level):
                             raise ConfigError(
                                 "the collection entry is locked at a parent level "
                                 "(lockItem) and cannot be removed", d.file, op.line, section)
@@ -362,7 +406,7 @@ def _apply_ops(m: Merged, d: Delta, section: str) -> None:
                     continue
                 break
         else:  # clear
-            if any(it.locked for it in inherited):
+            if any(it.locked_for(level) for it in inherited):
                 raise ConfigError(
                     "the collection cannot be cleared because it holds entries locked at "
                     "a parent level (lockItem)", d.file, op.line, section)

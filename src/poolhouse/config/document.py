@@ -9,6 +9,7 @@ registrations are kept too.  Sections Poolhouse does not implement (``system.web
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from lxml import etree  # type: ignore[import-untyped]
@@ -43,6 +44,7 @@ class Contribution:
     inherit_in_child_apps: bool
     order: int
     line: int
+    digest: str = ""  # of the section element's canonical XML, to tell what changed
 
     @property
     def location_key(self) -> str:
@@ -58,6 +60,7 @@ class ConfigDocument:
     # (section path, file, line) of the sections skipped because Poolhouse lacks them
     unknown: list[tuple[str, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    data: bytes = b""  # the file's bytes as read (applicationHost.config only)
 
 
 def _bool(text: str, what: str, file: str, line: int) -> bool:
@@ -192,7 +195,7 @@ class _Reader:
         delta, _ = parser.parse(el, section.element)
         loc_path, mode, inherit = location if location else (None, None, True)
         c = Contribution(section, delta, loc_path, mode, inherit,
-                         len(self.doc.contributions), line)
+                         len(self.doc.contributions), line, _digest(el))
         key = (c.location_key, section.path)
         if key in self.seen:
             raise ConfigError(
@@ -201,6 +204,14 @@ class _Reader:
                 self.doc.path, line, section.path)
         self.seen.add(key)
         self.doc.contributions.append(c)
+
+
+def _digest(el: etree._Element) -> str:
+    try:
+        text = etree.tostring(el, method="c14n", with_comments=False)
+    except (ValueError, etree.C14NError):
+        text = etree.tostring(el)
+    return hashlib.sha1(text).hexdigest()
 
 
 def read_document(data: bytes, path: str) -> ConfigDocument:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .delta import Merged, apply
+from .delta import BELOW, Merged, apply
 from .document import ConfigDocument, Contribution, Registration
 from .errors import ConfigError
 
@@ -146,5 +146,5 @@ def merge(sources: list[Source], registrations: dict[str, Registration],
         m = result.get(c.section.path)
         if m is None:
             m = result[c.section.path] = Merged(c.section.element)
-        apply(m, c.delta, c.section.path)
+        apply(m, c.delta, c.section.path, min(s.rank, BELOW))
     return result

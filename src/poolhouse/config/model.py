@@ -129,6 +129,7 @@ class Pool:
     queue_length: int = 1000
     enable_32bit: bool = False
     managed_runtime_version: str = ""
+    managed_pipeline_mode: str = "Integrated"  # Integrated | Classic (preconditions only)
     # processModel
     identity_type: str = "ApplicationPoolIdentity"
     user_name: str = ""
@@ -186,6 +187,10 @@ class ServerConfig:
     config_path: str = ""  # the applicationHost.config this was loaded from ("" = embedded)
     source_files: list[str] = field(default_factory=list)  # every file read, for watching
     warnings: list[str] = field(default_factory=list)
+    # The accepted applicationHost.config as read (bytes decoded as latin-1, so they
+    # round-trip through JSON): workers merge system.webServer from these bytes, never
+    # from the file on disk, which may have changed — or broken — since.
+    config_text: str = ""
 
     _NESTED = {"pools": {"*": Pool}, "sites": [Site], "web_limits": WebLimits}
 

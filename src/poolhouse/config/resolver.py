@@ -23,6 +23,7 @@ from .delta import ITEMS, to_plain
 from .document import ConfigDocument, read_document, unknown_warning
 from .errors import ConfigError
 from .hierarchy import Source, applicable, covers, merge, server_sources, web_sources
+from .preconditions import holds
 from .schema import SECTIONS
 from .server import ServerDocuments, documents_of, load_documents
 from .xmlsafe import read_config_bytes
@@ -262,11 +263,13 @@ class WebConfigResolver:
             for path, sec in SECTIONS.items()
             if path.startswith(WS) or path == "appSettings"
         }
-        return build_web_config(sections, warnings)
+        return build_web_config(sections, warnings, self.server.pools.get(self.app.pool))
 
 
-def build_web_config(sections: dict[str, Any], warnings: list[str]) -> model.WebConfig:
-    """Flatten the merged sections into the WebConfig the worker reads."""
+def build_web_config(sections: dict[str, Any], warnings: list[str],
+                     pool: model.Pool | None = None) -> model.WebConfig:
+    """Flatten the merged sections into the WebConfig the worker reads.  Handler
+    mappings and modules whose preCondition does not hold for ``pool`` are left out."""
     handlers_section = sections[WS + "handlers"]
     handlers = [
         model.HandlerMapping(
@@ -276,7 +279,7 @@ def build_web_config(sections: dict[str, Any], warnings: list[str]) -> model.Web
             response_buffer_limit=h["responseBufferLimit"], type=h["type"],
             allow_path_info=h["allowPathInfo"],
         )
-        for h in handlers_section[ITEMS]
+        for h in handlers_section[ITEMS] if holds(h["preCondition"], pool)
     ]
     dd = sections[WS + "defaultDocument"]
     browse = sections[WS + "directoryBrowse"]
@@ -291,7 +294,8 @@ def build_web_config(sections: dict[str, Any], warnings: list[str]) -> model.Web
         directory_browse_show_flags=browse["showFlags"],
         mime_maps=mime,
         app_settings={s["key"]: s["value"] for s in sections["appSettings"][ITEMS]},
-        modules=[m["name"] for m in sections[WS + "modules"][ITEMS]],
+        modules=[m["name"] for m in sections[WS + "modules"][ITEMS]
+                 if holds(m["preCondition"], pool)],
         sections=sections,
         warnings=warnings,
     )

@@ -3,6 +3,7 @@ flat ``ServerConfig`` the activation service and the listener run on."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import os
@@ -62,11 +63,18 @@ def load_base() -> ConfigDocument:
     return doc
 
 
-def load_documents(path: str | None) -> ServerDocuments:
+def load_documents(path: str | None, data: bytes | None = None) -> ServerDocuments:
+    """The base and the applicationHost.config at ``path`` (``data``: its bytes as
+    accepted earlier; then the file is not read and not watched)."""
     apphost_path = path or DEFAULT_CONFIG
     mtimes = {BASE_CONFIG: _mtime(BASE_CONFIG), apphost_path: _mtime(apphost_path)}
     base = load_base()
-    apphost = read_document(read_config_bytes(apphost_path), apphost_path)
+    if data is None:
+        data = read_config_bytes(apphost_path)
+    else:
+        mtimes = {}
+    apphost = read_document(data, apphost_path)
+    apphost.data = data
     registrations = dict(base.registrations)
     registrations.update(apphost.registrations)  # applicationHost.config may re-register
     return ServerDocuments(base, apphost, registrations, mtimes)
@@ -85,6 +93,7 @@ def load_server_config(path: str | None = None) -> model.ServerConfig:
             if section not in seen_unknown:
                 seen_unknown.add(section)
                 warnings.append(unknown_warning(doc.path, line, section))
+    _warn_foreign_modules(docs, warnings)
     apphost = _apphost_sections(docs)
     builder = _Builder(docs.apphost.path, warnings)
     cfg = model.ServerConfig(
@@ -93,6 +102,7 @@ def load_server_config(path: str | None = None) -> model.ServerConfig:
         config_path=os.path.abspath(path) if path else "",
         source_files=[BASE_CONFIG, docs.apphost.path],
         warnings=warnings,
+        config_text=docs.apphost.data.decode("latin-1"),
     )
     cfg.sites = builder.sites(apphost.get(APPHOST_PREFIX + "sites"), cfg.pools)
     _validate_web_server(docs, cfg)
@@ -107,14 +117,56 @@ def documents_of(cfg: model.ServerConfig) -> ServerDocuments:
     docs = getattr(cfg, "_poolhouse_documents", None)
     if isinstance(docs, ServerDocuments):
         return docs
-    docs = load_documents(cfg.config_path or None)
+    data = cfg.config_text.encode("latin-1") if cfg.config_text else None
+    docs = load_documents(cfg.config_path or None, data)
     setattr(cfg, "_poolhouse_documents", docs)
     return docs
 
 
+def _warn_foreign_modules(docs: ServerDocuments, warnings: list[str]) -> None:
+    """One warning naming the globalModules of applicationHost.config that Poolhouse
+    does not provide (IIS's native DLLs): handler mappings using them answer 500.21."""
+    provided = set()
+    for c in docs.base.contributions:
+        if c.section.path == "system.webServer/globalModules":
+            provided |= {str(op.item.attrs.get("name")) for op in c.delta.ops
+                         if op.kind == "add" and op.item is not None}
+    for c in docs.apphost.contributions:
+        if c.section.path != "system.webServer/globalModules":
+            continue
+        foreign = [str(op.item.attrs.get("name")) for op in c.delta.ops
+                   if op.kind == "add" and op.item is not None
+                   and op.item.attrs.get("name") not in provided]
+        if foreign:
+            warnings.append(
+                f"{docs.apphost.path}:{c.line}: system.webServer/globalModules: modules not "
+                "provided by Poolhouse (accepted; handler mappings that use them answer "
+                "500.21): " + ", ".join(foreign))
+
+
+def web_fingerprints(cfg: model.ServerConfig) -> dict[str, str]:
+    """Per site (lower-case name): a digest of the server-level configuration its
+    workers merge — section registrations, the base's and applicationHost.config's
+    system.webServer/appSettings, and the ``<location>`` tags for that site.  A pool
+    whose sites' fingerprints changed must be recycled to see the change."""
+    docs = documents_of(cfg)
+    regs = sorted((r.path, r.override_mode_default, r.allow_definition, r.allow_location)
+                  for r in docs.registrations.values())
+    common = hashlib.sha1(repr(regs).encode())
+    out: dict[str, str] = {}
+    for site in cfg.sites:
+        h = common.copy()
+        for s in server_sources(docs.docs, site.name):
+            c = s.contribution
+            h.update(repr((s.rank, c.location_key, c.section.path, c.override_mode,
+                           c.inherit_in_child_apps, c.digest)).encode())
+        out[site.name.lower()] = h.hexdigest()
+    return out
+
+
 def _apphost_sections(docs: ServerDocuments) -> dict[str, Merged]:
     out: dict[str, Merged] = {}
-    for doc in docs.docs:
+    for level, doc in enumerate(docs.docs):
         for c in doc.contributions:
             path = c.section.path
             if not path.startswith(APPHOST_PREFIX):
@@ -126,7 +178,7 @@ def _apphost_sections(docs: ServerDocuments) -> dict[str, Merged]:
             m = out.get(path)
             if m is None:
                 m = out[path] = Merged(SECTIONS[path].element)
-            apply(m, c.delta, path)
+            apply(m, c.delta, path, level)
     return out
 
 
@@ -228,6 +280,7 @@ class _Builder:
             queue_length=int(get("queueLength")),  # type: ignore[call-overload]
             enable_32bit=bool(get("enable32BitAppOnWin64")),
             managed_runtime_version=str(get("managedRuntimeVersion")),
+            managed_pipeline_mode=str(get("managedPipelineMode")),
             identity_type=str(get("identityType", pm)),
             user_name=str(get("userName", pm)),
             max_processes=int(get("maxProcesses", pm)),  # type: ignore[call-overload]
