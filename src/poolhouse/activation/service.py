@@ -19,10 +19,12 @@ import time
 from typing import Any
 
 from ..config import ConfigError, load_server_config
+from ..config.server import web_fingerprints
 from ..config.model import ServerConfig
 from ..ipc import exit_codes
 from ..ipc.control import ControlProtocol, Message, fd_pair, open_control, send_fd
 from ..listener.routing import RoutingTable
+from .config_watch import ConfigWatch
 from .events import RAPID_FAIL as RAPID_FAIL_EVENT
 from .events import RECYCLE_ADMIN, RECYCLE_CONFIG, STARTUP_TIMEOUT, WORKER_CRASHED, EventLog
 from .management import ManagementServer
@@ -76,6 +78,8 @@ class ActivationService:
         await self.start_listener()
         self.management = ManagementServer(self, os.path.join(self.state_dir, "run", "control.sock"))
         await self.management.start()
+        self.config_watch = ConfigWatch(self)  # applicationHost.config changes -> reload()
+        self.config_watch.start()
         self.loop.create_task(self._signal_loop())
         self.loop.create_task(self._health_loop())
         for pool in self.pools.values():
@@ -355,14 +359,23 @@ class ActivationService:
             self.listener_control.send({"op": "site_state", "site_id": site_id, "state": state})
 
     async def reload(self) -> None:
+        """Build and validate the whole new configuration, then swap it in.  Pools that
+        gain applications get workers with the new configuration before the listener's
+        routing moves, so no request reaches a worker that does not host its
+        application; then the listener is reprogrammed (new bindings serve, removed ones
+        stop, queued requests stay queued) and the other pools whose effective
+        configuration changed are recycled with overlap.  A refused file changes
+        nothing: the running configuration keeps serving."""
         try:
             config = load_server_config(self.config_path)
             added, removed = self.apply_sockets(config)
         except (ConfigError, OSError) as exc:
             self.events.emit("config_refused", logging.ERROR, reason=str(exc))
+            self.config_watch.refused(exc)
             return
         old = self.config
         self.config = config
+        recycle: dict[str, PoolRuntime] = {}  # pools to recycle after the routing moved
         for name, pool_cfg in config.pools.items():
             pool = self.pools.get(name)
             if pool is None:
@@ -370,7 +383,7 @@ class ActivationService:
             elif pool.config != pool_cfg:
                 pool.config = pool_cfg
                 if not pool_cfg.disallow_rotation_on_config_change:
-                    await self.recycle_pool(pool, "configuration change", RECYCLE_CONFIG)
+                    recycle[name] = pool
         for name in list(self.pools):
             if name not in config.pools:
                 pool = self.pools.pop(name)
@@ -378,12 +391,28 @@ class ActivationService:
                     w.drain(pool.config.shutdown_time_limit)
         for site in config.sites:
             self.site_states.setdefault(site.id, STARTED if site.server_auto_start else STOPPED)
-        if old.sites != config.sites:
-            # applications may have moved between pools: recycle every running pool whose
-            # applications changed (workers load their applications at start)
-            for pool in self.pools.values():
-                if _pool_apps(old, pool.name) != _pool_apps(config, pool.name):
-                    await self.recycle_pool(pool, "configuration change", RECYCLE_CONFIG)
+        # workers load their applications, and merge the server-level system.webServer
+        # configuration, when they start: pools whose applications changed must recycle,
+        # and (unless disallowRotationOnConfigChange) pools whose sites' server-level
+        # web configuration changed
+        gaining: list[PoolRuntime] = []
+        before, after = web_fingerprints(old) if old.config_text else {}, web_fingerprints(config)
+        for pool in self.pools.values():
+            old_apps, new_apps = _pool_apps(old, pool.name), _pool_apps(config, pool.name)
+            if old_apps != new_apps:
+                if any(a not in old_apps for a in new_apps):
+                    gaining.append(pool)
+                recycle[pool.name] = pool
+            elif not pool.config.disallow_rotation_on_config_change and any(
+                    before.get(s.name.lower()) != after.get(s.name.lower())
+                    for s in config.sites if any(a.pool == pool.name for a in s.applications)):
+                recycle[pool.name] = pool
+        for pool in gaining:
+            await self.recycle_pool(pool, "configuration change", RECYCLE_CONFIG)
+        deadline = time.monotonic() + max([p.config.startup_time_limit for p in gaining] or [0.0])
+        while time.monotonic() < deadline and not self.stopping and any(
+                w.recycle_reason and w.state == READY for p in gaining for w in p.workers):
+            await asyncio.sleep(0.05)
         self.program_listener()
         # the running listener takes new sockets over the descriptor channel
         if self.listener_control is not None and self.fd_channel is not None:
@@ -392,9 +421,14 @@ class ActivationService:
             for ip, port in added:
                 send_fd(self.fd_channel, {"op": "listen", "ip": ip, "port": port, "protocol": "http"},
                         self.sockets[(ip, port)].fileno())
+        for name, pool in recycle.items():
+            if self.pools.get(name) is pool and pool not in gaining:
+                await self.recycle_pool(pool, "configuration change", RECYCLE_CONFIG)
         self.events.emit("config_applied", config=self.config_path or "<embedded>",
                          listening_added=[f"{ip}:{port}" for ip, port in added],
-                         listening_removed=[f"{ip}:{port}" for ip, port in removed])
+                         listening_removed=[f"{ip}:{port}" for ip, port in removed],
+                         recycled=sorted(recycle))
+        self.config_watch.accepted(old, config)
 
     # ---- loops --------------------------------------------------------------------
 
@@ -439,6 +473,8 @@ class ActivationService:
             return
         self.stopping = True
         self.events.emit("service_stopping")
+        if getattr(self, "config_watch", None) is not None:
+            await self.config_watch.stop()
         limit = max([p.config.shutdown_time_limit for p in self.pools.values()] or [90.0])
         for pool in self.pools.values():
             if not pool.ready_workers and self.listener_control is not None:

@@ -6,6 +6,7 @@
     poolhouse recycle apppool NAME
     poolhouse reload
     poolhouse counters [--json]
+    poolhouse config backup [NAME] | restore NAME | history [--json]
 
 Every command but ``serve`` talks to a running server through the management socket in
 its state directory (``--state-dir``, or $POOLHOUSE_STATE_DIR, or the default).
@@ -19,6 +20,8 @@ import os
 import socket
 import sys
 from typing import Any
+
+from . import config_cli
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no server answers
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", help="re-read the configuration (as SIGHUP)")
     counters = sub.add_parser("counters", help="listener counters")
     counters.add_argument("--json", action="store_true")
+    config_cli.add_parser(sub)
     return parser
 
 
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     state_dir = args.state_dir or default_state_dir()
+    if args.command == "config":
+        return config_cli.run(args, state_dir)
     if args.command == "serve":
         return serve(args.config, state_dir, args.log_level)
     try:

@@ -178,12 +178,23 @@ class WebLimits:
 
 
 @dataclass
+class ConfigHistory:
+    """`system.applicationHost/configHistory`: snapshots of applicationHost.config."""
+
+    enabled: bool = True
+    path: str = ""  # empty: <state dir>/config/history
+    max_histories: int = 10
+    period: float = 120.0  # seconds between checks of the file (besides inotify)
+
+
+@dataclass
 class ServerConfig:
     """Everything the activation service and the listener need, flat."""
 
     pools: dict[str, Pool] = field(default_factory=dict)
     sites: list[Site] = field(default_factory=list)
     web_limits: WebLimits = field(default_factory=WebLimits)
+    config_history: ConfigHistory = field(default_factory=ConfigHistory)
     config_path: str = ""  # the applicationHost.config this was loaded from ("" = embedded)
     source_files: list[str] = field(default_factory=list)  # every file read, for watching
     warnings: list[str] = field(default_factory=list)
@@ -192,7 +203,8 @@ class ServerConfig:
     # from the file on disk, which may have changed — or broken — since.
     config_text: str = ""
 
-    _NESTED = {"pools": {"*": Pool}, "sites": [Site], "web_limits": WebLimits}
+    _NESTED = {"pools": {"*": Pool}, "sites": [Site], "web_limits": WebLimits,
+               "config_history": ConfigHistory}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -85,7 +85,8 @@ class WebConfigResolver:
         self._results: OrderedDict[tuple[Any, ...], model.WebConfig | ConfigError] = (
             OrderedDict())
         self._warned: set[str] = set()
-        # URL -> (when resolved, result): repeated URLs skip the walk for a second
+        self._oldest_check = 0.0
+        # URL -> (valid until, result): repeated URLs skip the walk for up to a second
         self._recent: OrderedDict[str, tuple[float, model.WebConfig | ConfigError]] = (
             OrderedDict())
 
@@ -98,11 +99,14 @@ class WebConfigResolver:
         with self._lock:
             now = time.monotonic()
             recent = self._recent.get(url)
-            if recent is not None and now - recent[0] < STAT_INTERVAL:
+            if recent is not None and now < recent[0]:
                 result = recent[1]
             else:
+                self._oldest_check = now
                 result = self._resolve(url)
-                self._recent[url] = (now, result)
+                # reuse the answer only as long as the oldest stat behind it is fresh,
+                # so an edited web.config shows within STAT_INTERVAL, not twice that
+                self._recent[url] = (self._oldest_check + STAT_INTERVAL, result)
                 self._recent.move_to_end(url)
                 if len(self._recent) > MAX_CACHED:
                     self._recent.popitem(last=False)
@@ -156,6 +160,7 @@ class WebConfigResolver:
     def _web_config_at(self, url: str, now: float) -> _Stat:
         st = self._stats.get(url)
         if st is not None and now - st.checked < STAT_INTERVAL:
+            self._oldest_check = min(self._oldest_check, st.checked)
             return st
         found: str | None = None
         mtime = 0.0

@@ -99,6 +99,7 @@ def load_server_config(path: str | None = None) -> model.ServerConfig:
     cfg = model.ServerConfig(
         pools=builder.pools(apphost.get(APPHOST_PREFIX + "applicationPools")),
         web_limits=builder.web_limits(apphost.get(APPHOST_PREFIX + "webLimits")),
+        config_history=builder.config_history(apphost.get(APPHOST_PREFIX + "configHistory")),
         config_path=os.path.abspath(path) if path else "",
         source_files=[BASE_CONFIG, docs.apphost.path],
         warnings=warnings,
@@ -508,6 +509,25 @@ class _Builder:
         return path
 
     # -- webLimits -----------------------------------------------------------------
+
+    def config_history(self, section: Merged | None) -> model.ConfigHistory:
+        schema = SECTIONS[APPHOST_PREFIX + "configHistory"].element
+
+        def get(n: str) -> object:
+            if section is not None and n in section.attrs:
+                return section.attrs[n]
+            return schema.attrs[n].default
+
+        path = str(get("path"))
+        if path and windows_path_problem(path):
+            path = ""  # warned about when read; use <state dir>/config/history
+        elif path and not os.path.isabs(path):
+            path = os.path.normpath(os.path.join(self.dir, path))
+        return model.ConfigHistory(
+            enabled=bool(get("enabled")), path=path,
+            max_histories=int(get("maxHistories")),  # type: ignore[call-overload]
+            period=float(get("period")),  # type: ignore[arg-type]
+        )
 
     def web_limits(self, section: Merged | None) -> model.WebLimits:
         from .schema import SECTIONS as ALL

@@ -1,0 +1,202 @@
+"""Watching applicationHost.config, and what happens after each change: history, audit.
+
+The activation service's ``ConfigWatch`` notices a change of the served
+applicationHost.config within ~200 ms (inotify through ``watchfiles``, on the file's
+folder so that editors which save by rename are seen; plus a poll every
+``configHistory/@period`` as a safety net) and calls the service's ``reload()``, which
+builds and validates the whole new configuration before swapping it in.  The service
+then reports the outcome here:
+
+- accepted: the file is snapshotted into the configuration history
+  (``CFGHISTORY_NNNNNNNNNN``, as IIS's AppHostSvc does) and one audit line is written;
+- refused: one audit line with the file, line, section and reason; the running
+  configuration keeps serving.
+
+Audit lines go to ``<state dir>/logs/config-audit.jsonl`` and to the event log
+(``config_change``).  web.config files are not watched here: workers re-stat them on
+the next request (see ``poolhouse.config.resolver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..config import ConfigError
+from ..config import history
+from ..config.audit import describe_accepted, describe_refused
+from ..config.model import ServerConfig
+
+if TYPE_CHECKING:
+    from .service import ActivationService
+
+log = logging.getLogger("poolhouse.activation")
+
+DEBOUNCE_MS = 200
+FALLBACK_POLL = 0.5  # seconds, when inotify (watchfiles) is not available
+
+
+class ConfigWatch:
+    def __init__(self, service: "ActivationService") -> None:
+        self.service = service
+        self.path = service.config_path  # None: the embedded configuration, not watched
+        self.state_dir = service.state_dir
+        self.audit_path = os.path.join(self.state_dir, "logs", "config-audit.jsonl")
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seen = self._stat()
+        self._refused_digest = ""
+
+    # ---- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Publish the served file's path for the CLI, snapshot the configuration the
+        service started with, and start watching."""
+        run = os.path.join(self.state_dir, "run")
+        os.makedirs(run, exist_ok=True)
+        cfg = self.service.config
+        for name, value in (("config-path", self.path or ""),
+                            ("config-history-path", cfg.config_history.path)):
+            with open(os.path.join(run, name), "w", encoding="utf-8") as fh:
+                fh.write(value + "\n" if value else "")
+        if self.path is None:
+            return
+        self._snapshot(cfg)
+        loop = asyncio.get_running_loop()
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:  # pragma: no cover - watchfiles is a dependency
+            self._tasks.append(loop.create_task(self._poll(FALLBACK_POLL)))
+        else:
+            self._tasks.append(loop.create_task(self._watch()))
+            self._tasks.append(loop.create_task(self._poll(None)))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+
+    # ---- noticing changes -----------------------------------------------------------
+
+    def _stat(self) -> tuple[float, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size, st.st_ino)
+
+    async def _changed(self) -> None:
+        current = self._stat()
+        if current is None or current == self._seen:
+            return  # deleted (an editor mid-save) or unchanged
+        self._seen = current
+        try:
+            await self.service.reload()
+        except Exception:  # reload reports its own errors; never let the watcher die
+            log.exception("reloading the configuration failed")
+
+    async def _watch(self) -> None:
+        import watchfiles
+
+        assert self.path is not None
+        folder = os.path.dirname(self.path) or "."
+        name = os.path.basename(self.path)
+        while not self._stop.is_set():
+            try:
+                async for _changes in watchfiles.awatch(
+                        folder, watch_filter=lambda _c, p: os.path.basename(p) == name,
+                        debounce=DEBOUNCE_MS, step=50, stop_event=self._stop,
+                        recursive=False):
+                    await self._changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the folder vanished, inotify limits, ...
+                log.warning("watching %s failed (%s); polling instead", folder, exc)
+                await asyncio.sleep(FALLBACK_POLL)
+
+    async def _poll(self, interval: float | None) -> None:
+        while not self._stop.is_set():
+            period = interval or max(1.0, self.service.config.config_history.period)
+            await asyncio.sleep(period)
+            await self._changed()
+
+    # ---- outcomes (called by the service's reload) ---------------------------------
+
+    def accepted(self, old: ServerConfig, new: ServerConfig) -> None:
+        self._seen = self._stat()
+        self._refused_digest = ""
+        if old.config_text == new.config_text:
+            return  # touched or rewritten identically: not a change
+        try:
+            changes = describe_accepted(old, new)
+        except ConfigError as exc:  # pragma: no cover - both were loaded before
+            changes = [f"(could not compare: {exc})"]
+        snap = self._snapshot(new)
+        self._audit("accepted", new.config_text.encode("latin-1"), changes,
+                    snapshot=snap)
+
+    def refused(self, exc: BaseException) -> None:
+        self._seen = self._stat()
+        path = self.path or ""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            data = b""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._refused_digest:
+            return  # the same refused file again (SIGHUP, a second event)
+        self._refused_digest = digest
+        changes = describe_refused(self.service.config, data, path) if data else []
+        error: dict[str, Any] = {"reason": str(exc)}
+        if isinstance(exc, ConfigError):
+            error = {"file": exc.file, "line": exc.line, "section": exc.section,
+                     "reason": exc.reason}
+        self._audit("refused", data, changes, error=error)
+
+    # ---- history and audit ----------------------------------------------------------
+
+    def _snapshot(self, cfg: ServerConfig) -> str | None:
+        settings = cfg.config_history
+        if not settings.enabled or not cfg.config_text or self.path is None:
+            return None
+        folder = history.history_dir(self.state_dir, settings.path)
+        try:
+            return history.snapshot(folder, cfg.config_text.encode("latin-1"),
+                                    settings.max_histories)
+        except OSError as exc:
+            self.service.events.emit("config_history_failed", logging.ERROR,
+                                     folder=folder, reason=str(exc))
+            return None
+
+    def _audit(self, result: str, data: bytes, changes: list[str], **extra: Any) -> None:
+        record: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "file": self.path or "<embedded>",
+            "result": result,
+            "sha256": hashlib.sha256(data).hexdigest() if data else "",
+            "changes": changes,
+        }
+        record.update({k: v for k, v in extra.items() if v is not None})
+        try:
+            with open(self.audit_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.audit_path, exc)
+        fields = {k: v for k, v in record.items() if k not in ("time",)}
+        self.service.events.emit("config_change",
+                                 logging.INFO if result == "accepted" else logging.ERROR,
+                                 **fields)
