@@ -80,11 +80,13 @@ def load_documents(path: str | None, data: bytes | None = None) -> ServerDocumen
     return ServerDocuments(base, apphost, registrations, mtimes)
 
 
-def load_server_config(path: str | None = None) -> model.ServerConfig:
+def load_server_config(path: str | None = None, data: bytes | None = None
+                       ) -> model.ServerConfig:
     """Load the built-in base configuration, then the applicationHost.config at ``path``
-    (None: the embedded default configuration), and return the flat ServerConfig.
+    (None: the embedded default configuration; ``data``: these bytes instead of the
+    file's, e.g. an edit being validated), and return the flat ServerConfig.
     Raises ConfigError (file, line, reason) on any violation."""
-    docs = load_documents(path)
+    docs = load_documents(path, data)
     warnings: list[str] = []
     seen_unknown: set[str] = set()
     for doc in docs.docs:
@@ -107,8 +109,9 @@ def load_server_config(path: str | None = None) -> model.ServerConfig:
     )
     cfg.sites = builder.sites(apphost.get(APPHOST_PREFIX + "sites"), cfg.pools)
     _validate_web_server(docs, cfg)
-    for w in warnings:
-        log.warning("%s", w)
+    if data is None:
+        for w in warnings:
+            log.warning("%s", w)
     setattr(cfg, "_poolhouse_documents", docs)
     return cfg
 
