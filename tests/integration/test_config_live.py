@@ -212,3 +212,61 @@ def test_broken_apphost_stops_serve_with_file_line_and_reason(tmp_path: Path) ->
     assert proc.returncode == 78
     assert f"{cfg}:5: system.applicationHost/applicationPools:" in proc.stderr
     assert "queueLength" in proc.stderr and "10-65535" in proc.stderr
+
+
+MOVE_FILES = {
+    "a/ok.txt": "ok A",
+    "m/app.py": """
+        import os
+
+        def application(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [os.environ.get("APP_POOL_ID", "?").encode()]
+        """,
+    "m/web.config": """
+        <configuration><system.webServer><handlers>
+          <add name="m" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:application" />
+        </handlers></system.webServer></configuration>
+        """,
+}
+SITE_A_WITH_M = SITE_A.replace("""        <bindings>""", """        <application path="/m" applicationPool="PA">
+          <virtualDirectory path="/" physicalPath="{root}/m" />
+        </application>
+        <bindings>""")
+
+
+def test_moved_application_goes_to_its_new_pool_under_load(poolhouse_server) -> None:
+    server = poolhouse_server(config(POOLS_B, SITE_A_WITH_M), MOVE_FILES)
+    assert httpx.get(server.url("/m/x"), timeout=5).text == "PA"
+    loads = [Load(server.url("/ok.txt")), MoveLoad(server.url("/m/x"))]
+    for t in loads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        text = server.config.read_text()
+        server.config.write_text(text.replace('<application path="/m" applicationPool="PA">',
+                                              '<application path="/m" applicationPool="PB">'))
+        took = within(lambda: httpx.get(server.url("/m/x"), timeout=5).text == "PB")
+        time.sleep(0.5)
+    finally:
+        for t in loads:
+            t.stop.set()
+            t.join(10)
+    print("moved within", round(took, 2), "s; requests:", [t.ok for t in loads])
+    assert all(t.failures == [] for t in loads), [t.failures[:3] for t in loads]
+    recycled = {e.get("apppool") for e in server.events() if e["event"] == "worker_recycle"}
+    assert "PA" in recycled  # it lost an application; PB had no worker yet
+
+
+class MoveLoad(Load):
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self.stop.is_set():
+                try:
+                    r = client.get(self.url)
+                    if r.status_code == 200 and r.text in ("PA", "PB"):
+                        self.ok += 1
+                    else:
+                        self.failures.append(f"{r.status_code} {r.text[:100]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
