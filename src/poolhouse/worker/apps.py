@@ -27,6 +27,8 @@ log = logging.getLogger("poolhouse.worker")
 WSGI = "wsgi"
 ASGI = "asgi"
 STATIC = "static"
+CGI = "cgi"
+PROTOCOL = "protocol"  # ProtocolSupportModule as a handler: OPTIONS and TRACE
 
 
 SELECTION_TTL = 1.0  # seconds a URL's handler choice is reused (as the resolver's stat)
@@ -45,6 +47,7 @@ class Selection(NamedTuple):
     detail: str = ""
     target: Any = None  # the loaded callable for WSGI/ASGI
     expires: float = 0.0
+    pipeline: Any = None  # the application's Pipeline at this URL; None: no module hooks
 
 
 class AppLoadError(Exception):
@@ -61,6 +64,8 @@ class Mapping:
     suffix: str  # ".ext" for "*.ext"
     name: str  # an exact file name
     verbs: frozenset[str] | None  # None: any verb
+    denied: int = 0  # 403 sub-status when accessPolicy does not grant requireAccess
+    module_names: tuple[str, ...] = ()
 
     def matches(self, method: str, last_segment: str) -> bool:
         if not self.any_path:
@@ -84,19 +89,48 @@ def _kind(modules: str) -> str:
         return ASGI
     if "staticfilemodule" in names or "defaultdocumentmodule" in names:
         return STATIC
+    if "cgimodule" in names:
+        return CGI
+    if "protocolsupportmodule" in names:
+        return PROTOCOL
     return ""
 
 
-def prepare_mappings(web: WebConfig) -> list[Mapping]:
+# requireAccess -> (accessPolicy flags that grant it, 403 sub-status when none does)
+_ACCESS = {
+    "none": ((), 0), "read": (("read",), 2), "write": (("write",), 3),
+    "script": (("script", "execute"), 1), "execute": (("execute",), 1),
+}
+
+
+def access_denied(require_access: str, access_policy: str) -> int:
+    """0 when ``accessPolicy`` grants ``requireAccess``, else the 403 sub-status
+    (403.1 execute/script, 403.2 read, 403.3 write)."""
+    grants, substatus = _ACCESS.get(require_access.strip().lower(), ((), 0))
+    if not grants:
+        return 0
+    policy = {p.strip().lower() for p in access_policy.split(",")}
+    return 0 if policy.intersection(grants) else substatus
+
+
+def prepare_mappings(web: WebConfig, pool: Any = None) -> list[Mapping]:
+    """The effective handler mappings prepared for matching; entries whose preCondition
+    does not hold in this pool are left out (as IIS skips them)."""
+    from .modules import precondition_holds
+
     out = []
     for h in web.handlers:
+        if h.pre_condition and not precondition_holds(h.pre_condition, pool, None):
+            continue
         path = h.path.strip()
         any_path = path in ("*", "*.*", "")
         suffix = path[1:].lower() if path.startswith("*.") and not any_path else ""
         verbs = None if h.verb.strip() in ("*", "") else frozenset(
             v.strip().upper() for v in h.verb.split(",") if v.strip()
         )
-        out.append(Mapping(h, _kind(h.modules), any_path, suffix, "" if suffix or any_path else path.lower(), verbs))
+        names = tuple(m.strip() for m in h.modules.split(",") if m.strip())
+        out.append(Mapping(h, _kind(h.modules), any_path, suffix, "" if suffix or any_path else path.lower(),
+                           verbs, access_denied(h.require_access, web.access_policy), names))
     return out
 
 
@@ -132,6 +166,8 @@ def load_callable(spec: str, folder: str) -> Any:
 class WorkerApplication:
     """One application of the worker's pool."""
 
+    pool: Any = None  # the application pool's configuration (preConditions)
+
     def __init__(self, server: ServerConfig, site: Site, app: Application) -> None:
         from ..config import WebConfigResolver
 
@@ -140,6 +176,7 @@ class WorkerApplication:
         self.key = f"{site.id}{app.path}"
         self.base = "" if app.path == "/" else app.path.rstrip("/")
         self.resolver = WebConfigResolver(server, site.name, app.path)
+        self.pool = server.pools.get(app.pool)
         # virtual directories, longest first: (url prefix relative to the app, folder)
         vdirs = [(v.path.rstrip("/"), v.physical_path) for v in app.virtual_directories]
         if not any(p == "" for p, _ in vdirs):
@@ -174,11 +211,28 @@ class WorkerApplication:
         cached = self._mappings.get(id(web))
         if cached is not None and cached[0] is web:
             return cached[1]
-        prepared = prepare_mappings(web)
+        prepared = prepare_mappings(web, self.pool)
         if len(self._mappings) > 256:
             self._mappings.clear()
         self._mappings[id(web)] = (web, prepared)
         return prepared
+
+    def pipeline_for(self, web: WebConfig, kind: str) -> Any:
+        """The pipeline of this configuration (built once per WebConfig object, like the
+        mappings); None when its modules subscribe to nothing.  Raises AppLoadError."""
+        from .modules import ModuleConfig, build_modules
+        from .pipeline import build_pipeline
+
+        cache: dict[tuple[int, str], tuple[WebConfig, Any]] = self.__dict__.setdefault("_pipelines", {})
+        key = (id(web), kind)
+        cached = cache.get(key)
+        if cached is not None and cached[0] is web:
+            return cached[1]
+        pipeline = build_pipeline(build_modules(ModuleConfig(web, self), kind))
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = (web, pipeline)
+        return pipeline
 
     def callable_for(self, mapping: Mapping) -> Any:
         spec = mapping.entry.script_processor
@@ -204,6 +258,17 @@ class WorkerApplication:
         return sel
 
     def _select(self, method: str, path: str) -> Selection:
+        sel = self._map(method, path)
+        if sel.web is None:
+            return sel
+        try:
+            pipeline = self.pipeline_for(sel.web, sel.kind)
+        except AppLoadError as exc:
+            log.error("%s", exc)
+            return Selection("", sel.mapping, sel.web, sel.rel, 500, 0, str(exc))
+        return sel._replace(pipeline=pipeline) if pipeline is not None else sel
+
+    def _map(self, method: str, path: str) -> Selection:
         rel = self.relative(path)
         try:
             web = self.resolver.for_path(path)
@@ -219,6 +284,16 @@ class WorkerApplication:
                 allowed_elsewhere = True
                 continue
             kind = mapping.kind
+            if web.modules:
+                missing = [n for n in mapping.module_names if n not in web.modules]
+                if missing:
+                    return Selection("", mapping, web, rel, 500, 21,
+                                     f"Handler {mapping.entry.name!r} has a bad module {missing[0]!r} in its "
+                                     "module list: it is not enabled in <modules>.")
+            if mapping.denied:
+                return Selection("", mapping, web, rel, 403, mapping.denied,
+                                 f"Handler {mapping.entry.name!r} requires {mapping.entry.require_access} "
+                                 f"access; accessPolicy is {web.access_policy!r}.")
             rtype = mapping.entry.resource_type
             if kind != STATIC and rtype in ("File", "Directory", "Either"):
                 physical = self.physical(rel)
@@ -233,7 +308,7 @@ class WorkerApplication:
                     log.error("%s", exc)
                     return Selection("", mapping, web, rel, 500, 0, str(exc))
                 return Selection(kind, mapping, web, rel, target=target)
-            if kind == STATIC:
+            if kind:
                 return Selection(kind, mapping, web, rel)
             return Selection("", mapping, web, rel, 500, 21,
                              f"Handler {mapping.entry.name!r} uses modules {mapping.entry.modules!r}, "

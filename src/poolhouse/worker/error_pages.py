@@ -16,6 +16,28 @@ _SUBSTATUS = {
     (500, 0): "The page cannot be displayed because an internal server error has occurred.",
     (500, 19): "The requested page cannot be accessed because the related configuration data for the page is invalid.",
     (500, 21): "The module is not recognized.",
+    (401, 1): "Logon failed: the credentials are not valid.",
+    (401, 2): "Logon failed due to server configuration: you do not have permission to view this page with the credentials you supplied.",
+    (401, 3): "You do not have permission to view this resource (URL authorization).",
+    (401, 503): "The IP address of the client is denied.",
+    (403, 1): "Execute access is forbidden: the handler requires Script or Execute access that accessPolicy does not grant.",
+    (403, 2): "Read access is forbidden: the handler requires Read access that accessPolicy does not grant.",
+    (403, 3): "Write access is forbidden.",
+    (403, 503): "The IP address of the client is denied.",
+    (404, 5): "The request filtering module is configured to deny a URL sequence.",
+    (404, 6): "The request filtering module is configured to deny the HTTP verb.",
+    (404, 7): "The request filtering module is configured to deny the file extension.",
+    (404, 8): "The request filtering module is configured to deny a path that contains a hidden segment.",
+    (404, 11): "The request filtering module is configured to deny a request that contains a double escape sequence.",
+    (404, 12): "The request filtering module is configured to deny a request that contains high-bit characters.",
+    (404, 14): "The request filtering module is configured to deny a request whose URL is too long.",
+    (404, 15): "The request filtering module is configured to deny a request whose query string is too long.",
+    (404, 18): "The request filtering module is configured to deny a query string sequence.",
+    (404, 19): "The request was denied by a request filtering rule.",
+    (404, 503): "The IP address of the client is denied.",
+    (413, 1): "The request filtering module is configured to deny a request that exceeds the request content length.",
+    (502, 1): "The CGI application did not complete within the configured timeout.",
+    (502, 2): "The CGI application did not return a complete set of HTTP headers.",
 }
 
 
@@ -70,3 +92,35 @@ def _config_error_detail(detail: str) -> str:
         except (OSError, ValueError, IndexError):
             pass
     return f"<h3>Detailed Error Information</h3><table>{table}</table>{source}"
+
+
+def substatus_message(status: int, substatus: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return _SUBSTATUS.get((status, substatus)) or _SUBSTATUS.get((status, 0)) or phrase + "."
+
+
+def detailed_error_page(status: int, substatus: int, info: list[tuple[str, str]], detail: str = "",
+                        more_information: str = "") -> bytes:
+    """IIS's detailed error page: status and sub-status, the most likely causes, and the
+    module, notification, handler, requested URL, physical path, logon method and user
+    (errorMode="Detailed", or DetailedLocalOnly for a local request)."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    code = f"{status}.{substatus}" if substatus else str(status)
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in info)
+    extra = f"<h3>Detailed error information</h3><pre>{html.escape(detail)}</pre>" if detail else ""
+    more = (f'<h3>More information</h3><p><a href="{html.escape(more_information)}">'
+            f"{html.escape(more_information)}</a></p>") if more_information else ""
+    return (
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+        f"<title>IIS Detailed Error - {code} - {html.escape(phrase)}</title></head><body>"
+        f"<h1>HTTP Error {code} - {html.escape(phrase)}</h1>"
+        f"<h2>{html.escape(substatus_message(status, substatus))}</h2>"
+        f"<h3>Detailed Error Information:</h3><table class=\"detailed\">{rows}</table>{extra}{more}"
+        "</body></html>\n"
+    ).encode()

@@ -23,12 +23,13 @@ from ..ipc import queue as q
 from ..ipc.control import ControlProtocol, Message, open_control
 from ..ipc.frames import FrameDecoder, FrameError, encode
 from ..urlpath import BadPath, normalize, split_target
-from .apps import ASGI, STATIC, WSGI, AppLoadError, WorkerApplication
+from .apps import ASGI, CGI, PROTOCOL, STATIC, WSGI, AppLoadError, Selection, WorkerApplication
 from .handlers.asgi import Lifespan, build_scope, run_asgi
 from .handlers.static import FileBody, StaticFileHandler, StaticResponse
 from .handlers.wsgi import WsgiHandler, build_environ, make_environ_base
-from .stream import Stream
+from .stream import BadResponseHeader, Stream, build_header_block
 from .error_pages import error_page
+from .pipeline import HttpContext
 
 log = logging.getLogger("poolhouse.worker")
 
@@ -236,6 +237,11 @@ class WorkerProcess:
 
     def stream_ended(self, stream: Stream) -> None:
         self.streams.pop(stream.sid, None)
+        ctx = stream.ctx
+        if ctx is not None:
+            stream.ctx = None  # no stream <-> context cycle left for the garbage collector
+            if ctx.pipeline.post or ctx.trace is not None:
+                ctx.on_end()  # ReleaseRequestState .. EndRequest
         self.requests += 1
         if self.draining and not self.streams:
             self.loop.call_soon(self.exit, exit_codes.STOPPED)
@@ -270,17 +276,44 @@ class WorkerProcess:
             return
         stream.stage = "MapRequestHandler"
         sel = app.select(head.method, path)
+        pipeline = sel.pipeline
+        if pipeline is not None:
+            # the integrated pipeline: BeginRequest .. PreExecuteRequestHandler, then
+            # execute() below (unless a module finished the request)
+            ctx = stream.ctx = HttpContext(self, stream, app, sel, pipeline, path, raw_path, query)
+            ctx.run()
+            return
+        self.execute(stream, app, sel, path, raw_path, query, None)
+
+    def execute(self, stream: Stream, app: WorkerApplication, sel: Selection, path: str, raw_path: str,
+                query: str, ctx: HttpContext | None) -> None:
+        """ExecuteRequestHandler: the handler the mappings chose."""
         kind = sel.kind
+        head = stream.head
         if kind == WSGI:
             assert self.wsgi is not None
-            self.wsgi.handle(stream, sel.target, build_environ(
-                self.environ_base, app.environ_base, head, path[len(app.base):], query))
+            environ = build_environ(self.environ_base, app.environ_base, head, path[len(app.base):], query)
+            if ctx is not None:
+                extra = ctx.extra_environ
+                if extra:
+                    environ.update(extra)
+            self.wsgi.handle(stream, sel.target, environ)
         elif kind == ASGI:
             scope = build_scope(head, app.base, path, raw_path.encode("latin-1"), query,
                                 self.lifespan_state.get(sel.mapping.entry.script_processor, {}))  # type: ignore[union-attr]
+            if ctx is not None:
+                extra = ctx.extra_environ
+                if extra:
+                    scope["extensions"] = {"poolhouse.server_variables": extra}
             self.loop.create_task(run_asgi(sel.target, scope, stream))
         elif kind == STATIC:
             self.run_static(stream, app, sel.web, sel.rel, query)
+        elif kind == CGI:
+            from .handlers.cgi import run_cgi
+            self.loop.create_task(run_cgi(self, stream, app, sel, path, query, ctx))
+        elif kind == PROTOCOL:
+            from .modules.protocol_support import protocol_handler
+            protocol_handler(self, stream, sel, ctx)
         else:
             self.error_response(stream, sel.status, sel.substatus, sel.detail,
                                 detail_local=sel.status == 500)
@@ -313,18 +346,57 @@ class WorkerProcess:
                 content_length = int(value)
             else:
                 headers.append((name, value))
-        block = b"".join(b"%s: %s\r\n" % h for h in headers)
-        if isinstance(resp.body, FileBody):
-            if stream.head.method == "HEAD":
-                stream.respond(resp.status, block, content_length, b"", True)
+        status, body = resp.status, resp.body
+        ctx = stream.ctx
+        if ctx is not None and ctx.pipeline.has_send:
+            out = ctx.send_response(status, resp.substatus, headers, body, True)
+            if out.body is not body:
+                content_length = out.body.length if isinstance(out.body, FileBody) else len(out.body)
+            status, headers, body = out.status, out.headers, out.body
+            if out.generated:
+                self.error_response(stream, status, out.substatus, out.detail, extra_headers=headers)
                 return
-            stream.respond(resp.status, block, content_length, b"", False)
-            self.loop.create_task(self._send_file(stream, resp.body))
+        block = b"".join(b"%s: %s\r\n" % h for h in headers)
+        if isinstance(body, FileBody):
+            if stream.head.method == "HEAD":
+                stream.respond(status, block, content_length, b"", True)
+                return
+            stream.respond(status, block, content_length, b"", False)
+            self.loop.create_task(self._send_file(stream, body))
             return
         if stream.head.method == "HEAD":
-            stream.respond(resp.status, block, content_length, b"", True)
+            stream.respond(status, block, content_length, b"", True)
         else:
-            stream.respond(resp.status, block, len(resp.body), resp.body, True)
+            stream.respond(status, block, len(body), body, True)
+
+    def send_whole(self, stream: Stream, status: int, headers: list[tuple[bytes, bytes]],
+                   body: bytes | FileBody, ctx: HttpContext, substatus: int = 0) -> None:
+        """A response a module produced (``ctx.respond``/``redirect``), through SendResponse."""
+        if stream.ended:
+            return
+        out = ctx.send_response(status, substatus, headers, body, True)
+        if out.generated:
+            self.error_response(stream, out.status, out.substatus, out.detail, extra_headers=out.headers)
+            return
+        try:
+            block, length, close = build_header_block(out.headers)
+        except BadResponseHeader as exc:
+            log.error("module %s produced a bad header: %s", ctx.module, exc)
+            out.headers = []
+            self.error_response(stream, 500, 0, str(exc))
+            return
+        body = out.body
+        if isinstance(body, FileBody):
+            if stream.head.method == "HEAD":
+                stream.respond(out.status, block, body.length, b"", True, close)
+            else:
+                stream.respond(out.status, block, body.length, b"", False, close)
+                self.loop.create_task(self._send_file(stream, body))
+            return
+        if stream.head.method == "HEAD":
+            stream.respond(out.status, block, len(body), b"", True, close)
+        else:
+            stream.respond(out.status, block, len(body), body, True, close)
 
     async def _send_file(self, stream: Stream, body: FileBody) -> None:
         try:
@@ -347,19 +419,38 @@ class WorkerProcess:
             stream.reset()
 
     def error_response(self, stream: Stream, status: int, substatus: int, detail: str = "",
-                       detail_local: bool = False, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                       detail_local: bool = False, extra_headers: list[tuple[bytes, bytes]] | None = None,
+                       ctx: HttpContext | None = None) -> None:
+        """A server-generated error.  Through the pipeline, SendResponse hooks see it
+        first (CustomErrorModule renders it); a body nobody provided is the built-in
+        page, with the detail for local requests."""
         if stream.ended:
             return
         if stream.head_sent:
             stream.reset()
             return
-        local = stream.head.client_addr in ("127.0.0.1", "::1")
-        body = error_page(status, substatus, detail if (local or not detail_local) else "")
-        block = b"Content-Type: text/html; charset=utf-8\r\n"
-        if extra_headers:
-            block += b"".join(b"%s: %s\r\n" % h for h in extra_headers if h[0].lower() != b"content-length")
+        headers = [h for h in extra_headers or () if h[0].lower() not in (b"content-length", b"content-type")]
+        body: bytes | FileBody = b""
+        ctx = stream.ctx
+        if ctx is not None:
+            if not ctx.error_notification:
+                ctx.error_module, ctx.error_notification = ctx.module, ctx.notification
+            out = ctx.send_response(status, substatus, headers, b"", True, True, detail)
+            status, substatus, headers, body = out.status, out.substatus, out.headers, out.body
+            if isinstance(body, FileBody):
+                self.send_whole(stream, status, headers, body, ctx, substatus)
+                return
+        if not body:
+            local = stream.head.client_addr in ("127.0.0.1", "::1")
+            body = error_page(status, substatus, detail if (local or not detail_local) else "")
+            headers = [h for h in headers if h[0].lower() != b"content-type"]
+            headers.insert(0, (b"Content-Type", b"text/html; charset=utf-8"))
+        try:
+            block, _, close = build_header_block(headers)
+        except BadResponseHeader as exc:
+            log.error("bad header on an error response: %s", exc)
+            block, close = b"Content-Type: text/html; charset=utf-8\r\n", False
         if stream.head.method == "HEAD":
-            stream.respond(status, block, len(body), b"", True)
+            stream.respond(status, block, len(body), b"", True, close)
         else:
-            stream.respond(status, block, len(body), body, True)
-
+            stream.respond(status, block, len(body), body, True, close)

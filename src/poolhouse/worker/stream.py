@@ -12,7 +12,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..ipc import queue as q
 from ..ipc.frames import encode
@@ -76,7 +76,7 @@ class Stream:
     __slots__ = (
         "worker", "sid", "head", "body_chunks", "body_done", "body_event", "cancelled",
         "window", "window_event", "ended", "head_sent", "on_body", "_tlock", "_tcond",
-        "app", "started_at", "stage",
+        "app", "started_at", "stage", "ctx", "body_filter",
     )
 
     def __init__(self, worker: "WorkerProcess", sid: int, head: q.RequestHead, body_done: bool) -> None:
@@ -97,6 +97,9 @@ class Stream:
         self.app: object = None
         self.started_at = 0.0
         self.stage = "queued"
+        self.ctx: Any = None  # the pipeline's HttpContext, when the URL has module hooks
+        # set by a SendResponse hook (compression): applied to every later body piece
+        self.body_filter: Callable[[bytes, bool], bytes] | None = None
 
     # ---- request body (frames from the listener) ----------------------------------
 
@@ -168,6 +171,14 @@ class Stream:
         """``account=False``: the window was already taken (``take_window_threadsafe``)."""
         if self.ended:
             return
+        transform = self.body_filter
+        if transform is not None:
+            taken = len(data)
+            data = transform(data, end)
+            if not account and taken != len(data):
+                self.grant_window(taken - len(data))  # the thread took window for the input
+            if not data and not end:
+                return
         self.worker.send_parts(q.body_header(q.RESPONSE_BODY, self.sid, len(data), end), data)
         if end:
             self._end()

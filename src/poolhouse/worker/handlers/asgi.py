@@ -163,14 +163,33 @@ class AsgiRequest:
                 raise OSError("client disconnected")
             if not self.head_sent:
                 self.head_sent = True
-                block, length, close = build_header_block(self.headers)
+                status, headers = self.status, self.headers
+                ctx = stream.ctx
+                if ctx is not None and ctx.pipeline.has_send:
+                    out = ctx.send_response(status, 0, headers, body, not more)
+                    if out.generated:
+                        stream.worker.error_response(stream, out.status, out.substatus, out.detail)
+                        self.finished = True
+                        return
+                    changed = out.body is not body or out.end == more
+                    status, headers, body, more = out.status, out.headers, out.body, not out.end
+                    if out.body_filter is not None:
+                        stream.body_filter = out.body_filter
+                    block, length, close = build_header_block(headers)
+                    if changed or stream.body_filter is not None:
+                        length = len(body) if not more else -1
+                else:
+                    block, length, close = build_header_block(headers)
                 if self.method == "HEAD":
                     if length < 0 and not more:
                         length = len(body)
-                    stream.respond(self.status, block, length, b"", True, close)
+                    stream.respond(status, block, length, b"", True, close)
                     self.finished = True
                     return
-                stream.respond(self.status, block, length, body, not more, close)
+                stream.respond(status, block, length, body, not more, close)
+                if not more:
+                    self.finished = True
+                return
             elif self.method != "HEAD":
                 if stream.window <= 0:
                     await stream.wait_window()

@@ -241,11 +241,29 @@ class WsgiHandler:
         if start.headers is None:
             self._fail(stream, environ, start, "the application did not call start_response")
             return False
+        status = start.status
+        headers = start.headers
+        ctx = stream.ctx
+        changed = False
+        if ctx is not None and ctx.pipeline.has_send:
+            out = ctx.send_response(status, 0, headers, body, end)
+            if out.generated:  # a SendResponse hook turned it into a server error
+                start.head_sent = True
+                stream.worker.error_response(stream, out.status, out.substatus, out.detail)
+                return False
+            changed = out.body is not body or out.end != end
+            status, headers, body, end = out.status, out.headers, out.body, out.end  # type: ignore[assignment]
+            if out.body_filter is not None:
+                stream.body_filter = out.body_filter
         try:
-            block, length, close = build_header_block(start.headers)
+            block, length, close = build_header_block(headers)
         except BadResponseHeader as exc:
             self._fail(stream, environ, start, str(exc))
             return False
+        if changed:
+            length = len(body) if end else -1
+        elif stream.body_filter is not None:
+            length = -1
         start.head_sent = True
         if environ["REQUEST_METHOD"] == "HEAD":
             if end and length < 0:
@@ -255,7 +273,7 @@ class WsgiHandler:
         elif end and length >= 0 and length != len(body):
             log.warning("%s: Content-Length %d but %d bytes returned", environ.get("PATH_INFO"), length, len(body))
             length = len(body)
-        stream.respond(start.status, block, length, body, end, close)
+        stream.respond(status, block, length, body, end, close)
         return not stream.ended
 
     def _fail(self, stream: Stream, environ: dict[str, Any], start: StartResponse, reason: str = "") -> None:

@@ -1,0 +1,203 @@
+"""AnonymousAuthenticationModule and BasicAuthenticationModule
+(``system.webServer/security/authentication/*``) at AuthenticateRequest.
+
+Basic authentication checks credentials against a users file named by Poolhouse's
+schema extension ``basicAuthentication/@usersFile`` (absolute, or relative to the
+application's physical folder — keep it outside the served folders).  One account a
+line, ``#`` comments::
+
+    alice:$2b$12$...bcrypt hash...:admins,editors
+    bob:$argon2id$v=19$...:editors            (argon2 needs the argon2-cffi package)
+
+The third field lists the user's groups (roles for URL authorization).  Verified
+credentials are remembered for 15 minutes (IIS's TokenCacheModule does the same for
+logon tokens), so the deliberately slow hash is computed once per user and password.
+PAM is not supported.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+from ..pipeline import FINISH, HttpContext
+from .base import LAST, Module, ModuleConfig
+
+log = logging.getLogger("poolhouse.worker")
+
+TOKEN_TTL = 900.0
+
+
+class AnonymousAuthenticationModule(Module):
+    """Anonymous is the state of a request no other module authenticated, so an enabled
+    anonymousAuthentication costs nothing; disabled, a request nobody authenticated
+    gets 401.2 (after the other authentication modules: priority LAST)."""
+
+    priority = LAST
+
+    def __init__(self, name: str, config: ModuleConfig) -> None:
+        super().__init__(name, config)
+        self.allow = bool(config.section("security/authentication/anonymousAuthentication").get("enabled", True))
+
+    def enabled(self) -> bool:
+        return not self.allow
+
+    def authenticate_request(self, ctx: HttpContext) -> Any:
+        if ctx.user:
+            return None
+        return ctx.fail(401, 2, "Anonymous authentication is disabled and the request carried no valid "
+                        "credentials of an enabled scheme.")
+
+
+class UsersFile:
+    """The accounts of a users file, re-read when the file changes."""
+
+    _files: dict[str, "UsersFile"] = {}
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stamp: tuple[float, int] | None = None
+        self.users: dict[str, tuple[str, frozenset[str]]] = {}
+        self.checked = 0.0
+
+    @classmethod
+    def get(cls, path: str) -> "UsersFile":
+        f = cls._files.get(path)
+        if f is None:
+            f = cls._files[path] = cls(path)
+        return f
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self.checked < 1.0:
+            return
+        self.checked = now
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            if self.stamp is not None or not self.users:
+                log.error("basicAuthentication usersFile %s: %s", self.path, exc)
+            self.users, self.stamp = {}, None
+            return
+        stamp = (st.st_mtime, st.st_size)
+        if stamp == self.stamp:
+            return
+        users: dict[str, tuple[str, frozenset[str]]] = {}
+        with open(self.path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, _, rest = line.partition(":")
+                digest, _, groups = rest.partition(":")  # bcrypt and argon2 hashes hold no ':'
+                if not name or not digest:
+                    log.error("%s:%d: expected 'user:hash[:groups]'", self.path, n)
+                    continue
+                users[name.lower()] = (digest, frozenset(g.strip().lower() for g in groups.split(",") if g.strip()))
+        self.users, self.stamp = users, stamp
+
+    def roles(self, user: str) -> frozenset[str]:
+        self.refresh()
+        entry = self.users.get(user.lower())
+        return entry[1] if entry else frozenset()
+
+    def verify(self, user: str, password: str) -> bool:
+        self.refresh()
+        entry = self.users.get(user.lower())
+        if entry is None:
+            return False
+        return check_password(password, entry[0])
+
+
+def check_password(password: str, digest: str) -> bool:
+    if digest.startswith(("$2a$", "$2b$", "$2y$")):
+        import bcrypt
+        try:
+            return bool(bcrypt.checkpw(password.encode(), digest.encode()))
+        except ValueError:
+            return False
+    if digest.startswith("$argon2"):
+        try:
+            from argon2 import PasswordHasher  # type: ignore[import-not-found]
+            from argon2.exceptions import VerificationError  # type: ignore[import-not-found]
+        except ImportError:
+            log.error("an argon2 hash needs the argon2-cffi package")
+            return False
+        try:
+            return bool(PasswordHasher().verify(digest, password))
+        except (VerificationError, ValueError):
+            return False
+    log.error("unsupported password hash (use bcrypt or argon2)")
+    return False
+
+
+def hash_password(password: str, rounds: int = 12) -> str:
+    """A bcrypt hash for a users file (``python -c`` helper, tests)."""
+    import bcrypt
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+class BasicAuthenticationModule(Module):
+    """``Authorization: Basic`` against the users file: success sets ``ctx.user``
+    (AUTH_USER/REMOTE_USER, AUTH_TYPE "Basic") and ``ctx.roles``; bad credentials get
+    401.1.  Every 401 carries ``WWW-Authenticate: Basic realm="…"`` (the realm, or
+    the Host)."""
+
+    send_errors_only = True
+
+    def __init__(self, name: str, config: ModuleConfig) -> None:
+        super().__init__(name, config)
+        sec = config.section("security/authentication/basicAuthentication")
+        self.on = bool(sec.get("enabled", False))
+        self.realm = str(sec.get("realm", ""))
+        path = str(sec.get("usersFile", "") or "")
+        if path and not os.path.isabs(path):
+            path = os.path.join(config.physical_path, path)
+        self.users = UsersFile.get(path) if path else None
+        self._tokens: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+
+    def enabled(self) -> bool:
+        if self.on and self.users is None:
+            log.warning("basicAuthentication is enabled without a usersFile: no credentials can succeed")
+        return self.on
+
+    def authenticate_request(self, ctx: HttpContext) -> Any:
+        header = ctx.headers.get("authorization", "")
+        if not header[:6].lower() == "basic ":
+            return None
+        try:
+            user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return ctx.fail(401, 1, "Malformed Basic credentials.")
+        if not sep or not user:
+            return ctx.fail(401, 1, "Malformed Basic credentials.")
+        key = (user.lower(), hashlib.sha256(password.encode()).hexdigest())
+        now = time.monotonic()
+        token = self._tokens.get(key)
+        if token is None or token[0] < now:
+            if self.users is None or not self.users.verify(user, password):
+                self._tokens.pop(key, None)
+                return ctx.fail(401, 1, f"Logon failed for user {user!r}.")
+            if len(self._tokens) > 10000:
+                self._tokens.clear()
+            token = self._tokens[key] = (now + TOKEN_TTL, self.users.roles(user))
+        ctx.user = user
+        ctx.auth_type = "Basic"
+        ctx.roles = token[1]
+        return None
+
+    def send_response(self, ctx: HttpContext) -> Any:
+        resp = ctx.response
+        if resp is None or resp.status != 401:
+            return None
+        realm = self.realm or ctx.headers.get("host", "").rsplit(":", 1)[0]
+        resp.add_header(b"WWW-Authenticate", b'Basic realm="%s"' % realm.replace('"', "").encode("latin-1", "replace"))
+        return None
+
+
+__all__ = ["AnonymousAuthenticationModule", "BasicAuthenticationModule", "UsersFile", "check_password",
+           "hash_password", "FINISH"]
