@@ -1,7 +1,7 @@
 """Watching applicationHost.config, and what happens after each change: history, audit.
 
 The activation service's ``ConfigWatch`` notices a change of the served
-applicationHost.config within ~200 ms (inotify through ``watchfiles``, on the file's
+applicationHost.config (or of a file it includes with ``configSource``) within ~200 ms (inotify through ``watchfiles``, on the file's
 folder so that editors which save by rename are seen; plus a poll every
 ``configHistory/@period`` as a safety net) and calls the service's ``reload()``, which
 builds and validates the whole new configuration before swapping it in.  The service
@@ -89,19 +89,30 @@ class ConfigWatch:
 
     # ---- noticing changes -----------------------------------------------------------
 
-    def _stat(self) -> tuple[float, int, int] | None:
+    def _files(self) -> list[str]:
+        """applicationHost.config and the files it pulls in (configSource)."""
+        if self.path is None:
+            return []
+        extra = [f for f in self.service.config.source_files
+                 if f != self.path and not f.endswith(os.sep + "base.config")]
+        return [self.path, *sorted(set(extra))]
+
+    def _stat(self) -> tuple[tuple[float, int, int] | None, ...] | None:
         if self.path is None:
             return None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size, st.st_ino)
+        out: list[tuple[float, int, int] | None] = []
+        for path in self._files():
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return tuple(out)
 
     async def _changed(self) -> None:
         current = self._stat()
-        if current is None or current == self._seen:
-            return  # deleted (an editor mid-save) or unchanged
+        if current is None or current == self._seen or current[0] is None:
+            return  # unchanged, or applicationHost.config deleted (an editor mid-save)
         self._seen = current
         try:
             await self.service.reload()
@@ -111,21 +122,24 @@ class ConfigWatch:
     async def _watch(self) -> None:
         import watchfiles
 
-        assert self.path is not None
-        folder = os.path.dirname(self.path) or "."
-        name = os.path.basename(self.path)
         while not self._stop.is_set():
+            files = self._files()
+            wanted = set(files)
+            folders = sorted({os.path.dirname(f) or "." for f in files})
             try:
                 async for _changes in watchfiles.awatch(
-                        folder, watch_filter=lambda _c, p: os.path.basename(p) == name,
+                        *folders, watch_filter=lambda _c, p: p in wanted,
                         debounce=DEBOUNCE_MS, step=50, stop_event=self._stop,
                         recursive=False):
                     await self._changed()
+                    if set(self._files()) != wanted:
+                        break  # a configSource appeared or went: watch the new set
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the folder vanished, inotify limits, ...
-                log.warning("watching %s failed (%s); polling instead", folder, exc)
+            except Exception as exc:  # a folder vanished, inotify limits, ...
+                log.warning("watching %s failed (%s); polling instead", folders, exc)
                 await asyncio.sleep(FALLBACK_POLL)
+                await self._changed()
 
     async def _poll(self, interval: float | None) -> None:
         while not self._stop.is_set():
@@ -136,9 +150,8 @@ class ConfigWatch:
     # ---- outcomes (called by the service's reload) ---------------------------------
 
     def accepted(self, old: ServerConfig, new: ServerConfig) -> None:
-        self._seen = self._stat()
         self._refused_digest = ""
-        if old.config_text == new.config_text:
+        if (old.config_text, old.config_extra) == (new.config_text, new.config_extra):
             return  # touched or rewritten identically: not a change
         try:
             changes = describe_accepted(old, new)
@@ -149,7 +162,6 @@ class ConfigWatch:
                     snapshot=snap)
 
     def refused(self, exc: BaseException) -> None:
-        self._seen = self._stat()
         path = self.path or ""
         try:
             with open(path, "rb") as fh:

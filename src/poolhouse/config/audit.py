@@ -83,6 +83,9 @@ def describe_accepted(old: ServerConfig | None, new: ServerConfig) -> list[str]:
     changes = section_changes(old_doc, new_doc)
     if old is not None:
         changes += object_changes(old, new)
+        for path in sorted(new.config_extra.keys() | old.config_extra.keys()):
+            if new.config_extra.get(path) != old.config_extra.get(path):
+                changes.append(f"changed included file {path}")
     return changes
 
 

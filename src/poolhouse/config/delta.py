@@ -21,6 +21,7 @@ loads.  The base's locks do bind web.config files, as the stock file's would.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from lxml import etree  # type: ignore[import-untyped]
@@ -37,6 +38,8 @@ LOCK_ATTRS = ("lockAttributes", "lockAllAttributesExcept", "lockElements",
 Warn = Callable[[str, int | None, str], None]  # (file, line, message)
 
 DEFAULTS, APPHOST, BELOW = 0, 1, 2
+
+_ENCRYPTED = re.compile(r"^\s*\[enc:[^:\]]+:.*:enc\]\s*$", re.S)
 
 
 class Locks:
@@ -177,6 +180,11 @@ class Parser:
                     f"allowed: {allowed}", line)
             if remove and not attr.is_key:
                 continue  # IIS ignores non-key attributes on remove
+            if _ENCRYPTED.match(value):
+                self.warn(self.file, line, f"{self.section}: {local_name(el)}/@{name}: the "
+                          "value is encrypted ([enc:…:enc]) with a Windows key provider "
+                          "Poolhouse cannot use; the attribute is ignored")
+                continue
             d.attrs[name] = self.value(attr, value, line, local_name(el))
         if item_of is not None and not remove:
             for attr in schema.attrs.values():

@@ -10,6 +10,7 @@ registrations are kept too.  Sections Poolhouse does not implement (``system.web
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 
 from lxml import etree  # type: ignore[import-untyped]
@@ -17,7 +18,7 @@ from lxml import etree  # type: ignore[import-untyped]
 from .delta import Delta, Parser, Warn
 from .errors import ConfigError
 from .schema import GROUPS, SECTIONS, Section
-from .xmlsafe import element_children, local_name, parse_xml
+from .xmlsafe import element_children, local_name, parse_xml, read_config_bytes
 
 OVERRIDE_MODES = ("Allow", "Deny")
 ALLOW_DEFINITIONS = ("Everywhere", "MachineToApplication", "MachineOnly",
@@ -61,6 +62,9 @@ class ConfigDocument:
     unknown: list[tuple[str, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     data: bytes = b""  # the file's bytes as read (applicationHost.config only)
+    # files read for this one (configSource, appSettings/@file) -> their bytes
+    # (b"" when an optional one is missing); a change to any of them is a change here
+    extra: dict[str, bytes] = field(default_factory=dict)
 
 
 def _bool(text: str, what: str, file: str, line: int) -> bool:
@@ -71,8 +75,9 @@ def _bool(text: str, what: str, file: str, line: int) -> bool:
 
 
 class _Reader:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, files: dict[str, bytes] | None = None) -> None:
         self.doc = ConfigDocument(path)
+        self.files = files  # given: the extra files' bytes as accepted earlier
         self.seen: set[tuple[str, str]] = set()
         self.unknown_seen: set[str] = set()
 
@@ -191,11 +196,15 @@ class _Reader:
     def add_contribution(self, el: etree._Element, section: Section,
                          location: tuple[str, str | None, bool] | None) -> None:
         line = el.sourceline or 0
-        parser = Parser(self.doc.path, section.path, self.warn)
-        delta, _ = parser.parse(el, section.element)
+        source, source_file = self.config_source(el, section)
+        parser = Parser(source_file, section.path, self.warn)
+        delta, _ = parser.parse(source, section.element)
+        digest = _digest(source)
+        if section.path == "appSettings" and source.get("file"):
+            digest += self.app_settings_file(source, source_file, delta, section)
         loc_path, mode, inherit = location if location else (None, None, True)
         c = Contribution(section, delta, loc_path, mode, inherit,
-                         len(self.doc.contributions), line, _digest(el))
+                         len(self.doc.contributions), line, digest)
         key = (c.location_key, section.path)
         if key in self.seen:
             raise ConfigError(
@@ -204,6 +213,70 @@ class _Reader:
                 self.doc.path, line, section.path)
         self.seen.add(key)
         self.doc.contributions.append(c)
+
+    def extra_bytes(self, path: str, optional: bool) -> bytes | None:
+        if self.files is not None and path in self.files:
+            data: bytes | None = self.files[path] or None
+        elif optional and not os.path.isfile(path):
+            data = None
+        else:
+            data = read_config_bytes(path)
+        self.doc.extra[path] = data or b""
+        return data
+
+    def config_source(self, el: etree._Element, section: Section
+                      ) -> tuple[etree._Element, str]:
+        """The element to read for a section: itself, or the root of the file its
+        ``configSource`` names (which must be the section's only attribute)."""
+        ref = el.get("configSource")
+        if ref is None:
+            return el, self.doc.path
+        line = el.sourceline
+        if len(el.attrib) > 1 or element_children(el):
+            raise ConfigError("a section with configSource can have no other attributes or "
+                              "elements", self.doc.path, line, section.path)
+        path = _inside(self.doc.path, ref, "configSource", line, section.path)
+        data = self.extra_bytes(path, optional=False)
+        assert data is not None
+        root = parse_xml(data, path)
+        if local_name(root) != local_name(el):
+            raise ConfigError(f"the root element of a configSource file must be "
+                              f"<{local_name(el)}>, not <{local_name(root)}>", path,
+                              root.sourceline, section.path)
+        return root, path
+
+    def app_settings_file(self, el: etree._Element, file: str, delta: Delta,
+                          section: Section) -> str:
+        """``<appSettings file="…">``: the named file's entries (an ``<appSettings>``
+        root) are merged over the section's own, overriding equal keys, as .NET does; a
+        missing file is ignored.  Returns a digest of what was read."""
+        path = _inside(file, el.get("file", ""), "appSettings/@file", el.sourceline,
+                       section.path)
+        data = self.extra_bytes(path, optional=True)
+        if data is None:
+            return ""
+        root = parse_xml(data, path)
+        if local_name(root) != "appSettings":
+            raise ConfigError(f"the root element of an appSettings file must be "
+                              f"<appSettings>, not <{local_name(root)}>", path,
+                              root.sourceline, section.path)
+        extra, _ = Parser(path, section.path, self.warn).parse(root, section.element)
+        keys = {op.keys for op in extra.ops if op.kind == "add"}
+        delta.ops = [op for op in delta.ops
+                     if not (op.kind == "add" and op.keys in keys)] + extra.ops
+        return _digest(root)
+
+
+def _inside(base_file: str, ref: str, what: str, line: int | None,
+            section: str) -> str:
+    """``ref`` as a path relative to ``base_file``'s folder, refusing absolute paths and
+    ``..`` (as .NET does for configSource): a config file can only pull in files
+    beside or below it."""
+    rel = ref.strip().replace("\\", "/")
+    if not rel or rel.startswith("/") or ".." in rel.split("/") or ":" in rel:
+        raise ConfigError(f"{what} '{ref}' must be a relative path to a file in the same "
+                          "folder or below", base_file, line, section)
+    return os.path.join(os.path.dirname(os.path.abspath(base_file)), rel)
 
 
 def _digest(el: etree._Element) -> str:
@@ -214,9 +287,11 @@ def _digest(el: etree._Element) -> str:
     return hashlib.sha1(text).hexdigest()
 
 
-def read_document(data: bytes, path: str) -> ConfigDocument:
-    """Parse one configuration file; ``ConfigError`` on any violation."""
-    return _Reader(path).read(parse_xml(data, path))
+def read_document(data: bytes, path: str,
+                  files: dict[str, bytes] | None = None) -> ConfigDocument:
+    """Parse one configuration file; ``ConfigError`` on any violation.  ``files``: the
+    bytes of its configSource / appSettings files as read earlier (else from disk)."""
+    return _Reader(path, files).read(parse_xml(data, path))
 
 
 def unknown_warning(path: str, line: int, section: str) -> str:

@@ -202,6 +202,7 @@ class ServerConfig:
     # round-trip through JSON): workers merge system.webServer from these bytes, never
     # from the file on disk, which may have changed — or broken — since.
     config_text: str = ""
+    config_extra: dict[str, str] = field(default_factory=dict)  # its configSource files, ditto
 
     _NESTED = {"pools": {"*": Pool}, "sites": [Site], "web_limits": WebLimits,
                "config_history": ConfigHistory}

@@ -85,6 +85,8 @@ class WebConfigResolver:
         self._results: OrderedDict[tuple[Any, ...], model.WebConfig | ConfigError] = (
             OrderedDict())
         self._warned: set[str] = set()
+        self._extra: dict[str, tuple[float, ...]] = {}  # configSource files' mtimes
+        self._error_at: dict[str, float] = {}
         self._oldest_check = 0.0
         # URL -> (valid until, result): repeated URLs skip the walk for up to a second
         self._recent: OrderedDict[str, tuple[float, model.WebConfig | ConfigError]] = (
@@ -185,7 +187,12 @@ class WebConfigResolver:
     def _document(self, path: str, mtime: float) -> ConfigDocument | ConfigError:
         cached = self._files.get(path)
         if cached is not None and cached[0] == mtime:
-            return cached[1]
+            hit = cached[1]
+            if isinstance(hit, ConfigDocument):
+                if not hit.extra or self._extra.get(path) == _extra_mtimes(hit):
+                    return hit
+            elif time.monotonic() - self._error_at.get(path, 0.0) < STAT_INTERVAL:
+                return hit  # a broken file (or one its configSource breaks): retried
         doc: ConfigDocument | ConfigError
         try:
             doc = read_document(read_config_bytes(path), path)
@@ -203,6 +210,10 @@ class WebConfigResolver:
                     self._warned.add(text)
                     log.warning("%s", text)
         self._files[path] = (mtime, doc)
+        if isinstance(doc, ConfigDocument):
+            self._extra[path] = _extra_mtimes(doc)
+        else:
+            self._error_at[path] = time.monotonic()
         return doc
 
     def _resolve(self, url: str) -> model.WebConfig | ConfigError:
@@ -269,6 +280,17 @@ class WebConfigResolver:
             if path.startswith(WS) or path == "appSettings"
         }
         return build_web_config(sections, warnings, self.server.pools.get(self.app.pool))
+
+
+def _extra_mtimes(doc: ConfigDocument) -> tuple[float, ...]:
+    out = []
+    for path in doc.extra:
+        try:
+            st = os.stat(path)
+            out.append(st.st_mtime + st.st_size * 1e-9)
+        except OSError:
+            out.append(-1.0)
+    return tuple(out)
 
 
 def build_web_config(sections: dict[str, Any], warnings: list[str],

@@ -323,6 +323,9 @@ SECTIONS = [
         S("realm", "", "Realm sent in the challenge."),
         S("defaultLogonDomain", "", ""),
         EN("logonMethod", "ClearText", LOGON_METHOD, ""),
+        S("usersFile", "", "Poolhouse extension: the accounts file (user:bcrypt-or-argon2-hash"
+          "[:groups] a line), absolute or relative to the application's folder.",
+          expanded=True, extension=True),
         doc="Basic authentication.", **DENY),
     Section(
         WS + "security/authentication/windowsAuthentication",
@@ -517,7 +520,8 @@ SECTIONS = [
         doc="Accepted for compatibility."),
     Section(
         "appSettings",
-        S("file", "", "Accepted for compatibility (not read)."),
+        S("file", "", "A file (relative, beside or below this one) with an <appSettings> "
+          "root whose entries override these; a missing file is ignored."),
         C(S("key", "", "Setting name.", required=True, key=True, case_sensitive=True),
           S("value", "", "Setting value.", case_sensitive=True)),
         doc="Application settings, e.g. WSGI_HANDLER for wfastcgi-style applications."),

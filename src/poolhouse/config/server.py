@@ -63,9 +63,11 @@ def load_base() -> ConfigDocument:
     return doc
 
 
-def load_documents(path: str | None, data: bytes | None = None) -> ServerDocuments:
-    """The base and the applicationHost.config at ``path`` (``data``: its bytes as
-    accepted earlier; then the file is not read and not watched)."""
+def load_documents(path: str | None, data: bytes | None = None,
+                   extra: dict[str, bytes] | None = None) -> ServerDocuments:
+    """The base and the applicationHost.config at ``path`` (``data``/``extra``: its
+    bytes and its configSource files' bytes as accepted earlier; then nothing is read
+    from disk and nothing is watched)."""
     apphost_path = path or DEFAULT_CONFIG
     mtimes = {BASE_CONFIG: _mtime(BASE_CONFIG), apphost_path: _mtime(apphost_path)}
     base = load_base()
@@ -73,8 +75,10 @@ def load_documents(path: str | None, data: bytes | None = None) -> ServerDocumen
         data = read_config_bytes(apphost_path)
     else:
         mtimes = {}
-    apphost = read_document(data, apphost_path)
+    apphost = read_document(data, apphost_path, extra)
     apphost.data = data
+    if mtimes:
+        mtimes.update({p: _mtime(p) for p in apphost.extra})
     registrations = dict(base.registrations)
     registrations.update(apphost.registrations)  # applicationHost.config may re-register
     return ServerDocuments(base, apphost, registrations, mtimes)
@@ -103,9 +107,10 @@ def load_server_config(path: str | None = None, data: bytes | None = None
         web_limits=builder.web_limits(apphost.get(APPHOST_PREFIX + "webLimits")),
         config_history=builder.config_history(apphost.get(APPHOST_PREFIX + "configHistory")),
         config_path=os.path.abspath(path) if path else "",
-        source_files=[BASE_CONFIG, docs.apphost.path],
+        source_files=[BASE_CONFIG, docs.apphost.path, *docs.apphost.extra],
         warnings=warnings,
         config_text=docs.apphost.data.decode("latin-1"),
+        config_extra={p: b.decode("latin-1") for p, b in docs.apphost.extra.items()},
     )
     cfg.sites = builder.sites(apphost.get(APPHOST_PREFIX + "sites"), cfg.pools)
     _validate_web_server(docs, cfg)
@@ -122,7 +127,8 @@ def documents_of(cfg: model.ServerConfig) -> ServerDocuments:
     if isinstance(docs, ServerDocuments):
         return docs
     data = cfg.config_text.encode("latin-1") if cfg.config_text else None
-    docs = load_documents(cfg.config_path or None, data)
+    extra = {p: t.encode("latin-1") for p, t in cfg.config_extra.items()}
+    docs = load_documents(cfg.config_path or None, data, extra if data is not None else None)
     setattr(cfg, "_poolhouse_documents", docs)
     return docs
 
