@@ -129,7 +129,7 @@ def progress(row: dict[str, Any]) -> str:
             line += f", {row['errors']} wrk errors"
         line += "".join(f"; {bit}" for bit in report.disturbance(row))
     if row.get("leftovers"):
-        line += f"\n    LEFT BEHIND (killed): {'; '.join(row['leftovers'])}"
+        line += f"\n    NOT STOPPED CLEANLY (killed): {'; '.join(row['leftovers'])}"
     return line
 
 

@@ -192,7 +192,8 @@ class ServerProcess:
         report = []
         for p in left:
             try:
-                report.append(f"pid {p.pid} ({' '.join(p.cmdline())[:80] or p.name()})")
+                what = "did not exit" if p.pid == sid else "left behind"
+                report.append(f"pid {p.pid} {what} ({' '.join(p.cmdline())[:80] or p.name()})")
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
