@@ -501,3 +501,15 @@ def build_pipeline(modules: list["Module"]) -> Pipeline | None:
     subscribes to anything — the dispatcher's fast path."""
     p = Pipeline(modules)
     return None if p.empty else p
+
+
+_API = ("Module", "ModuleConfig", "FIRST", "HIGH", "MEDIUM", "LOW", "LAST")
+
+
+def __getattr__(name: str) -> Any:
+    """The module API in one import: ``from poolhouse.worker.pipeline import Module,
+    HttpContext, Response, FINISH, HttpError``."""
+    if name in _API:
+        from .modules import base
+        return getattr(base, name)
+    raise AttributeError(name)

@@ -107,6 +107,7 @@ class CustomErrorModule(Module):
 
     def _file(self, ctx: HttpContext, path: str, prefix: str) -> tuple[bytes | None, bytes]:
         candidates = []
+        path = path.replace("\\", "/")  # IIS files name folders with backslashes
         if os.path.isabs(path):
             candidates.append(path)
         elif prefix:
