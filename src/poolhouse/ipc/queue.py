@@ -77,6 +77,10 @@ class ResponseHead(NamedTuple):
     header_block: bytes      # b"Name: value\r\n" * n, already validated by the worker
     content_length: int      # -1 when the body length is not known in advance
     body: bytes              # the whole body when the frame carries END_STREAM, else b""
+    # For the W3C log (sc-substatus, cs-username).  Optional on the wire: a head of four
+    # elements means (0, ""), so workers that predate them stay compatible.
+    substatus: int = 0
+    username: str = ""
 
 
 def encode_request(stream: int, head: RequestHead, end_stream: bool) -> bytes:
@@ -91,8 +95,12 @@ def encode_response(stream: int, head: ResponseHead, end_stream: bool) -> bytes:
     return encode(RESPONSE, END_STREAM if end_stream else 0, stream, marshal.dumps(tuple(head), 4))
 
 
-def marshal_response(status: int, header_block: bytes, content_length: int, body: bytes) -> bytes:
-    """The payload of a RESPONSE frame (see ``ResponseHead``)."""
+def marshal_response(status: int, header_block: bytes, content_length: int, body: bytes,
+                     substatus: int = 0, username: str = "") -> bytes:
+    """The payload of a RESPONSE frame (see ``ResponseHead``): four elements, or six when
+    there is a substatus or a user name to log."""
+    if substatus or username:
+        return marshal.dumps((status, header_block, content_length, body, substatus, username), 4)
     return marshal.dumps((status, header_block, content_length, body), 4)
 
 
@@ -104,7 +112,9 @@ def decode_response(payload: bytes) -> ResponseHead:
         raise ValueError(f"undecodable response head: {exc}") from None
     if (
         type(value) is not tuple
-        or len(value) != 4
+        or not (len(value) == 4 or (
+            len(value) == 6 and type(value[4]) is int and type(value[5]) is str
+            and 0 <= value[4] <= 999 and len(value[5]) <= 512))
         or type(value[0]) is not int
         or type(value[1]) is not bytes
         or type(value[2]) is not int

@@ -158,9 +158,14 @@ class Stream:
             return
         flags = (q.END_STREAM if end else 0) | (q.CLOSE if close else 0)
         self.head_sent = True
+        substatus, username = 0, ""
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:  # for the listener's W3C log: sc-substatus, cs-username
+            username = getattr(ctx, "user", "") or ""
+            substatus = getattr(getattr(ctx, "response", None), "substatus", 0) or 0
         self.worker.send(
             encode(q.RESPONSE, flags, self.sid,
-                   q.marshal_response(status, header_block, content_length, body))
+                   q.marshal_response(status, header_block, content_length, body, substatus, username))
         )
         if end:
             self._end()
