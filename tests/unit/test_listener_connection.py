@@ -91,7 +91,7 @@ def test_head_is_parsed_the_same_however_it_arrives(how: str) -> None:
     head = exch.head
     assert (head.method, head.target, head.http_minor, head.body_length) == ("POST", b"/a%20b?x=1", 1, 3)
     assert head.headers == (b"host", b"Example", b"content-length", b"3", b"x-a", b"1")
-    assert exch.host == "Example" and exch.body_done
+    assert exch.host == b"Example" and exch.body_done
     assert b"".join(exch.body_buf) == b"abc"
 
 

@@ -35,6 +35,7 @@ class Frame(NamedTuple):
 
 
 _pack = HEADER.pack
+_new_frame = tuple.__new__  # a Frame without NamedTuple's keyword handling
 _unpack_from = HEADER.unpack_from
 
 
@@ -79,7 +80,9 @@ class FrameDecoder:
             stop = start + length
             if stop > end:
                 break
-            frames.append(Frame(type_, flags, stream, bytes(view[start:stop])))
+            payload = view[start:stop]
+            frames.append(_new_frame(Frame, (type_, flags, stream,
+                                             payload if view is data else bytes(payload))))
             pos = stop
         if view is buf:
             del buf[:pos]

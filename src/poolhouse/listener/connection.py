@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from ..ipc.queue import RequestHead
 from .exchange import Exchange
 from .responses import error_response
 
@@ -152,54 +151,69 @@ class HttpConnection(asyncio.Protocol):
             raise HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value)
-        self.header_bytes += size
-        if size > MAX_FIELD_LENGTH or self.header_bytes > MAX_REQUEST_BYTES:
-            self.head_error = _FIELD_TOO_LONG if size > MAX_FIELD_LENGTH else _HEAD_TOO_LONG
-            raise HeadTooLarge
-        self.headers.append(name.lower())
-        self.headers.append(value)
+        # Sizes are checked once the head is complete (one C-level sum): while it
+        # arrives, ``head_raw`` bounds what can pile up.
+        headers = self.headers
+        headers.append(name.lower())
+        headers.append(value)
 
     def on_headers_complete(self) -> None:
         self.parser_busy = 0.0
         parser = self.parser
-        http_minor = _HTTP_MINOR.get(parser.get_http_version(), -1)
-        method = parser.get_method().decode("ascii", "replace")
         headers = self.headers
+        if len(self.url) + sum(map(len, headers)) > MAX_REQUEST_BYTES:
+            self._head_too_large()
+        method = parser.get_method().decode("ascii", "replace")
         body_length = 0
         expect_continue = False
-        host = ""
-        chunked = False
-        for i in range(0, len(headers), 2):
-            name = headers[i]
-            if name == b"content-length":
-                body_length = int(headers[i + 1])
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"host":
-                host = headers[i + 1].decode("latin-1")
-            elif name == b"expect":
-                if headers[i + 1].lower() == b"100-continue":
-                    expect_continue = True
-        if chunked:
-            body_length = -1
-        head = RequestHead(
-            "", method, self.url, max(http_minor, 0), tuple(headers),
-            self.client[0], self.client[1], self.server[0], self.server[1],
-            self.scheme, body_length,
-        )
-        exch = Exchange(self, head, bool(parser.should_keep_alive()), expect_continue)
+        host = b""
+        if (b"content-length" in headers or b"transfer-encoding" in headers
+                or b"expect" in headers or len(headers) > 64):
+            chunked = False
+            for i in range(0, len(headers), 2):
+                name = headers[i]
+                if name == b"content-length":
+                    body_length = int(headers[i + 1])
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"host":
+                    host = headers[i + 1]
+                elif name == b"expect":
+                    if headers[i + 1].lower() == b"100-continue":
+                        expect_continue = True
+            if chunked:
+                body_length = -1
+        elif b"host" in headers:
+            i = headers.index(b"host")
+            if i & 1:  # a value that reads "host": look at the names only
+                i = headers[::2].index(b"host") * 2 if b"host" in headers[::2] else -1
+            if i >= 0:
+                host = headers[i + 1]
+        version = parser.get_http_version()
+        http_minor = 1 if version == "1.1" else _HTTP_MINOR.get(version, -1)
+        exch = Exchange(self, method, self.url, http_minor, tuple(headers), body_length,
+                        bool(parser.should_keep_alive()), expect_continue, host, self.last_activity)
         if http_minor < 0:
             exch.keep_alive = False
             exch.status = 505  # answered when its turn comes
         self.requests += 1
         self.parsing = exch
-        self.pipeline.append(exch)
-        exch.host = host
-        if len(self.pipeline) == 1:
+        pipeline = self.pipeline
+        pipeline.append(exch)
+        if len(pipeline) == 1:
             self.listener.start(self, exch)
-        elif len(self.pipeline) > MAX_PIPELINE:
+        elif len(pipeline) > MAX_PIPELINE:
             self.pause_for(self)
+
+    def _head_too_large(self) -> None:
+        headers = self.headers
+        for i in range(0, len(headers), 2):
+            if len(headers[i]) + len(headers[i + 1]) > MAX_FIELD_LENGTH:
+                self.head_error = _FIELD_TOO_LONG
+                raise HeadTooLarge
+        if sum(map(len, headers)) > MAX_REQUEST_BYTES:
+            self.head_error = _HEAD_TOO_LONG
+            raise HeadTooLarge
 
     def on_body(self, body: bytes) -> None:
         exch = self.parsing
@@ -234,7 +248,7 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def exchange_done(self, exch: Exchange) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = exch.finished_at = time.monotonic()
         self.listener.request_done(self, exch)
         if not exch.keep_alive:
             self.close()
@@ -264,7 +278,8 @@ class HttpConnection(asyncio.Protocol):
         exch.status = status
         close = not exch.keep_alive or not exch.body_done or status in (400, 505)
         exch.keep_alive = not close
-        data = error_response(status, exch.head.http_minor, exch.method == "HEAD", close, detail)
+        exch.from_listener = True
+        data = error_response(status, max(exch.http_minor, 0), exch.method == "HEAD", close, detail)
         exch.bytes_sent += len(data)
         exch.response_started = True
         self.write(data)

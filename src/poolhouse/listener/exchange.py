@@ -11,9 +11,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from marshal import dumps as _dumps
+
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
-from .responses import DATE, status_line
+from .responses import DATE, STATUS_LINE_11, status_line
+
+_encode_frame = encode_frame
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
@@ -26,44 +30,66 @@ _NO_BODY_STATUS = frozenset((204, 304))
 
 
 class Exchange:
-    __slots__ = (
-        "conn", "head", "method", "keep_alive", "expect_continue", "route", "pool",
-        "worker", "stream", "body_buf", "body_buf_size", "body_done", "body_received",
-        "window", "started", "status", "response_started", "chunked", "done",
-        "bytes_sent", "retries", "owed_window", "queued_at", "host",
-    )
+    """No ``__slots__`` on purpose: most of the state starts at a class-level default, so
+    creating an exchange (once per request) assigns only what the request brings."""
+
+    route: "Route | None" = None
+    pool: "PoolQueue | None" = None
+    worker: "WorkerLink | None" = None
+    stream = 0
+    body_buf: list[bytes] | None = None
+    body_buf_size = 0
+    body_received = 0
+    window = q.BODY_WINDOW
+    started = False
+    status = 0
+    substatus = 0
+    username = ""
+    response_started = False
+    chunked = False
+    done = False
+    from_listener = False  # answered by the listener itself (HTTPERR, not the W3C log)
+    cache_hit = False
+    bytes_sent = 0
+    retries = 0
+    owed_window = 0
+    queued_at = 0.0
+    finished_at = 0.0
 
     def __init__(
         self,
         conn: "HttpConnection",
-        head: q.RequestHead,
+        method: str,
+        target: bytes,
+        http_minor: int,
+        headers: tuple[bytes, ...],
+        body_length: int,
         keep_alive: bool,
         expect_continue: bool,
+        host: bytes,
+        started_at: float,
     ) -> None:
         self.conn = conn
-        self.head = head
-        self.method = head.method
+        self.method = method
+        self.target = target
+        self.http_minor = http_minor
+        self.headers = headers
+        self.body_length = body_length
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.route: Route | None = None
-        self.pool: PoolQueue | None = None
-        self.worker: WorkerLink | None = None
-        self.stream = 0
-        self.body_buf: list[bytes] = []
-        self.body_buf_size = 0
-        self.body_done = head.body_length == 0
-        self.body_received = 0
-        self.window = q.BODY_WINDOW
-        self.started = False
-        self.status = 0
-        self.response_started = False
-        self.chunked = False
-        self.done = False
-        self.bytes_sent = 0
-        self.retries = 0
-        self.owed_window = 0
-        self.queued_at = 0.0
-        self.host = ""
+        self.host = host
+        self.started_at = started_at
+        self.body_done = body_length == 0
+
+    @property
+    def head(self) -> q.RequestHead:
+        """The request head as the worker receives it."""
+        conn = self.conn
+        return q.RequestHead(
+            self.route.app_key if self.route is not None else "", self.method, self.target,
+            max(self.http_minor, 0), self.headers, conn.client[0], conn.client[1],
+            conn.server[0], conn.server[1], conn.scheme, self.body_length,
+        )
 
     # ---- request side -------------------------------------------------------------
 
@@ -71,10 +97,17 @@ class Exchange:
         """Called by the pool when a worker takes this request."""
         self.worker = worker
         self.stream = stream
-        end = self.body_done and not self.body_buf
-        worker.send(q.encode_request(stream, self.head, end))
+        conn = self.conn
+        client = conn.client
+        server = conn.server
+        assert self.route is not None
+        worker.send(_encode_frame(
+            q.REQUEST, q.END_STREAM if self.body_done and not self.body_buf else 0, stream,
+            _dumps((self.route.app_key, self.method, self.target, self.http_minor, self.headers,
+                    client[0], client[1], server[0], server[1], conn.scheme, self.body_length), 4),
+        ))
         if self.body_buf:
-            buf, self.body_buf = self.body_buf, []
+            buf, self.body_buf = self.body_buf, None
             last = len(buf) - 1
             for i, chunk in enumerate(buf):
                 self._send_body(chunk, self.body_done and i == last)
@@ -101,12 +134,16 @@ class Exchange:
         if self.worker is not None:
             self._send_body(chunk, False)
         else:
+            if self.body_buf is None:
+                self.body_buf = []
             self.body_buf.append(chunk)
             self.body_buf_size += len(chunk)
             if self.body_buf_size >= q.BODY_WINDOW:
                 self.conn.pause_for(self)
 
     def body_complete(self) -> None:
+        if self.body_done:
+            return  # no body: the REQUEST frame carried END_STREAM already
         self.body_done = True
         if self.done:
             return
@@ -125,28 +162,45 @@ class Exchange:
             not self.response_started
             and self.retries == 0
             and self.method in IDEMPOTENT
-            and self.head.body_length == 0
+            and self.body_length == 0
         )
 
     # ---- response side ------------------------------------------------------------
 
     def response(self, head: q.ResponseHead, flags: int) -> None:
+        """``head`` is a decoded RESPONSE head: (status, header block, content length,
+        body[, substatus, user name])."""
         if self.done or self.conn.closed:
             return
         self.response_started = True
-        status = head.status
+        status = head[0]
         self.status = status
+        if len(head) > 4:
+            self.substatus = head[4]
+            self.username = head[5]
+        if (flags == q.END_STREAM and self.keep_alive and self.http_minor == 1
+                and self.method != "HEAD" and 200 <= status != 204 and status != 304):
+            # the common case: a whole response on a keep-alive HTTP/1.1 connection
+            body = head[3]
+            data = b"".join((
+                STATUS_LINE_11.get(status) or status_line(status, 1), DATE.get(), head[1],
+                b"Content-Length: %d\r\n\r\n" % len(body), body,
+            ))
+            self.bytes_sent = len(data)
+            self.conn.write(data)
+            self.finish()
+            return
         if flags & q.CLOSE:
             self.keep_alive = False
-        http_minor = self.head.http_minor
-        parts = [status_line(status, http_minor), DATE.get(), head.header_block]
+        http_minor = self.http_minor
+        parts = [status_line(status, http_minor), DATE.get(), head[1]]
         no_body = self.method == "HEAD" or status < 200 or status in _NO_BODY_STATUS
         end = flags & q.END_STREAM
         if status >= 200 and status != 204 and status != 304:
             if end and self.method != "HEAD":
-                parts.append(b"Content-Length: %d\r\n" % len(head.body))
-            elif head.content_length >= 0:
-                parts.append(b"Content-Length: %d\r\n" % head.content_length)
+                parts.append(b"Content-Length: %d\r\n" % len(head[3]))
+            elif head[2] >= 0:
+                parts.append(b"Content-Length: %d\r\n" % head[2])
             elif not end and not no_body:
                 if http_minor:
                     parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -158,15 +212,15 @@ class Exchange:
         elif http_minor == 0:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
+        body = head[3]
         if end:
             if not no_body:
-                parts.append(head.body)
+                parts.append(body)
             data = b"".join(parts)
             self.bytes_sent += len(data)
             self.conn.write(data)
             self.finish()
         else:
-            body = head.body
             if body and not no_body:
                 # the first piece of a streamed body travels with the head
                 if self.chunked:

@@ -22,12 +22,24 @@ from .connection import HttpConnection
 from .exchange import Exchange
 from .httperr_log import HttpErrLog
 from .request_queue import STARTED, STOPPED_REASONS, PoolQueue
-from .routing import RoutingTable
+from .routing import Route, RoutingTable
+from .w3c_log import W3CLogs
 from .worker_link import WorkerLink
 
 log = logging.getLogger("poolhouse.listener")
 
 DEFAULT_HEADER_WAIT = 120.0
+ROUTE_CACHE_SIZE = 8192  # (local address, Host, target) -> route; cleared when full
+
+
+class SiteCounters:
+    __slots__ = ("requests", "bytes_sent", "bytes_received", "rejected")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.rejected: dict[str, int] = {}
 
 
 class Listener:
@@ -48,7 +60,12 @@ class Listener:
         self.draining = False
         self.stopped = asyncio.Event()
         self.counters: dict[str, int] = {"requests": 0, "connections": 0}
-        self.site_requests: dict[int, int] = {}
+        self.site_stats: dict[int, SiteCounters] = {}
+        self.route_cache: dict[tuple[tuple[str, int], bytes, bytes], tuple[int | None, Route | None]] = {}
+        # (wall-clock time, exchange) of the requests answered since the last tick; the
+        # W3C log's writer thread formats and writes them
+        self.w3c_pending: list[tuple[float, Exchange]] = []
+        self.w3c = W3CLogs(os.path.join(state_dir, "logs"))
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -94,6 +111,8 @@ class Listener:
         config = ServerConfig.from_dict(msg["config"])
         self.config = config
         self.routing = RoutingTable(config)
+        self.route_cache = {}
+        self.w3c.configure(config.sites)
         for name, pool in config.pools.items():
             queue = self.pools.get(name)
             if queue is None:
@@ -144,6 +163,8 @@ class Listener:
                 break
             await asyncio.sleep(0.05)
         self.httperr.flush()
+        self.flush_access_log()
+        await self.loop.run_in_executor(None, self.w3c.sync)
         assert self.control is not None
         self.control.reply(msg, result={"open_connections": len(self.connections)})
 
@@ -185,35 +206,53 @@ class Listener:
     def start(self, conn: HttpConnection, exch: Exchange) -> None:
         """Route ``exch`` (now at the head of its connection's pipeline) to its pool."""
         exch.started = True
-        if exch.status == 505:
-            conn.send_error(exch, 505, "Version_N/S")
-            return
-        path, _query = split_target(exch.head.target)
-        try:
-            path = normalize(path)
-        except BadPath:
-            conn.send_error(exch, 400, "URL")
-            return
-        site_id, route = self.routing.route(conn.server[0], conn.server[1], exch.host, path)
-        if site_id is None:
-            conn.send_error(exch, 400, "Hostname", "The request hostname is invalid.")
-            return
-        if route is None:
-            conn.send_error(exch, 404, "N/A")
+        key = (conn.server, exch.host, exch.target)
+        hit = self.route_cache.get(key)
+        if hit is None:
+            hit = self._resolve(key)
+        route = hit[1]
+        if route is None or exch.http_minor < 0:
+            self._unrouted(conn, exch, hit)
             return
         exch.route = route
-        if self.site_states.get(site_id, STARTED) != STARTED:
+        if self.site_states.get(route.site_id, STARTED) != STARTED:
             conn.send_error(exch, 503, "Disabled")
             return
         queue = self.pools.get(route.pool)
         if queue is None:
             conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
             return
-        exch.head = exch.head._replace(app=route.app_key)
-        exch.queued_at = time.monotonic()
+        exch.queued_at = conn.last_activity
         reason = queue.submit(exch)
         if reason is not None:
             self.refuse(exch, queue, reason)
+
+    def _resolve(self, key: tuple[tuple[str, int], bytes, bytes]) -> tuple[int | None, Route | None]:
+        """Routing of one (local address, Host header, request target), remembered: the
+        table answers the same way until the next ``configure``."""
+        (ip, port), host, target = key
+        path, _query = split_target(target)
+        try:
+            path = normalize(path)
+        except BadPath:
+            result: tuple[int | None, Route | None] = (-1, None)
+        else:
+            result = self.routing.route(ip, port, host.decode("latin-1"), path)
+        cache = self.route_cache
+        if len(cache) >= ROUTE_CACHE_SIZE:
+            cache.clear()
+        cache[key] = result
+        return result
+
+    def _unrouted(self, conn: HttpConnection, exch: Exchange, hit: tuple[int | None, Route | None]) -> None:
+        if exch.http_minor < 0:
+            conn.send_error(exch, 505, "Version_N/S")
+        elif hit[0] == -1:
+            conn.send_error(exch, 400, "URL")
+        elif hit[0] is None:
+            conn.send_error(exch, 400, "Hostname", "The request hostname is invalid.")
+        else:
+            conn.send_error(exch, 404, "N/A")
 
     def refuse(self, exch: Exchange, queue: PoolQueue, reason: str | None = None) -> None:
         if reason is None:
@@ -229,22 +268,33 @@ class Listener:
         self.counters["requests"] += 1
         route = exch.route
         if route is not None:
-            self.site_requests[route.site_id] = self.site_requests.get(route.site_id, 0) + 1
+            stats = self.site_stats.get(route.site_id)
+            if stats is None:
+                stats = self.site_stats[route.site_id] = SiteCounters()
+            stats.requests += 1
+            stats.bytes_sent += exch.bytes_sent
+            stats.bytes_received += exch.body_received
+            if not exch.from_listener:
+                self.w3c_pending.append((time.time(), exch))
 
     def log_error(self, reason: str, conn: HttpConnection, exch: Exchange | None, status: int | None = None) -> None:
-        head = exch.head if exch is not None else None
         route = exch.route if exch is not None else None
         self.httperr.write(
             reason,
             client=conn.client,
             server=conn.server,
-            version=f"HTTP/1.{head.http_minor}" if head is not None else "",
-            method=head.method if head is not None else "",
-            uri=head.target if head is not None else "",
+            version=f"HTTP/1.{max(exch.http_minor, 0)}" if exch is not None else "",
+            method=exch.method if exch is not None else "",
+            uri=exch.target if exch is not None else "",
             status=status,
             site_id=route.site_id if route is not None else None,
             queue=route.pool if route is not None else "",
         )
+        if route is not None:
+            stats = self.site_stats.get(route.site_id)
+            if stats is None:
+                stats = self.site_stats[route.site_id] = SiteCounters()
+            stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
 
     # ---- housekeeping -------------------------------------------------------------
 
@@ -274,10 +324,16 @@ class Listener:
                     self.log_error("Timer_HeaderWait", conn, None)
                     conn.close()
             self.httperr.flush()
+            self.flush_access_log()
         except Exception:
             log.exception("listener housekeeping failed")
         if not self.stopped.is_set():
             self.loop.call_later(1.0, self._tick)
+
+    def flush_access_log(self) -> None:
+        if self.w3c_pending:
+            pending, self.w3c_pending = self.w3c_pending, []
+            self.w3c.submit(pending)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -306,7 +362,11 @@ class Listener:
                 }
                 for wid, link in self.workers.items()
             },
-            "sites": {str(k): {"requests": v} for k, v in self.site_requests.items()},
+            "sites": {
+                str(k): {"requests": v.requests, "bytes_sent": v.bytes_sent,
+                         "bytes_received": v.bytes_received, "rejected": dict(v.rejected)}
+                for k, v in self.site_stats.items()
+            },
         }
 
     async def shutdown(self) -> None:
@@ -317,3 +377,5 @@ class Listener:
         for link in list(self.workers.values()):
             link.close()
         self.httperr.flush()
+        self.flush_access_log()
+        await self.loop.run_in_executor(None, self.w3c.close)

@@ -1,0 +1,308 @@
+"""The W3C extended access log, one per site, as IIS writes it
+(``logs/W3SVC<siteId>/u_exYYMMDD.log``; ref. iis.md §4.6.2).
+
+The event loop only appends ``(time, exchange)`` to a list; once a second the listener
+hands the list to a writer thread, which formats the lines and writes them, so neither
+formatting nor disk I/O ever blocks a request.  Fields follow ``logExtFileFlags`` in
+IIS's fixed order; times are UTC; files roll over per ``period`` (Daily, Hourly, Weekly,
+Monthly, or MaxSize at ``truncateSize``), on UTC boundaries unless ``localTimeRollover``.
+Requests the listener refuses itself are not here: they are in the HTTPERR log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..config.model import LogFile, Site
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+log = logging.getLogger("poolhouse.listener")
+
+SOFTWARE = "Poolhouse (Microsoft Internet Information Services 10.0 W3C format)"
+
+# (logExtFileFlags name, W3C field) in the order IIS writes them, whatever the flag order
+FIELD_ORDER: tuple[tuple[str, str], ...] = (
+    ("Date", "date"), ("Time", "time"), ("SiteName", "s-sitename"),
+    ("ComputerName", "s-computername"), ("ServerIP", "s-ip"), ("Method", "cs-method"),
+    ("UriStem", "cs-uri-stem"), ("UriQuery", "cs-uri-query"), ("ServerPort", "s-port"),
+    ("UserName", "cs-username"), ("ClientIP", "c-ip"), ("ProtocolVersion", "cs-version"),
+    ("UserAgent", "cs(User-Agent)"), ("Cookie", "cs(Cookie)"), ("Referer", "cs(Referer)"),
+    ("Host", "cs-host"), ("HttpStatus", "sc-status"), ("HttpSubStatus", "sc-substatus"),
+    ("Win32Status", "sc-win32-status"), ("BytesSent", "sc-bytes"), ("BytesRecv", "cs-bytes"),
+    ("TimeTaken", "time-taken"),
+)
+_FLAG_FIELD = {flag.lower(): name for flag, name in FIELD_ORDER}
+_REQUEST_HEADERS = {"cs(User-Agent)": b"user-agent", "cs(Cookie)": b"cookie",
+                    "cs(Referer)": b"referer", "cs-host": b"host"}
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+PERIODS = ("MaxSize", "Daily", "Weekly", "Monthly", "Hourly")
+MIN_TRUNCATE_SIZE = 1048576
+
+
+def fields_for(flags: str) -> list[str]:
+    """The W3C fields a ``logExtFileFlags`` value selects, in IIS's order."""
+    wanted = {f.strip().lower() for f in flags.split(",") if f.strip()}
+    return [name for flag, name in FIELD_ORDER if flag.lower() in wanted]
+
+
+def _esc(value: str) -> str:
+    if not value:
+        return "-"
+    if " " in value or not value.isprintable():
+        return _UNSAFE.sub("+", value)
+    return value
+
+
+def file_name(period: str, when: float, local: bool, index: int = 1) -> str:
+    """``u_ex`` + the period's stamp: YYMMDD (daily), YYMMDDHH (hourly), YYMMWW (weekly,
+    week of the month, weeks starting on Sunday), YYMM (monthly), or ``u_extend<N>`` for
+    MaxSize."""
+    if period == "MaxSize":
+        return f"u_extend{index}.log"
+    t = time.localtime(when) if local else time.gmtime(when)
+    if period == "Hourly":
+        return time.strftime("u_ex%y%m%d%H.log", t)
+    if period == "Monthly":
+        return time.strftime("u_ex%y%m.log", t)
+    if period == "Weekly":
+        first_weekday = (t.tm_wday - (t.tm_mday - 1)) % 7  # Monday 0 .. Sunday 6
+        offset = (first_weekday + 1) % 7  # days of the first week before the 1st (Sunday start)
+        week = (t.tm_mday - 1 + offset) // 7 + 1
+        return time.strftime("u_ex%y%m", t) + f"{week:02d}.log"
+    return time.strftime("u_ex%y%m%d.log", t)
+
+
+@dataclass
+class SiteLog:
+    site_id: int
+    site_name: str
+    directory: str
+    settings: LogFile
+    fields: list[str]
+    path: str = ""
+    size: int = 0
+    index: int = 1
+    fh: Any = None
+    checked: int = -1  # the second the file choice was last made for
+    formatter: Any = None
+
+    @property
+    def header_fields(self) -> str:
+        return " ".join(self.fields)
+
+
+class W3CLogs:
+    """The access logs of every site, written by one thread."""
+
+    def __init__(self, logs_root: str) -> None:
+        self.logs_root = logs_root
+        self.computer = os.uname().nodename
+        self._sites: dict[int, SiteLog] = {}
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="w3c-log", daemon=True)
+        self._thread.start()
+        self.lines_written = 0
+        self.errors = 0
+        self._stamp_second = -1
+        self._stamp = ["", ""]
+
+    # ---- called on the event loop ---------------------------------------------------
+
+    def configure(self, sites: Iterable[Site]) -> None:
+        self._queue.put(("configure", list(sites)))
+
+    def submit(self, entries: list[tuple[float, "Exchange"]]) -> None:
+        self._queue.put(("entries", entries))
+
+    def sync(self) -> None:
+        """Block until everything submitted so far is written (call off the loop)."""
+        done = threading.Event()
+        self._queue.put(("sync", done))
+        done.wait(10)
+
+    def close(self) -> None:
+        self._queue.put(("close", None))
+        self._thread.join(10)
+
+    # ---- the writer thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            op, arg = self._queue.get()
+            try:
+                if op == "entries":
+                    self._write(arg)
+                elif op == "configure":
+                    self._configure(arg)
+                elif op == "sync":
+                    arg.set()
+                elif op == "close":
+                    for site_log in self._sites.values():
+                        self._close_file(site_log)
+                    return
+            except Exception:  # a full disk must not take the listener down
+                self.errors += 1
+                if self.errors <= 3 or self.errors % 1000 == 0:
+                    log.exception("W3C log: writing failed (%d failures so far)", self.errors)
+
+    def _configure(self, sites: list[Site]) -> None:
+        new: dict[int, SiteLog] = {}
+        for site in sites:
+            settings = site.log_file
+            if not settings.enabled or settings.log_format.upper() != "W3C":
+                continue
+            root = settings.directory or self.logs_root
+            directory = os.path.join(os.path.expandvars(root), f"W3SVC{site.id}")
+            fields = fields_for(settings.log_ext_file_flags)
+            old = self._sites.get(site.id)
+            if (old is not None and old.directory == directory and old.fields == fields
+                    and old.settings.period == settings.period):
+                old.settings = settings
+                new[site.id] = old
+                continue
+            if old is not None:
+                self._close_file(old)
+            new[site.id] = SiteLog(site.id, site.name, directory, settings, fields)
+        for site_id, old in self._sites.items():
+            if site_id not in new:
+                self._close_file(old)
+        self._sites = new
+
+    def _close_file(self, log: SiteLog) -> None:
+        if log.fh is not None:
+            log.fh.close()
+            log.fh = None
+            log.path = ""
+
+    def _open(self, log: SiteLog, when: float) -> None:
+        settings = log.settings
+        period = settings.period if settings.period in PERIODS else "Daily"
+        os.makedirs(log.directory, exist_ok=True)
+        if period == "MaxSize":
+            limit = max(settings.truncate_size, MIN_TRUNCATE_SIZE)
+            if not log.path:
+                indices = [int(m.group(1)) for n in os.listdir(log.directory)
+                           if (m := re.fullmatch(r"u_extend(\d+)\.log", n))]
+                log.index = max(indices, default=1)
+            path = os.path.join(log.directory, file_name(period, when, False, log.index))
+            if path == log.path and log.size < limit:
+                return
+            if path == log.path or (os.path.exists(path) and os.path.getsize(path) >= limit):
+                log.index += 1
+                path = os.path.join(log.directory, file_name(period, when, False, log.index))
+        else:
+            path = os.path.join(log.directory, file_name(period, when, settings.local_time_rollover))
+            if path == log.path:
+                return
+        self._close_file(log)
+        log.fh = open(path, "ab")
+        log.path = path
+        log.size = log.fh.tell()
+        # every file, and every time this process starts writing to one, gets the header
+        header = (f"#Software: {SOFTWARE}\r\n#Version: 1.0\r\n"
+                  f"#Date: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(when))}\r\n"
+                  f"#Fields: {log.header_fields}\r\n").encode()
+        log.fh.write(header)
+        log.size += len(header)
+
+    def _write(self, entries: list[tuple[float, "Exchange"]]) -> None:
+        by_site: dict[int, list[tuple[float, Exchange]]] = {}
+        for entry in entries:
+            route = entry[1].route
+            if route is not None:
+                by_site.setdefault(route.site_id, []).append(entry)
+        for site_id, items in by_site.items():
+            log = self._sites.get(site_id)
+            if log is None:
+                continue
+            out: list[bytes] = []
+            limit = max(log.settings.truncate_size, MIN_TRUNCATE_SIZE)
+            max_size = log.settings.period == "MaxSize"
+            for when, exch in items:
+                second = int(when)
+                if second != log.checked or log.fh is None or (max_size and log.size >= limit):
+                    if out and log.fh is not None:  # these belong to the file before a rollover
+                        log.fh.write(b"".join(out))
+                        out.clear()
+                    self._open(log, when)
+                    log.checked = second
+                line = self.format(log, when, exch)
+                out.append(line)
+                log.size += len(line)
+            if out and log.fh is not None:
+                log.fh.write(b"".join(out))
+            if log.fh is not None:
+                log.fh.flush()
+            self.lines_written += len(items)
+
+    def format(self, log: SiteLog, when: float, exch: "Exchange") -> bytes:
+        if log.formatter is None:
+            log.formatter = compile_formatter(log.fields, log.site_id, self.computer)
+        second = int(when)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)).split(" ")
+        return log.formatter(exch, self._stamp[0], self._stamp[1])  # type: ignore[no-any-return]
+
+
+# One expression per field; ``e`` is the exchange, ``c`` its connection, ``h`` the request
+# headers as a dict (built only when a header field is logged).
+_EXPR = {
+    "date": "d",
+    "time": "t",
+    "s-sitename": "SITENAME",
+    "s-computername": "COMPUTER",
+    "s-ip": "esc(c.server[0])",
+    "cs-method": "esc(e.method)",
+    "cs-uri-stem": "esc(stem)",
+    "cs-uri-query": "esc(query)",
+    "s-port": "c.server[1]",
+    "cs-username": "esc(e.username)",
+    "c-ip": "esc(c.client[0])",
+    "cs-version": "'HTTP/1.1' if e.http_minor == 1 else 'HTTP/1.0'",
+    "cs(User-Agent)": "esc(h.get(b'user-agent', b'').decode('latin-1'))",
+    "cs(Cookie)": "esc(h.get(b'cookie', b'').decode('latin-1'))",
+    "cs(Referer)": "esc(h.get(b'referer', b'').decode('latin-1'))",
+    "cs-host": "esc(h.get(b'host', b'').decode('latin-1'))",
+    "sc-status": "e.status",
+    "sc-substatus": "e.substatus",
+    "sc-win32-status": "0",
+    "sc-bytes": "e.bytes_sent",
+    "cs-bytes": "request_bytes(e)",
+    "time-taken": "max(0, round((e.finished_at - e.started_at) * 1000))",
+}
+
+
+def _request_bytes(e: "Exchange") -> int:
+    h = e.headers
+    return len(e.method) + len(e.target) + 12 + sum(map(len, h)) + 4 * (len(h) // 2) + 2 + e.body_received
+
+
+def compile_formatter(fields: list[str], site_id: int, computer: str) -> Any:
+    """A function (exchange, date, time) -> the log line, made for one field list (the
+    field choice is made once, not per line)."""
+    exprs = [_EXPR.get(name, "'-'") for name in fields]
+    src = ["def fmt(e, d, t):", "    c = e.conn"]
+    if any(n in ("cs-uri-stem", "cs-uri-query") for n in fields):
+        src.append("    stem, _, query = e.target.decode('latin-1').partition('?')")
+    if any(n in _REQUEST_HEADERS for n in fields):
+        src.append("    hl = e.headers")
+        src.append("    h = dict(zip(hl[::2], hl[1::2]))")
+    template = " ".join(["%s"] * len(exprs)) + "\\r\\n"
+    src.append(f"    return ('{template}' % ({', '.join(exprs)},)).encode('utf-8', 'surrogateescape')")
+    namespace: dict[str, Any] = {
+        "esc": _esc, "request_bytes": _request_bytes,
+        "SITENAME": _esc(f"W3SVC{site_id}"), "COMPUTER": _esc(computer),
+    }
+    exec("\n".join(src), namespace)
+    return namespace["fmt"]
