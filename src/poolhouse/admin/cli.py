@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     counters = sub.add_parser("counters", help="listener counters")
     counters.add_argument("--json", action="store_true")
     config_cli.add_parser(sub)
+    # ``--state-dir`` is accepted after the subcommand too (``poolhouse serve --state-dir D``);
+    # SUPPRESS keeps a subcommand from overwriting the value given before it.
+    for subparser in sub.choices.values():
+        subparser.add_argument("--state-dir", default=argparse.SUPPRESS, help="state directory")
     return parser
 
 
