@@ -145,12 +145,28 @@ def test_live_changes_under_load(poolhouse_server) -> None:
         broken.write_text("<configuration />\n")
         timings["fix web.config"] = within(lambda: status(server.url("/broken/x.txt")) == 200)
 
+        # the web.config files at the virtual directories' roots are audited too
+        web_b = server.root / "b" / "web.config"
+        web_b.write_text('<configuration>\n  <system.webServer>\n    <directoryBrowse enabled="on" />\n'
+                         "  </system.webServer>\n</configuration>\n")
+        within(lambda: any(a["file"] == str(web_b) and a["result"] == "refused"
+                           for a in audit(server)))
+        line = [a for a in audit(server) if a["file"] == str(web_b)][-1]
+        assert line["error"]["line"] == 3 and line["site"] == "B"
+        assert status(f"http://127.0.0.1:{port_b2}/b.txt") == 500  # deliberately broken
+        web_b.write_text('<configuration>\n  <system.webServer>\n    <directoryBrowse enabled="false" />\n'
+                         "  </system.webServer>\n</configuration>\n")
+        within(lambda: audit(server)[-1]["file"] == str(web_b)
+               and audit(server)[-1]["result"] == "accepted")
+        assert audit(server)[-1]["changes"] == ["added system.webServer/directoryBrowse"]
+        within(lambda: status(f"http://127.0.0.1:{port_b2}/b.txt") == 200)
+
         # a broken applicationHost.config is refused; the running configuration serves on
         good = cfg.read_text()
         cfg.write_text(good.replace("<sites>", "<sites><bogus/>"))
         timings["refuse apphost"] = within(
-            lambda: any(a["result"] == "refused" for a in audit(server)))
-        refused = [a for a in audit(server) if a["result"] == "refused"][-1]
+            lambda: any(a["result"] == "refused" and a["file"] == str(cfg) for a in audit(server)))
+        refused = [a for a in audit(server) if a["result"] == "refused" and a["file"] == str(cfg)][-1]
         bogus_line = 1 + good.split("<sites>")[0].count("\n")
         assert refused["error"]["file"] == str(cfg) and refused["error"]["line"] == bogus_line
         assert "bogus" in refused["error"]["reason"]
@@ -183,7 +199,7 @@ def test_live_changes_under_load(poolhouse_server) -> None:
     assert "before-removal" in names
     assert sum(n.startswith("CFGHISTORY_") for n in names) >= 5
     lines = audit(server)
-    assert [a["result"] for a in lines].count("refused") == 1
+    assert [a["result"] for a in lines if a["file"] == str(cfg)].count("refused") == 1
     assert any("added site 'B'" in a["changes"] for a in lines)
     assert any(f"added binding http/127.0.0.1:{port_b2}: to site 'B'" in a["changes"] for a in lines)
     assert any(e["event"] == "config_change" for e in server.events())

@@ -13,8 +13,9 @@ then reports the outcome here:
   configuration keeps serving.
 
 Audit lines go to ``<state dir>/logs/config-audit.jsonl`` and to the event log
-(``config_change``).  web.config files are not watched here: workers re-stat them on
-the next request (see ``poolhouse.config.resolver``).
+(``config_change``).  The web.config files in the virtual directories' folders are
+watched too, only to audit them (valid, or refused with the reason): workers re-stat
+and apply them on the next request by themselves (``poolhouse.config.resolver``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError
 from ..config import history
-from ..config.audit import describe_accepted, describe_refused
+from ..config.audit import describe_accepted, describe_refused, section_changes
+from ..config.document import ConfigDocument, read_document
+from ..config.resolver import WEB_CONFIG_NAMES, WebConfigResolver
 from ..config.model import ServerConfig
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ class ConfigWatch:
         self._tasks: list[asyncio.Task[None]] = []
         self._seen = self._stat()
         self._refused_digest = ""
+        self._web_digests: dict[str, str] = {}
+        self._web_docs: dict[str, ConfigDocument] = {}
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -67,6 +72,7 @@ class ConfigWatch:
         if self.path is None:
             return
         self._snapshot(cfg)
+        self._prime_web_configs()
         loop = asyncio.get_running_loop()
         try:
             import watchfiles  # noqa: F401
@@ -119,27 +125,98 @@ class ConfigWatch:
         except Exception:  # reload reports its own errors; never let the watcher die
             log.exception("reloading the configuration failed")
 
+    def _web_folders(self) -> dict[str, tuple[str, str, str]]:
+        """Folder of each virtual directory -> (site, application path, URL): the
+        web.config files there are audited when they change (workers apply them)."""
+        out: dict[str, tuple[str, str, str]] = {}
+        for site in self.service.config.sites:
+            for app in site.applications:
+                for vdir in app.virtual_directories:
+                    url = (app.path.rstrip("/") + vdir.path.rstrip("/")) or "/"
+                    out.setdefault(os.path.normpath(vdir.physical_path),
+                                   (site.name, app.path, url))
+        return out
+
     async def _watch(self) -> None:
         import watchfiles
 
         while not self._stop.is_set():
             files = self._files()
             wanted = set(files)
-            folders = sorted({os.path.dirname(f) or "." for f in files})
+            web = self._web_folders() if self.path is not None else {}
+            folders = sorted({os.path.dirname(f) or "." for f in files}
+                             | {f for f in web if os.path.isdir(f)})
+
+            def interesting(_change: Any, path: str) -> bool:
+                return path in wanted or (os.path.basename(path) in WEB_CONFIG_NAMES
+                                          and os.path.dirname(path) in web)
+
             try:
-                async for _changes in watchfiles.awatch(
-                        *folders, watch_filter=lambda _c, p: p in wanted,
-                        debounce=DEBOUNCE_MS, step=50, stop_event=self._stop,
-                        recursive=False):
-                    await self._changed()
-                    if set(self._files()) != wanted:
-                        break  # a configSource appeared or went: watch the new set
+                async for changes in watchfiles.awatch(
+                        *folders, watch_filter=interesting, debounce=DEBOUNCE_MS, step=50,
+                        stop_event=self._stop, recursive=False):
+                    paths = {p for _c, p in changes}
+                    if paths & wanted:
+                        await self._changed()
+                    for path in sorted(paths - wanted):
+                        self._web_changed(path, web[os.path.dirname(path)])
+                    if set(self._files()) != wanted or self._web_folders() != web:
+                        break  # sites or included files changed: watch the new set
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a folder vanished, inotify limits, ...
                 log.warning("watching %s failed (%s); polling instead", folders, exc)
                 await asyncio.sleep(FALLBACK_POLL)
                 await self._changed()
+
+    def _prime_web_configs(self) -> None:
+        """Remember the web.config files as they are, so the first audit line about one
+        says what changed rather than listing everything in it."""
+        for folder in self._web_folders():
+            for name in WEB_CONFIG_NAMES:
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                    self._web_digests[path] = hashlib.sha256(data).hexdigest()
+                    self._web_docs[path] = read_document(data, path)
+                except (OSError, ConfigError):
+                    continue
+
+    def _web_changed(self, path: str, where: tuple[str, str, str]) -> None:
+        """Audit a web.config change: valid (workers apply it on the next request) or
+        refused (its folder answers 500.19 until it is fixed)."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            data = b""
+        digest = hashlib.sha256(data).hexdigest()
+        if self._web_digests.get(path) == digest:
+            return
+        self._web_digests[path] = digest
+        old = self._web_docs.get(path)
+        new: ConfigDocument | None = None
+        if data:
+            try:
+                new = read_document(data, path)
+            except ConfigError:
+                new = None
+        changes = (section_changes(old, new) if new is not None else
+                   ["removed the file"] if not data else [])
+        if new is not None:
+            self._web_docs[path] = new
+        elif not data:
+            self._web_docs.pop(path, None)
+        site, app, url = where
+        try:
+            WebConfigResolver(self.service.config, site, app).for_path(url)
+        except ConfigError as exc:
+            self._audit("refused", data, changes, file=path, site=site, url=url,
+                        error={"file": exc.file, "line": exc.line, "section": exc.section,
+                               "reason": exc.reason})
+            return
+        self._audit("accepted", data, changes, file=path, site=site, url=url)
 
     async def _poll(self, interval: float | None) -> None:
         while not self._stop.is_set():
@@ -197,7 +274,7 @@ class ConfigWatch:
     def _audit(self, result: str, data: bytes, changes: list[str], **extra: Any) -> None:
         record: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "file": self.path or "<embedded>",
+            "file": extra.pop("file", None) or self.path or "<embedded>",
             "result": result,
             "sha256": hashlib.sha256(data).hexdigest() if data else "",
             "changes": changes,
