@@ -89,8 +89,19 @@ def run(args: argparse.Namespace, state_dir: str) -> int:
         snap = history.find(state_dir, args.name, configured)
         with open(snap.path, "rb") as fh:
             data = fh.read()
+        try:
+            with open(path, "rb") as fh:
+                unchanged = fh.read() == data
+        except OSError:
+            unchanged = False
+        if unchanged:
+            print(f"'{snap.name}' is already the content of {path}; nothing to restore")
+            return 0
         history.write_atomic(path, data)
         print(f"restored '{snap.name}' over {path}")
+        if not os.path.exists(os.path.join(state_dir, "run", "control.sock")):
+            print("(no server is running on this state directory; it applies the file at start)")
+            return 0
         return _verdict(state_dir, data)
     except (LookupError, ValueError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
