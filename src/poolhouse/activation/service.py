@@ -108,10 +108,15 @@ class ActivationService:
         self.sockets.update(opened)
         return list(opened), removed
 
+    def socket_protocol(self, port: int) -> str:
+        """"https" if the port's bindings are https (the listener wraps it in TLS)."""
+        return "https" if any(b.protocol == "https" and b.port == port
+                              for site in self.config.sites for b in site.bindings) else "http"
+
     async def start_listener(self) -> None:
         control_ours, control_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd_ours, fd_theirs = fd_pair()
-        specs = [{"fd": s.fileno(), "ip": ip, "port": port, "protocol": "http"}
+        specs = [{"fd": s.fileno(), "ip": ip, "port": port, "protocol": self.socket_protocol(port)}
                  for (ip, port), s in self.sockets.items()]
         self.listener_ready.clear()
         self.listener_started = time.monotonic()
@@ -419,7 +424,8 @@ class ActivationService:
             for ip, port in removed:
                 self.listener_control.send({"op": "unlisten", "ip": ip, "port": port})
             for ip, port in added:
-                send_fd(self.fd_channel, {"op": "listen", "ip": ip, "port": port, "protocol": "http"},
+                send_fd(self.fd_channel, {"op": "listen", "ip": ip, "port": port,
+                                          "protocol": self.socket_protocol(port)},
                         self.sockets[(ip, port)].fileno())
         for name, pool in recycle.items():
             if self.pools.get(name) is pool and pool not in gaining:

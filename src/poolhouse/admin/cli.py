@@ -21,6 +21,7 @@ import socket
 import sys
 from typing import Any
 
+from . import cert as cert_cli
 from . import config_cli
 
 EXIT_USAGE = 2
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     counters = sub.add_parser("counters", help="listener counters")
     counters.add_argument("--json", action="store_true")
     config_cli.add_parser(sub)
+    cert_cli.add_parser(sub)
     # ``--state-dir`` is accepted after the subcommand too (``poolhouse serve --state-dir D``);
     # SUPPRESS keeps a subcommand from overwriting the value given before it.
     for subparser in sub.choices.values():
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir or default_state_dir()
     if args.command == "config":
         return config_cli.run(args, state_dir)
+    if args.command == "cert":
+        return cert_cli.run(args)
     if args.command == "serve":
         return serve(args.config, state_dir, args.log_level)
     try:

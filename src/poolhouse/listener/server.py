@@ -23,6 +23,7 @@ from .exchange import Exchange
 from .httperr_log import HttpErrLog
 from .request_queue import STARTED, STOPPED_REASONS, PoolQueue
 from .routing import Route, RoutingTable
+from .tls import TlsStore
 from .w3c_log import W3CLogs
 from .worker_link import WorkerLink
 
@@ -66,6 +67,7 @@ class Listener:
         # W3C log's writer thread formats and writes them
         self.w3c_pending: list[tuple[float, Exchange]] = []
         self.w3c = W3CLogs(os.path.join(state_dir, "logs"))
+        self.tls = TlsStore()
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -80,7 +82,10 @@ class Listener:
 
     async def _listen(self, sock: socket.socket, ip: str, port: int, scheme: str) -> None:
         server = await self.loop.create_server(
-            lambda: HttpConnection(self, scheme), sock=sock, backlog=65535
+            lambda: HttpConnection(self, scheme), sock=sock, backlog=65535,
+            ssl=self.tls.server_context(port) if scheme == "https" else None,
+            ssl_handshake_timeout=(self.config.web_limits.header_wait_timeout or DEFAULT_HEADER_WAIT)
+            if scheme == "https" else None,
         )
         old = self.servers.pop((ip, port), None)
         if old is not None:
@@ -113,6 +118,7 @@ class Listener:
         self.routing = RoutingTable(config)
         self.route_cache = {}
         self.w3c.configure(config.sites)
+        self.tls.configure(config.sites)
         for name, pool in config.pools.items():
             queue = self.pools.get(name)
             if queue is None:
@@ -325,6 +331,7 @@ class Listener:
                     conn.close()
             self.httperr.flush()
             self.flush_access_log()
+            self.tls.refresh()  # certificate files replaced on disk: new connections get them
         except Exception:
             log.exception("listener housekeeping failed")
         if not self.stopped.is_set():
