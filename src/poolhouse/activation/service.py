@@ -364,6 +364,13 @@ class ActivationService:
             self.listener_control.send({"op": "site_state", "site_id": site_id, "state": state})
 
     async def reload(self) -> None:
+        """Re-read the configuration (SIGHUP, the watcher, ``poolhouse reload``): one
+        reload at a time, so a change arriving during one is applied after it."""
+        lock = self.__dict__.setdefault("_reload_lock", asyncio.Lock())
+        async with lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
         """Build and validate the whole new configuration, then swap it in.  Pools that
         gain applications get workers with the new configuration before the listener's
         routing moves, so no request reaches a worker that does not host its
