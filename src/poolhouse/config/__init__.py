@@ -8,6 +8,11 @@ Public API (what the listener, the activation service and the workers call):
   effective ``system.webServer`` + ``appSettings`` configuration at a URL, cached per
   folder and refreshed when a contributing file changes.
 - ``ConfigError`` — every violation, with file, line, section and reason.
+
+Around them: ``writer.ConfigWriter`` (read and change configuration at a level, keeping
+the files' comments and formatting), ``history`` (CFGHISTORY_ snapshots and backups),
+``audit`` (what changed between two versions), ``preconditions`` (handler/module
+``preCondition`` per pool).  See docs/configuration-system.md.
 """
 
 from .errors import ConfigError
