@@ -62,13 +62,8 @@ class ConfigWatch:
     def start(self) -> None:
         """Publish the served file's path for the CLI, snapshot the configuration the
         service started with, and start watching."""
-        run = os.path.join(self.state_dir, "run")
-        os.makedirs(run, exist_ok=True)
         cfg = self.service.config
-        for name, value in (("config-path", self.path or ""),
-                            ("config-history-path", cfg.config_history.path)):
-            with open(os.path.join(run, name), "w", encoding="utf-8") as fh:
-                fh.write(value + "\n" if value else "")
+        self._publish(cfg)
         if self.path is None:
             return
         self._snapshot(cfg)
@@ -81,6 +76,15 @@ class ConfigWatch:
         else:
             self._tasks.append(loop.create_task(self._watch()))
             self._tasks.append(loop.create_task(self._poll(None)))
+
+    def _publish(self, cfg: ServerConfig) -> None:
+        """``run/config-path`` and ``run/config-history-path``, for ``poolhouse config``."""
+        run = os.path.join(self.state_dir, "run")
+        os.makedirs(run, exist_ok=True)
+        for name, value in (("config-path", self.path or ""),
+                            ("config-history-path", cfg.config_history.path)):
+            with open(os.path.join(run, name), "w", encoding="utf-8") as fh:
+                fh.write(value + "\n" if value else "")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -228,6 +232,8 @@ class ConfigWatch:
 
     def accepted(self, old: ServerConfig, new: ServerConfig) -> None:
         self._refused_digest = ""
+        if old.config_history != new.config_history:
+            self._publish(new)
         if (old.config_text, old.config_extra) == (new.config_text, new.config_extra):
             return  # touched or rewritten identically: not a change
         try:
