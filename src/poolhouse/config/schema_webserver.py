@@ -520,7 +520,8 @@ SECTIONS = [
         doc="Accepted for compatibility."),
     Section(
         "appSettings",
-        S("file", "", "Accepted for compatibility (not read)."),
+        S("file", "", "A file (relative, beside or below this one) with an <appSettings> "
+          "root whose entries override these; a missing file is ignored."),
         C(S("key", "", "Setting name.", required=True, key=True, case_sensitive=True),
           S("value", "", "Setting value.", case_sensitive=True)),
         doc="Application settings, e.g. WSGI_HANDLER for wfastcgi-style applications."),
