@@ -51,7 +51,9 @@ def test_stock_handlers_keep_their_order_and_preconditions_apply(tmp_path: Path)
     assert "CGI-exe" in names and "SSINC-shtml" in names
     # the built-in Python modules stay available next to the file's modules
     assert {"WsgiModule", "AsgiModule", "IsapiModule", "StaticFileModule"} <= set(web.modules)
-    assert "OutputCache" not in web.modules  # preCondition="managedHandler"
+    # preCondition="managedHandler": enabled, the pipeline runs it for Python handlers only
+    assert "OutputCache" in web.modules
+    assert "UrlRoutingModule-4.0" not in web.modules  # runtimeVersionv4.0
     assert web.sections["system.webServer/httpProtocol"]["customHeaders"]["items"] == [
         {"name": "X-Powered-By", "value": "ASP.NET"}]
 

@@ -4,9 +4,10 @@ runtimeVersionv4.0,bitness64"``), evaluated for the application pool that serves
 IIS loads an entry only when every token of its comma list holds for the worker process.
 Poolhouse's workers run the integrated pipeline of the pool's ``managedPipelineMode``,
 as 64-bit processes unless ``enable32BitAppOnWin64``, and host no .NET runtime — so the
-``runtimeVersionv…`` tokens and ``managedHandler`` never hold, and the stock ASP.NET
-handler mappings and managed modules of an IIS applicationHost.config drop out instead of
-catching requests they could not serve.
+``runtimeVersionv…`` tokens never hold, and the stock ASP.NET handler mappings of an IIS
+applicationHost.config drop out instead of catching requests they could not serve.
+``managedHandler`` (modules only) depends on the request: the worker's pipeline lets such
+a module run when the handler is a Python application; ``holds`` alone says False.
 """
 
 from __future__ import annotations

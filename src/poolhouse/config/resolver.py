@@ -282,6 +282,14 @@ class WebConfigResolver:
         return build_web_config(sections, warnings, self.server.pools.get(self.app.pool))
 
 
+def _without_managed_handler(pre_condition: str) -> str:
+    """A module's ``managedHandler`` token depends on the request's handler (the worker's
+    pipeline decides it per request: a Python application is Poolhouse's managed code),
+    so it does not remove the module from the enabled list."""
+    return ",".join(t for t in pre_condition.split(",")
+                    if t.strip().lower() != "managedhandler")
+
+
 def _extra_mtimes(doc: ConfigDocument) -> tuple[float, ...]:
     out = []
     for path in doc.extra:
@@ -322,7 +330,7 @@ def build_web_config(sections: dict[str, Any], warnings: list[str],
         mime_maps=mime,
         app_settings={s["key"]: s["value"] for s in sections["appSettings"][ITEMS]},
         modules=[m["name"] for m in sections[WS + "modules"][ITEMS]
-                 if holds(m["preCondition"], pool)],
+                 if holds(_without_managed_handler(m["preCondition"]), pool)],
         sections=sections,
         warnings=warnings,
     )
