@@ -170,7 +170,7 @@ class Pipeline:
     statuses below 400 and from 400 on."""
 
     __slots__ = ("modules", "before_map", "map", "after_map", "post", "post_finished",
-                 "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send",
+                 "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send", "pre",
                  "traced", "tracer", "empty")
 
     def __init__(self, modules: list["Module"]) -> None:
@@ -197,6 +197,8 @@ class Pipeline:
         self.send_ok = tuple(m.send_response for m in ok)
         self.send_ok_names = tuple(m.name for m in ok)
         self.has_send = bool(senders)
+        # any hook before the handler (else the dispatcher goes straight to it)
+        self.pre = bool(self.before_map or self.map or self.after_map)
         self.tracer = next((m for m in modules if getattr(m, "traces", False)), None)
         self.traced = self.tracer is not None
         self.empty = not (self.before_map or self.map or self.after_map or self.post
@@ -366,7 +368,17 @@ class HttpContext:
     # ---- running ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """BeginRequest .. ExecuteRequestHandler; then the handler."""
+        """BeginRequest .. ExecuteRequestHandler; then the handler (unless a module
+        finished the request)."""
+        if not self.before_handler():
+            self.worker.execute(self.stream, self.app, self.selection, self.path, self.raw_path,
+                                self.query, self)
+
+    def before_handler(self) -> bool:
+        """BeginRequest .. the module hooks of ExecuteRequestHandler, with the handler
+        mapping's verdict applied at MapRequestHandler; True when the request was
+        finished (its response is on its way) and the handler must not run.  The
+        dispatcher then runs ``selection``'s handler for ``path`` and ``query``."""
         p = self.pipeline
         if p.traced:
             from .tracing import Trace
@@ -374,37 +386,42 @@ class HttpContext:
         try:
             for notification, hooks, names in p.before_map:
                 if self._notify(notification, hooks, names):
-                    return self._finish()
+                    self._finish()
+                    return True
             for notification, hooks, names in p.map:
                 if self._notify(notification, hooks, names):
-                    return self._finish()
+                    self._finish()
+                    return True
             sel = self.selection
             if not sel.kind:
                 self.notification = MAP_REQUEST_HANDLER
                 self.module = ""
                 self.fail(sel.status, sel.substatus, sel.detail)
-                return self._finish()
+                self._finish()
+                return True
             if self.trace is not None:
                 self.trace.event("HANDLER_CHANGED", MAP_REQUEST_HANDLER, "", handler=self.handler)
             for notification, hooks, names in p.after_map:
                 if self._notify(notification, hooks, names):
-                    return self._finish()
+                    self._finish()
+                    return True
         except HttpError as exc:
             self.fail(exc.status, exc.substatus, exc.detail)
-            return self._finish()
+            self._finish()
+            return True
         except Exception:
             log.error("module %s failed in %s for %s:\n%s", self.module, self.notification,
                       self.path, traceback.format_exc())
             self.fail(500, 0, f"Module {self.module} raised in {self.notification}:\n"
                       + traceback.format_exc(limit=-3))
-            return self._finish()
+            self._finish()
+            return True
         self.notification = EXECUTE_REQUEST_HANDLER
         self.module = ""
         if self.trace is not None:
             self.module = self.selection.mapping.entry.modules if self.selection.mapping else ""
             self.trace.event("HANDLER_START", EXECUTE_REQUEST_HANDLER, self.module, handler=self.handler)
-        self.worker.execute(self.stream, self.app, self.selection, self.path, self.raw_path,
-                            self.query, self)
+        return False
 
     def _notify(self, notification: str, hooks: tuple[Hook, ...], names: tuple[str, ...]) -> bool:
         self.notification = notification
