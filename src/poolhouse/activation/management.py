@@ -85,9 +85,19 @@ class ManagementServer:
                 return await self.apppools()
             if what == "wp":
                 return await svc.list_workers()
-            raise ManagementError(f"cannot list {what!r}: choose sites, apppools or wp")
+            if what == "cache":
+                return await self.listener_cache({"action": "list"})
+            raise ManagementError(f"cannot list {what!r}: choose sites, apppools, wp or cache")
         if op == "counters":
             return await svc.listener_stats()
+        if op == "cache_flush":  # the listener's response cache: all, one site's, one URL's
+            fields: dict[str, Any] = {"action": "flush", "url": req.get("url") or None}
+            if req.get("site"):
+                site = svc.config.site_by_name(str(req["site"]))
+                if site is None:
+                    raise ManagementError(f"no site named {req['site']!r}")
+                fields["site_id"] = site.id
+            return await self.listener_cache(fields)
         if op == "reload":
             await svc.reload()
             return {"reloaded": True}
@@ -118,6 +128,13 @@ class ManagementServer:
                 return {"site": site.name, "state": svc.site_states[site.id]}
             raise ManagementError(f"cannot {op} {what!r}: choose apppool or site")
         raise ManagementError(f"unknown operation {op!r}")
+
+    async def listener_cache(self, fields: dict[str, Any]) -> Any:
+        control = self.service.listener_control
+        if control is None or control.closed:
+            raise ManagementError("the listener is not running")
+        reply = await asyncio.wait_for(control.request({"op": "cache", **fields}), 5)
+        return reply.get("result", {})
 
     def sites(self) -> list[dict[str, Any]]:
         svc = self.service

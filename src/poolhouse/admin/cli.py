@@ -86,6 +86,9 @@ _LIST_COLUMNS = {
 }
 
 
+_CACHE_COLUMNS = ["site_id", "url", "size", "hits", "expires_in"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poolhouse", description="Poolhouse web application server")
     parser.add_argument("--state-dir", default=None, help="state directory (default: $POOLHOUSE_STATE_DIR, "
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     lst = sub.add_parser("list", help="list sites, application pools or worker processes")
-    lst.add_argument("what", choices=["sites", "apppools", "wp"])
+    lst.add_argument("what", choices=["sites", "apppools", "wp", "cache"])
     lst.add_argument("--json", action="store_true", help="JSON output")
 
     for verb, objects in (("start", ["apppool", "site"]), ("stop", ["apppool", "site"]), ("recycle", ["apppool"])):
@@ -111,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     counters.add_argument("--json", action="store_true")
     config_cli.add_parser(sub)
     cert_cli.add_parser(sub)
+    cache = sub.add_parser("cache", help="the listener's response cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    flush = cache_sub.add_parser("flush", help="drop cached responses (all, a site's, or one URL's)")
+    flush.add_argument("--site", default=None, help="only this site's entries")
+    flush.add_argument("--url", default=None, help="only this URL (path, as requested)")
+    flush.add_argument("--json", action="store_true")
     # ``--state-dir`` is accepted after the subcommand too (``poolhouse serve --state-dir D``);
     # SUPPRESS keeps a subcommand from overwriting the value given before it.
     for subparser in sub.choices.values():
@@ -129,9 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args.config, state_dir, args.log_level)
     try:
-        if args.command == "list":
+        if args.command == "list" and args.what == "cache":
+            result = call(state_dir, {"op": "list", "what": "cache"})
+            print(json.dumps(result, indent=2) if args.json else _table(result["entries"], _CACHE_COLUMNS))
+        elif args.command == "list":
             result = call(state_dir, {"op": "list", "what": args.what})
             print(json.dumps(result, indent=2) if args.json else _table(result, _LIST_COLUMNS[args.what]))
+        elif args.command == "cache":
+            result = call(state_dir, {"op": "cache_flush", "site": args.site, "url": args.url})
+            print(json.dumps(result, indent=2) if args.json else f"flushed {result['flushed']} entries")
         elif args.command in ("start", "stop", "recycle"):
             result = call(state_dir, {"op": args.command, "what": args.what, "name": args.name})
             print(json.dumps(result, indent=2) if args.json else

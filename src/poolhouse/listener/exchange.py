@@ -15,6 +15,7 @@ from marshal import dumps as _dumps
 
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
+from .response_cache import FILE_MARKER, strip_file_marker
 from .responses import DATE, STATUS_LINE_11, status_line
 
 _encode_frame = encode_frame
@@ -182,8 +183,11 @@ class Exchange:
                 and self.method != "HEAD" and 200 <= status != 204 and status != 304):
             # the common case: a whole response on a keep-alive HTTP/1.1 connection
             body = head[3]
+            block = head[1]
+            if status == 200 and (b"-maxage" in block or FILE_MARKER in block or self.cache_profiled):
+                block = self._cacheable(block, body)
             data = b"".join((
-                STATUS_LINE_11.get(status) or status_line(status, 1), DATE.get(), head[1],
+                STATUS_LINE_11.get(status) or status_line(status, 1), DATE.get(), block,
                 b"Content-Length: %d\r\n\r\n" % len(body), body,
             ))
             self.bytes_sent = len(data)
@@ -193,7 +197,15 @@ class Exchange:
         if flags & q.CLOSE:
             self.keep_alive = False
         http_minor = self.http_minor
-        parts = [status_line(status, http_minor), DATE.get(), head[1]]
+        block = head[1]
+        if FILE_MARKER in block:
+            if status == 200 and flags & q.END_STREAM:
+                block = self._cacheable(block, head[3])
+            else:
+                block = strip_file_marker(block)[0]
+        elif status == 200 and flags & q.END_STREAM and (b"-maxage" in block or self.cache_profiled):
+            block = self._cacheable(block, head[3])
+        parts = [status_line(status, http_minor), DATE.get(), block]
         no_body = self.method == "HEAD" or status < 200 or status in _NO_BODY_STATUS
         end = flags & q.END_STREAM
         if status >= 200 and status != 204 and status != 304:
@@ -232,6 +244,21 @@ class Exchange:
             self.conn.write(data)
             if body:
                 self._ack(len(body))
+
+    @property
+    def cache_profiled(self) -> bool:
+        route = self.route
+        return route is not None and route.app_key in self.conn.listener.cache.profiled
+
+    def _cacheable(self, block: bytes, body: bytes) -> bytes:
+        """Offer a whole 200 response to the response cache; returns the header block to
+        send (without the worker's file marker)."""
+        file = ""
+        if FILE_MARKER in block:
+            block, file = strip_file_marker(block)
+        if self.method == "GET":
+            self.conn.listener.cache.consider(self, block, body, file)
+        return block
 
     def response_body(self, data: bytes, flags: int) -> None:
         if self.done or self.conn.closed:

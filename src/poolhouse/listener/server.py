@@ -22,7 +22,10 @@ from .connection import HttpConnection
 from .exchange import Exchange
 from .httperr_log import HttpErrLog
 from .request_queue import STARTED, STOPPED_REASONS, PoolQueue
-from .routing import Route, RoutingTable
+from .response_cache import AppCachePolicy, FileWatcher, ResponseCache
+from .response_cache import Entry as CacheEntry
+from .responses import DATE, status_line
+from .routing import Route, RoutingTable, app_key
 from .tls import TlsStore
 from .w3c_log import W3CLogs
 from .worker_link import WorkerLink
@@ -68,6 +71,11 @@ class Listener:
         self.w3c_pending: list[tuple[float, Exchange]] = []
         self.w3c = W3CLogs(os.path.join(state_dir, "logs"))
         self.tls = TlsStore()
+        self.cache = ResponseCache()
+        try:
+            self.cache.watcher = FileWatcher(self.loop, self.cache.file_changed)
+        except OSError as exc:  # no inotify: static files are then not cached
+            log.warning("response cache: no file change notification (%s)", exc)
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class Listener:
         self.route_cache = {}
         self.w3c.configure(config.sites)
         self.tls.configure(config.sites)
+        self._configure_cache(config)
         for name, pool in config.pools.items():
             queue = self.pools.get(name)
             if queue is None:
@@ -128,6 +137,35 @@ class Listener:
         for name, state in msg.get("pool_states", {}).items():
             self._set_pool_state(name, state)
         self.site_states = {int(k): v for k, v in msg.get("site_states", {}).items()}
+
+    def _configure_cache(self, config: ServerConfig) -> None:
+        """Each application's effective caching/serverRuntime settings, resolved once here
+        (web.config files included) rather than per response."""
+        from ..config import WebConfigResolver
+
+        policies: dict[str, AppCachePolicy] = {}
+        max_mb = 0
+        for site in config.sites:
+            for app in site.applications:
+                try:
+                    sections = WebConfigResolver(config, site.name, app.path).for_path(app.path).sections
+                except Exception as exc:  # a broken web.config: the worker reports it; no caching here
+                    log.warning("response cache off for %s%s: %s", site.name, app.path, exc)
+                    policies[app_key(site, app)] = AppCachePolicy(enabled=False)
+                    continue
+                policies[app_key(site, app)] = AppCachePolicy.from_sections(sections)
+                max_mb = max(max_mb, int((sections.get("system.webServer/caching") or {}).get("maxCacheSize", 0) or 0))
+        self.cache.configure(policies, max_mb * 1024 * 1024)
+
+    def ctl_cache(self, msg: Message) -> None:
+        """``{"op": "cache", "action": "list" | "flush", "site_id"?, "url"?}``"""
+        assert self.control is not None
+        if msg.get("action") == "flush":
+            site_id = msg.get("site_id")
+            removed = self.cache.flush(int(site_id) if site_id is not None else None, msg.get("url") or None)
+            self.control.reply(msg, result={"flushed": removed, **self.cache.stats()})
+        else:
+            self.control.reply(msg, result={"entries": self.cache.listing(), **self.cache.stats()})
 
     def ctl_pool_state(self, msg: Message) -> None:
         self._set_pool_state(msg["pool"], msg["state"])
@@ -224,6 +262,15 @@ class Listener:
         if self.site_states.get(route.site_id, STARTED) != STARTED:
             conn.send_error(exch, 503, "Disabled")
             return
+        if exch.method == "GET" or exch.method == "HEAD":
+            cache = self.cache
+            if cache.slots:
+                entry = cache.lookup(route.site_id, exch)
+                if entry is not None:  # answered here, whatever the pool's state
+                    self._serve_cached(conn, exch, entry)
+                    return
+            else:
+                cache.misses += 1
         queue = self.pools.get(route.pool)
         if queue is None:
             conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
@@ -232,6 +279,30 @@ class Listener:
         reason = queue.submit(exch)
         if reason is not None:
             self.refuse(exch, queue, reason)
+
+    def _serve_cached(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
+        exch.cache_hit = True
+        exch.response_started = True
+        minor = max(exch.http_minor, 0)
+        not_modified = entry.etag or entry.last_modified
+        status = 304 if not_modified and self.cache.not_modified(entry, exch.headers) else 200
+        exch.status = status
+        parts = [status_line(status, minor), DATE.get(), entry.block]
+        if entry.shared_age:
+            parts.append(b"Age: %d\r\n" % int(time.monotonic() - entry.stored))
+        if status == 200:
+            parts.append(b"Content-Length: %d\r\n" % len(entry.body))
+        if not exch.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif minor == 0:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if status == 200 and exch.method == "GET":
+            parts.append(entry.body)
+        data = b"".join(parts)
+        exch.bytes_sent = len(data)
+        conn.write(data)
+        exch.finish()
 
     def _resolve(self, key: tuple[tuple[str, int], bytes, bytes]) -> tuple[int | None, Route | None]:
         """Routing of one (local address, Host header, request target), remembered: the
@@ -369,6 +440,7 @@ class Listener:
                 }
                 for wid, link in self.workers.items()
             },
+            "cache": self.cache.stats(),
             "sites": {
                 str(k): {"requests": v.requests, "bytes_sent": v.bytes_sent,
                          "bytes_received": v.bytes_received, "rejected": dict(v.rejected)}

@@ -277,24 +277,13 @@ class WorkerProcess:
         stream.stage = "MapRequestHandler"
         sel = app.select(head.method, path)
         pipeline = sel.pipeline
-        ctx = None
         if pipeline is not None:
-            # the integrated pipeline: BeginRequest .. PreExecuteRequestHandler, unless
-            # no module subscribes to any of them (then only SendResponse and later run)
+            # the integrated pipeline: BeginRequest .. PreExecuteRequestHandler, then
+            # execute() below (unless a module finished the request)
             ctx = stream.ctx = HttpContext(self, stream, app, sel, pipeline, path, raw_path, query)
-            if pipeline.pre or not sel.kind or pipeline.traced:
-                if ctx.before_handler():
-                    return  # a module finished the request
-                # a module may have moved the request to another URL (URL Rewrite)
-                sel, path, raw_path, query = ctx.selection, ctx.path, ctx.raw_path, ctx.query
-        if sel.kind == WSGI:  # the hot path, inline
-            assert self.wsgi is not None
-            environ = build_environ(self.environ_base, app.environ_base, head, path[len(app.base):], query)
-            if ctx is not None and (ctx.user or ctx.auth_type or ctx._set_vars):
-                environ.update(ctx.extra_environ or ())
-            self.wsgi.handle(stream, sel.target, environ)
+            ctx.run()
             return
-        self.execute(stream, app, sel, path, raw_path, query, ctx)
+        self.execute(stream, app, sel, path, raw_path, query, None)
 
     def execute(self, stream: Stream, app: WorkerApplication, sel: Selection, path: str, raw_path: str,
                 query: str, ctx: HttpContext | None) -> None:
@@ -343,7 +332,12 @@ class WorkerProcess:
         headers = {hdrs[i].decode("latin-1"): hdrs[i + 1].decode("latin-1") for i in range(0, len(hdrs), 2)}
         url_path = (app.base + rel) if rel != "/" or not app.base else app.base + "/"
         stream.stage = "ExecuteRequestHandler"
-        resp = handler.serve(head.method, url_path, app.physical(rel), headers, query)
+        path = app.physical(rel)
+        resp = handler.serve(head.method, url_path, path, headers, query)
+        if (resp.status == 200 and head.method == "GET" and type(resp.body) is bytes and not query
+                and "\r" not in path and "\n" not in path):
+            # the listener's response cache keeps this file until it changes (and strips this)
+            resp.headers.append((b"X-Poolhouse-File", os.fsencode(path)))
         self.send_static(stream, resp)
 
     def send_static(self, stream: Stream, resp: StaticResponse) -> None:
@@ -445,7 +439,7 @@ class WorkerProcess:
         ctx = stream.ctx
         if ctx is not None:
             if not ctx.error_notification:
-                ctx.error_module, ctx.error_notification = ctx.module, ctx.notification or "ExecuteRequestHandler"
+                ctx.error_module, ctx.error_notification = ctx.module, ctx.notification
             out = ctx.send_response(status, substatus, headers, b"", True, True, detail)
             status, substatus, headers, body = out.status, out.substatus, out.headers, out.body
             if isinstance(body, FileBody):

@@ -1,0 +1,447 @@
+"""The response cache: HTTP.sys's kernel cache, in the listener (ref. iis.md §4.3, §2.8).
+
+A hit is answered here, with no round trip to a worker — even while the application's
+pool is stopped or its worker is being replaced.  What gets in:
+
+* a static file the worker marks (``X-Poolhouse-File: <physical path>``, stripped here)
+  once it is *frequently hit* (``serverRuntime`` frequentHitThreshold hits within
+  frequentHitTimePeriod; 2 in 10 s by default); it stays until the file changes
+  (inotify), or for ``duration`` when the extension's ``caching`` profile says
+  ``kernelCachePolicy="CacheForTimePeriod"``;
+* a response whose extension has a profile with ``kernelCachePolicy`` CacheUntilChange /
+  CacheForTimePeriod (frequent-hit rule as above);
+* a response the application opts in with ``Cache-Control: public, s-maxage=N`` (RFC 9111
+  shared-cache freshness; ``Age`` is sent on hits).
+
+and never (HTTP.sys's exclusions): requests with a query string, a body, an
+``Authorization`` header, ``Range``/``If-Range``, ``Translate: f``, an ``Expect`` other
+than 100-continue, methods other than GET (HEAD is served from a GET's entry); responses
+other than a whole 200 in one frame, empty or larger than ``maxResponseSize``, with
+``Set-Cookie``, ``Cache-Control`` private/no-store/no-cache, ``Vary: *``, or a
+``Content-Encoding`` their ``Vary`` does not cover; default documents (a URL ending in
+``/``).  ``Vary`` (and a profile's ``varyByHeaders``) key the variants.  Memory is bounded
+by ``maxCacheSize`` (MB; 0: 64 MB) with LRU eviction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import re
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+log = logging.getLogger("poolhouse.listener")
+
+FILE_MARKER = b"X-Poolhouse-File"
+DEFAULT_MAX_CACHE = 64 * 1024 * 1024
+MAX_HEADER_BLOCK = 4096
+_REQUEST_EXCLUDED = (b"authorization", b"range", b"if-range")
+_S_MAXAGE = re.compile(rb"s-maxage\s*=\s*\"?(\d+)", re.I)
+_MAX_AGE = re.compile(rb"(?<![-\w])max-age\s*=\s*\"?(\d+)", re.I)
+
+
+@dataclass
+class Profile:
+    policy: str  # CacheUntilChange | CacheForTimePeriod | DontCache | DisableCache
+    duration: float
+    vary: tuple[bytes, ...]
+
+
+@dataclass
+class AppCachePolicy:
+    """The effective ``caching`` and ``serverRuntime`` settings of one application,
+    computed when the listener is configured."""
+
+    enabled: bool = True
+    max_response_size: int = 262144
+    frequent_hits: int = 2
+    frequent_period: float = 10.0
+    profiles: dict[str, Profile] = field(default_factory=dict)  # ".ext" -> profile
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, Any]) -> "AppCachePolicy":
+        caching = sections.get("system.webServer/caching", {}) or {}
+        runtime = sections.get("system.webServer/serverRuntime", {}) or {}
+        profiles: dict[str, Profile] = {}
+        for item in (caching.get("profiles") or {}).get("items", []):
+            ext = str(item.get("extension", "")).lower()
+            if not ext:
+                continue
+            policy = str(item.get("kernelCachePolicy", "DontCache"))
+            duration = item.get("duration", 30.0)
+            vary = tuple(v.strip().lower().encode("latin-1")
+                         for v in str(item.get("varyByHeaders", "")).replace(";", ",").split(",") if v.strip())
+            profiles[ext if ext.startswith(".") or ext == "*" else "." + ext] = Profile(
+                policy, float(duration) if isinstance(duration, (int, float)) else 30.0, vary)
+        return cls(
+            enabled=bool(caching.get("enabled", True)) and bool(caching.get("enableKernelCache", True)),
+            max_response_size=int(caching.get("maxResponseSize", 262144) or 262144),
+            frequent_hits=max(1, int(runtime.get("frequentHitThreshold", 2) or 1)),
+            frequent_period=float(runtime.get("frequentHitTimePeriod", 10.0) or 10.0),
+            profiles=profiles,
+        )
+
+
+class Entry:
+    __slots__ = ("key", "vary_key", "app_key", "url", "status", "block", "body", "size",
+                 "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified")
+
+    def __init__(self, key: tuple[int, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
+                 body: bytes, expires: float, shared_age: bool, file: str) -> None:
+        self.key = key
+        self.vary_key = vary_key
+        self.app_key = app_key
+        self.url = key[1].decode("latin-1")
+        self.block = block
+        self.body = body
+        self.size = len(block) + len(body) + 200
+        self.hits = 0
+        self.stored = time.monotonic()
+        self.expires = expires  # monotonic; 0: until the file changes / the flush
+        self.shared_age = shared_age  # send Age (an s-maxage response)
+        self.file = file
+        self.etag = _header(block, b"etag")
+        self.last_modified = _header(block, b"last-modified")
+
+
+class Slot:
+    """The variants of one URL and the request headers that select them."""
+
+    __slots__ = ("vary", "variants")
+
+    def __init__(self, vary: tuple[bytes, ...]) -> None:
+        self.vary = vary
+        self.variants: dict[tuple[bytes, ...], Entry] = {}
+
+
+_MARKER_LINE = re.compile(rb"(?im)^X-Poolhouse-File:[ \t]*([^\r\n]*)\r\n")
+
+
+def strip_file_marker(block: bytes) -> tuple[bytes, str]:
+    """(the header block without the worker's file marker, the file's path)."""
+    m = _MARKER_LINE.search(block)
+    if m is None:
+        return block, ""
+    return block[:m.start()] + block[m.end():], os.fsdecode(m.group(1))
+
+
+def _header(block: bytes, name: bytes) -> bytes:
+    for line in block.split(b"\r\n"):
+        k, sep, v = line.partition(b":")
+        if sep and k.strip().lower() == name:
+            return v.strip()
+    return b""
+
+
+def _request_header(headers: tuple[bytes, ...], name: bytes) -> bytes:
+    for i in range(0, len(headers), 2):
+        if headers[i] == name:
+            return headers[i + 1]
+    return b""
+
+
+class ResponseCache:
+    def __init__(self, max_size: int = DEFAULT_MAX_CACHE) -> None:
+        self.max_size = max_size
+        self.size = 0
+        self.slots: dict[tuple[int, bytes], Slot] = {}
+        self.lru: OrderedDict[int, Entry] = OrderedDict()  # id(entry) -> entry, oldest first
+        self.candidates: dict[tuple[int, bytes], tuple[float, int]] = {}
+        self.policies: dict[str, AppCachePolicy] = {}
+        self.profiled: set[str] = set()  # applications with kernel cache profiles
+        self.hits = 0
+        self.misses = 0
+        self.stores = 0
+        self.evictions = 0
+        self.invalidations = 0
+        self.watcher: FileWatcher | None = None
+
+    # ---- configuration and management -------------------------------------------------
+
+    def configure(self, policies: dict[str, AppCachePolicy], max_size: int) -> None:
+        """A new configuration: every entry goes (an application's settings may have
+        changed, and its pool is recycled for it)."""
+        self.policies = policies
+        self.profiled = {k for k, p in policies.items() if p.enabled and any(
+            pr.policy in ("CacheUntilChange", "CacheForTimePeriod") for pr in p.profiles.values())}
+        self.max_size = max_size or DEFAULT_MAX_CACHE
+        self.flush()
+
+    def flush(self, site_id: int | None = None, url: str | None = None) -> int:
+        doomed = [e for e in self.lru.values()
+                  if (site_id is None or e.key[0] == site_id)
+                  and (url is None or e.url.lower() == url.lower())]
+        for entry in doomed:
+            self._remove(entry)
+        if site_id is None and url is None:
+            self.candidates.clear()
+        return len(doomed)
+
+    def listing(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {"site_id": e.key[0], "url": e.url, "application": e.app_key, "size": e.size, "hits": e.hits,
+             "vary": [v.decode("latin-1") for v in e.vary_key],
+             "expires_in": round(e.expires - now, 1) if e.expires else None,
+             "file": e.file or None}
+            for e in reversed(self.lru.values())
+        ]
+
+    def stats(self) -> dict[str, int]:
+        return {"count": len(self.lru), "size": self.size, "max_size": self.max_size, "hits": self.hits,
+                "misses": self.misses, "stores": self.stores, "evictions": self.evictions,
+                "invalidations": self.invalidations}
+
+    # ---- the request side -------------------------------------------------------------
+
+    def lookup(self, site_id: int, exch: "Exchange") -> Entry | None:
+        """The fresh entry for ``exch``, or None (a miss)."""
+        slot = self.slots.get((site_id, exch.target))
+        if slot is None:
+            self.misses += 1
+            return None
+        headers = exch.headers
+        if exch.body_length != 0 or any(n in headers for n in _REQUEST_EXCLUDED) or (
+                b"translate" in headers and _request_header(headers, b"translate").lower() == b"f"):
+            self.misses += 1
+            return None
+        vary_key = tuple(_request_header(headers, n) for n in slot.vary) if slot.vary else ()
+        entry = slot.variants.get(vary_key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry.expires and time.monotonic() >= entry.expires:
+            self._remove(entry)
+            self.misses += 1
+            return None
+        entry.hits += 1
+        self.hits += 1
+        self.lru.move_to_end(id(entry))
+        return entry
+
+    def not_modified(self, entry: Entry, headers: tuple[bytes, ...]) -> bool:
+        """RFC 9110 §13.1.2/13.1.3 for a cached GET: If-None-Match wins over
+        If-Modified-Since."""
+        if b"if-none-match" in headers:
+            inm = _request_header(headers, b"if-none-match")
+            if not entry.etag:
+                return False
+            if inm.strip() == b"*":
+                return True
+            tags = [t.strip().removeprefix(b"W/") for t in inm.split(b",")]
+            return entry.etag.removeprefix(b"W/") in tags
+        if b"if-modified-since" in headers and entry.last_modified:
+            return _request_header(headers, b"if-modified-since").strip() == entry.last_modified
+        return False
+
+    # ---- the response side ------------------------------------------------------------
+
+    def consider(self, exch: "Exchange", block: bytes, body: bytes, file: str) -> None:
+        """A whole 200 response to a GET from a worker (``block`` without the file marker)."""
+        route = exch.route
+        if route is None:
+            return
+        policy = self.policies.get(route.app_key)
+        if policy is None or not policy.enabled:
+            return
+        target = exch.target
+        if (b"?" in target or target.endswith(b"/") or exch.body_length != 0
+                or exch.http_minor < 0 or not body or len(body) > policy.max_response_size
+                or len(block) > MAX_HEADER_BLOCK):
+            return
+        headers = exch.headers
+        if any(n in headers for n in _REQUEST_EXCLUDED) or b"translate" in headers:
+            return
+        if b"expect" in headers and _request_header(headers, b"expect").lower() != b"100-continue":
+            return
+        lower = block.lower()
+        if b"set-cookie" in lower:
+            return
+        cache_control = _header(block, b"cache-control").lower()
+        if any(d in cache_control for d in (b"private", b"no-store", b"no-cache")):
+            return
+        vary_header = _header(block, b"vary").lower()
+        vary = tuple(sorted({v.strip() for v in vary_header.split(b",") if v.strip()}))
+        if b"*" in vary:
+            return
+        if b"content-encoding" in lower and b"accept-encoding" not in vary:
+            return
+        now = time.monotonic()
+        expires = 0.0
+        shared = False
+        m = _S_MAXAGE.search(cache_control) if b"s-maxage" in cache_control else None
+        if m is not None and b"public" in cache_control:
+            # the application opted in (RFC 9111 shared-cache freshness)
+            if int(m.group(1)) <= 0:
+                return
+            expires = now + int(m.group(1))
+            shared = True
+        else:
+            ext = os.path.splitext(target.decode("latin-1").rsplit("/", 1)[-1])[1].lower()
+            profile = policy.profiles.get(ext) or policy.profiles.get("*")
+            if profile is not None and profile.policy in ("DontCache", "DisableCache"):
+                return
+            if profile is not None and profile.policy in ("CacheUntilChange", "CacheForTimePeriod"):
+                if profile.policy == "CacheForTimePeriod":
+                    expires = now + profile.duration
+                vary = tuple(sorted(set(vary) | set(profile.vary)))
+            elif not file:
+                return  # neither a static file nor a kernel cache policy
+            # the frequent-hit rule (serverRuntime frequentHitThreshold/TimePeriod)
+            key = (route.site_id, target)
+            first, count = self.candidates.get(key, (now, 0))
+            if now - first > policy.frequent_period:
+                first, count = now, 0
+            count += 1
+            if count < policy.frequent_hits:
+                if len(self.candidates) > 10000:
+                    self.candidates.clear()
+                self.candidates[key] = (first, count)
+                return
+            self.candidates.pop(key, None)
+        self._store(route.site_id, exch, block, body, vary, expires, shared, file)
+
+    def _store(self, site_id: int, exch: "Exchange", block: bytes, body: bytes, vary: tuple[bytes, ...],
+               expires: float, shared: bool, file: str) -> None:
+        assert exch.route is not None
+        key = (site_id, exch.target)
+        slot = self.slots.get(key)
+        if slot is None or slot.vary != vary:
+            if slot is not None:
+                for old in list(slot.variants.values()):
+                    self._remove(old)
+            slot = self.slots[key] = Slot(vary)
+        vary_key = tuple(_request_header(exch.headers, n) for n in vary) if vary else ()
+        old = slot.variants.get(vary_key)
+        if old is not None:
+            self._remove(old)
+            slot = self.slots.setdefault(key, slot)
+        entry = Entry(key, vary_key, exch.route.app_key, block, body, expires, shared, file)
+        if entry.size > self.max_size:
+            return
+        while self.size + entry.size > self.max_size and self.lru:
+            _, victim = self.lru.popitem(last=False)
+            self.lru[id(victim)] = victim
+            self._remove(victim)
+            self.evictions += 1
+        slot.variants[vary_key] = entry
+        self.slots[key] = slot
+        self.lru[id(entry)] = entry
+        self.size += entry.size
+        self.stores += 1
+        if file and self.watcher is not None:
+            self.watcher.watch(file, entry)
+
+    def _remove(self, entry: Entry) -> None:
+        if self.lru.pop(id(entry), None) is None:
+            return
+        self.size -= entry.size
+        slot = self.slots.get(entry.key)
+        if slot is not None and slot.variants.get(entry.vary_key) is entry:
+            del slot.variants[entry.vary_key]
+            if not slot.variants:
+                del self.slots[entry.key]
+        if entry.file and self.watcher is not None:
+            self.watcher.unwatch(entry.file, entry)
+
+    def file_changed(self, path: str) -> None:
+        if self.watcher is None:
+            return
+        for entry in list(self.watcher.entries.get(path, ())):
+            self._remove(entry)
+            self.invalidations += 1
+
+
+# ---- file change notification ----------------------------------------------------------
+
+_IN_MODIFY = 0x2
+_IN_ATTRIB = 0x4
+_IN_CLOSE_WRITE = 0x8
+_IN_MOVED_FROM = 0x40
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_DIR_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE
+             | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF)
+_EVENT = struct.Struct("iIII")
+
+
+class FileWatcher:
+    """inotify on the directories of cached files (a directory watch also sees a file
+    replaced by rename); ``on_change(path)`` runs on the event loop."""
+
+    def __init__(self, loop: Any, on_change: Any) -> None:
+        self.entries: dict[str, set[Entry]] = {}
+        self._dirs: dict[str, int] = {}  # directory -> watch descriptor
+        self._wds: dict[int, str] = {}
+        self._on_change = on_change
+        self._loop = loop
+        libc_name = ctypes.util.find_library("c") or "libc.so.6"
+        self._libc = ctypes.CDLL(libc_name, use_errno=True)
+        self.fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        loop.add_reader(self.fd, self._read)
+
+    def watch(self, path: str, entry: Entry) -> None:
+        self.entries.setdefault(path, set()).add(entry)
+        directory = os.path.dirname(path)
+        if directory not in self._dirs:
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), _DIR_MASK)
+            if wd < 0:
+                log.warning("response cache: cannot watch %s (errno %d)", directory, ctypes.get_errno())
+                return
+            self._dirs[directory] = wd
+            self._wds[wd] = directory
+
+    def unwatch(self, path: str, entry: Entry) -> None:
+        entries = self.entries.get(path)
+        if entries is not None:
+            entries.discard(entry)
+            if not entries:
+                del self.entries[path]
+        # directory watches stay until close(): cheap, and files come back
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        pos = 0
+        changed: set[str] = set()
+        while pos + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            name = data[pos + _EVENT.size:pos + _EVENT.size + length].rstrip(b"\0")
+            pos += _EVENT.size + length
+            directory = self._wds.get(wd)
+            if directory is None:
+                continue
+            if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF):
+                changed.update(p for p in self.entries if os.path.dirname(p) == directory)
+                self._wds.pop(wd, None)
+                self._dirs.pop(directory, None)
+            elif name:
+                changed.add(os.path.join(directory, os.fsdecode(name)))
+        for path in changed:
+            if path in self.entries:
+                self._on_change(path)
+
+    def close(self) -> None:
+        try:
+            self._loop.remove_reader(self.fd)
+        except Exception:
+            pass
+        os.close(self.fd)
