@@ -277,13 +277,24 @@ class WorkerProcess:
         stream.stage = "MapRequestHandler"
         sel = app.select(head.method, path)
         pipeline = sel.pipeline
+        ctx = None
         if pipeline is not None:
-            # the integrated pipeline: BeginRequest .. PreExecuteRequestHandler, then
-            # execute() below (unless a module finished the request)
+            # the integrated pipeline: BeginRequest .. PreExecuteRequestHandler, unless
+            # no module subscribes to any of them (then only SendResponse and later run)
             ctx = stream.ctx = HttpContext(self, stream, app, sel, pipeline, path, raw_path, query)
-            ctx.run()
+            if pipeline.pre or not sel.kind or pipeline.traced:
+                if ctx.before_handler():
+                    return  # a module finished the request
+                # a module may have moved the request to another URL (URL Rewrite)
+                sel, path, raw_path, query = ctx.selection, ctx.path, ctx.raw_path, ctx.query
+        if sel.kind == WSGI:  # the hot path, inline
+            assert self.wsgi is not None
+            environ = build_environ(self.environ_base, app.environ_base, head, path[len(app.base):], query)
+            if ctx is not None and (ctx.user or ctx.auth_type or ctx._set_vars):
+                environ.update(ctx.extra_environ or ())
+            self.wsgi.handle(stream, sel.target, environ)
             return
-        self.execute(stream, app, sel, path, raw_path, query, None)
+        self.execute(stream, app, sel, path, raw_path, query, ctx)
 
     def execute(self, stream: Stream, app: WorkerApplication, sel: Selection, path: str, raw_path: str,
                 query: str, ctx: HttpContext | None) -> None:
@@ -439,7 +450,7 @@ class WorkerProcess:
         ctx = stream.ctx
         if ctx is not None:
             if not ctx.error_notification:
-                ctx.error_module, ctx.error_notification = ctx.module, ctx.notification
+                ctx.error_module, ctx.error_notification = ctx.module, ctx.notification or "ExecuteRequestHandler"
             out = ctx.send_response(status, substatus, headers, b"", True, True, detail)
             status, substatus, headers, body = out.status, out.substatus, out.headers, out.body
             if isinstance(body, FileBody):
