@@ -12,6 +12,7 @@ A handler mapping names an application the IIS way:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 from ..config import ConfigError
 from ..config.model import Application, HandlerMapping, ServerConfig, Site, WebConfig
+from .handlers.wfastcgi import is_wfastcgi
 
 log = logging.getLogger("poolhouse.worker")
 
@@ -29,6 +31,8 @@ ASGI = "asgi"
 STATIC = "static"
 CGI = "cgi"
 PROTOCOL = "protocol"  # ProtocolSupportModule as a handler: OPTIONS and TRACE
+PROXY = "proxy"  # a URL Rewrite to an absolute http(s) URL: handlers/proxy.py
+HTTP_PLATFORM = "httpplatform"  # httpPlatformHandler: handlers/http_platform.py
 
 
 SELECTION_TTL = 1.0  # seconds a URL's handler choice is reused (as the resolver's stat)
@@ -93,6 +97,8 @@ def _kind(modules: str) -> str:
         return CGI
     if "protocolsupportmodule" in names:
         return PROTOCOL
+    if "httpplatformhandler" in names:
+        return HTTP_PLATFORM
     return ""
 
 
@@ -129,14 +135,51 @@ def prepare_mappings(web: WebConfig, pool: Any = None) -> list[Mapping]:
             v.strip().upper() for v in h.verb.split(",") if v.strip()
         )
         names = tuple(m.strip() for m in h.modules.split(",") if m.strip())
-        out.append(Mapping(h, _kind(h.modules), any_path, suffix, "" if suffix or any_path else path.lower(),
+        kind = _kind(h.modules)
+        if not kind and is_wfastcgi(h.modules, h.script_processor):
+            kind = WSGI  # wfastcgi's WSGI_HANDLER app setting names the application
+        out.append(Mapping(h, kind, any_path, suffix, "" if suffix or any_path else path.lower(),
                            verbs, access_denied(h.require_access, web.access_policy), names))
     return out
 
 
-def load_callable(spec: str, folder: str) -> Any:
+def import_entry(module_name: str, folder: str, unique: str = "") -> Any:
+    """Import an application's entry module.  A top-level module that is a file of the
+    application's folder (``app.py``) is loaded under a name unique to the application
+    (``unique``), so two applications of one pool with an ``app.py`` each get their
+    own; while it loads — and afterwards if no other application took it — it is also
+    ``sys.modules[module_name]``, so its own ``from app import db`` finds it.  Packages
+    and modules outside the folder are imported normally (one per pool)."""
+    if unique and folder and "." not in module_name:
+        path = os.path.join(folder, module_name + ".py")
+        if os.path.isfile(path):
+            mangled = f"_poolhouse_app_{unique}_{module_name}"
+            module = sys.modules.get(mangled)
+            if module is not None:
+                return module
+            spec = importlib.util.spec_from_file_location(mangled, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            previous = sys.modules.get(module_name)
+            sys.modules[mangled] = sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[mangled]
+                if previous is not None:
+                    sys.modules[module_name] = previous
+                else:
+                    sys.modules.pop(module_name, None)
+                raise
+            if previous is not None:
+                sys.modules[module_name] = previous
+            return module
+    return importlib.import_module(module_name)
+
+
+def load_callable(spec: str, folder: str, unique: str = "") -> Any:
     """``module:attr`` (or ``module.attr``, ``module:factory()``) imported with the
-    application folder first on sys.path."""
+    application folder first on sys.path (see ``import_entry`` for ``unique``)."""
     spec = spec.strip()
     call = spec.endswith("()")
     if call:
@@ -150,7 +193,7 @@ def load_callable(spec: str, folder: str) -> Any:
     if folder and folder not in sys.path:
         sys.path.insert(0, folder)
     try:
-        module = importlib.import_module(module_name)
+        module = import_entry(module_name, folder, unique)
         obj: Any = module
         for part in attr.split("."):
             obj = getattr(obj, part)
@@ -234,11 +277,41 @@ class WorkerApplication:
         cache[key] = (web, pipeline)
         return pipeline
 
-    def callable_for(self, mapping: Mapping) -> Any:
+    @property
+    def unique(self) -> str:
+        """A module-name-safe id of the application (entry modules are loaded under it)."""
+        return "".join(c if c.isalnum() else "_" for c in self.key)
+
+    def callable_for(self, mapping: Mapping, web: WebConfig | None = None) -> Any:
         spec = mapping.entry.script_processor
+        if web is not None and is_wfastcgi(mapping.entry.modules, spec):
+            return self._wfastcgi_callable(web)
         obj = self.callables.get(spec)
         if obj is None:
-            obj = self.callables[spec] = load_callable(spec, self.app.physical_path)
+            obj = self.callables[spec] = load_callable(spec, self.app.physical_path, self.unique)
+        return obj
+
+    def _wfastcgi_callable(self, web: WebConfig) -> Any:
+        from .handlers import wfastcgi
+
+        name = web.app_settings.get("WSGI_HANDLER", "").strip()
+        key = "wfastcgi:" + name
+        obj = self.callables.get(key)
+        if obj is not None:
+            return obj
+        folder = self.app.physical_path
+        if not name:
+            raise AppLoadError("FastCgiModule with wfastcgi: the WSGI_HANDLER app setting is missing")
+        wfastcgi.prepare(web.app_settings, folder, f"{self.site.name}{self.app.path}", self.environ_base)
+        if folder and folder not in sys.path:
+            sys.path.insert(0, folder)
+        try:
+            obj = wfastcgi.resolve_handler(name, lambda m: import_entry(m, folder, self.unique))
+        except Exception as exc:
+            raise AppLoadError(f"cannot load WSGI_HANDLER {name!r} from {folder}: {type(exc).__name__}: {exc}") from exc
+        if not callable(obj):
+            raise AppLoadError(f"WSGI_HANDLER {name!r} is not callable")
+        self.callables[key] = obj
         return obj
 
     def select(self, method: str, path: str) -> Selection:
@@ -303,7 +376,7 @@ class WorkerApplication:
                     return Selection("", mapping, web, rel, 404, 0)
             if kind in (WSGI, ASGI):
                 try:
-                    target = self.callable_for(mapping)
+                    target = self.callable_for(mapping, web)
                 except AppLoadError as exc:
                     log.error("%s", exc)
                     return Selection("", mapping, web, rel, 500, 0, str(exc))
@@ -318,13 +391,17 @@ class WorkerApplication:
         return Selection("", None, web, rel, 404, 4)
 
     def preload(self) -> list[tuple[str, Any]]:
-        """Load every WSGI/ASGI callable mapped at the application's root; returns the
+        """Load the WSGI/ASGI callables mapped at the application's root that a request
+        can reach — those before the first catch-all (``path="*"`` for every verb):
+        inherited mappings a child application shadows are never loaded.  Returns the
         ASGI ones (their lifespan must be started).  Raises AppLoadError."""
         web = self.resolver.for_path(self.app.path)
         asgi: list[tuple[str, Any]] = []
         for m in self.mappings(web):
             if m.kind in (WSGI, ASGI):
-                obj = self.callable_for(m)
+                obj = self.callable_for(m, web)
                 if m.kind == ASGI:
                     asgi.append((m.entry.script_processor, obj))
+            if m.any_path and m.verbs is None:
+                break
         return asgi

@@ -81,6 +81,7 @@ _BEFORE_MAP = NOTIFICATIONS[:4]
 _AFTER_MAP = NOTIFICATIONS[5:8]
 _POST = NOTIFICATIONS[8:]
 _POST_FINISHED = (LOG_REQUEST, END_REQUEST)
+_ORDER = {n: i for i, n in enumerate(NOTIFICATIONS)}
 
 
 class _Finish:
@@ -374,20 +375,29 @@ class HttpContext:
             self.worker.execute(self.stream, self.app, self.selection, self.path, self.raw_path,
                                 self.query, self)
 
-    def before_handler(self) -> bool:
+    def before_handler(self, resume_after: int = -1) -> bool:
         """BeginRequest .. the module hooks of ExecuteRequestHandler, with the handler
         mapping's verdict applied at MapRequestHandler; True when the request was
         finished (its response is on its way) and the handler must not run.  The
-        dispatcher then runs ``selection``'s handler for ``path`` and ``query``."""
+        dispatcher then runs ``selection``'s handler for ``path`` and ``query``.
+
+        A module that moves the request to another URL (URL Rewrite) replaces
+        ``selection`` and, when the new URL's configuration differs, ``pipeline``; the
+        notifications after the current one then come from the new pipeline
+        (``resume_after``: the index in NOTIFICATIONS of the last one run)."""
         p = self.pipeline
-        if p.traced:
+        if p.traced and self.trace is None:
             from .tracing import Trace
             self.trace = Trace(self)
         try:
             for notification, hooks, names in p.before_map:
+                if resume_after >= 0 and _ORDER[notification] <= resume_after:
+                    continue
                 if self._notify(notification, hooks, names):
                     self._finish()
                     return True
+                if self.pipeline is not p:
+                    return self.before_handler(_ORDER[notification])
             for notification, hooks, names in p.map:
                 if self._notify(notification, hooks, names):
                     self._finish()
@@ -511,6 +521,10 @@ class HttpContext:
 
 def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+EMPTY_PIPELINE: Final = Pipeline([])
+"""For a request moved (URL Rewrite) to a URL whose configuration has no module hooks."""
 
 
 def build_pipeline(modules: list["Module"]) -> Pipeline | None:

@@ -23,7 +23,8 @@ from ..ipc import queue as q
 from ..ipc.control import ControlProtocol, Message, open_control
 from ..ipc.frames import FrameDecoder, FrameError, encode
 from ..urlpath import BadPath, normalize, split_target
-from .apps import ASGI, CGI, PROTOCOL, STATIC, WSGI, AppLoadError, Selection, WorkerApplication
+from .apps import (ASGI, CGI, HTTP_PLATFORM, PROTOCOL, PROXY, STATIC, WSGI, AppLoadError, Selection,
+                   WorkerApplication)
 from .handlers.asgi import Lifespan, build_scope, run_asgi
 from .handlers.static import FileBody, StaticFileHandler, StaticResponse
 from .handlers.wsgi import WsgiHandler, build_environ, make_environ_base
@@ -304,6 +305,7 @@ class WorkerProcess:
         if kind == WSGI:
             assert self.wsgi is not None
             environ = build_environ(self.environ_base, app.environ_base, head, path[len(app.base):], query)
+            environ["poolhouse.appsettings"] = sel.web.app_settings if sel.web is not None else {}
             if ctx is not None:
                 extra = ctx.extra_environ
                 if extra:
@@ -312,6 +314,7 @@ class WorkerProcess:
         elif kind == ASGI:
             scope = build_scope(head, app.base, path, raw_path.encode("latin-1"), query,
                                 self.lifespan_state.get(sel.mapping.entry.script_processor, {}))  # type: ignore[union-attr]
+            scope["poolhouse.appsettings"] = sel.web.app_settings if sel.web is not None else {}
             if ctx is not None:
                 extra = ctx.extra_environ
                 if extra:
@@ -325,6 +328,12 @@ class WorkerProcess:
         elif kind == PROTOCOL:
             from .modules.protocol_support import protocol_handler
             protocol_handler(self, stream, sel, ctx)
+        elif kind == PROXY:  # URL Rewrite to an absolute http:// URL (ARR)
+            from .handlers.proxy import proxy_request
+            self.loop.create_task(proxy_request(self, stream, sel.target, ctx))
+        elif kind == HTTP_PLATFORM:
+            from .handlers.http_platform import run_http_platform
+            self.loop.create_task(run_http_platform(self, stream, app, sel, path, query, ctx))
         else:
             self.error_response(stream, sel.status, sel.substatus, sel.detail,
                                 detail_local=sel.status == 500)

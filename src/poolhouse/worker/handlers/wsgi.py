@@ -282,6 +282,13 @@ class WsgiHandler:
         else:
             log.error("WSGI application raised for %s %s:\n%s", environ.get("REQUEST_METHOD"),
                       environ.get("PATH_INFO"), traceback.format_exc())
+        errors = environ.get("wsgi.errors")
+        if errors is not None and errors is not sys.stderr:  # the application's own log (WSGI_LOG)
+            try:
+                errors.write(f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}: "
+                             f"{reason or traceback.format_exc()}\n")
+            except Exception:
+                pass
         stream.worker.error_response(stream, 500, 0)
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "HttpCacheModule": "client_cache:HttpCacheModule",
     "HttpLoggingModule": "logging_module:HttpLoggingModule",
     "FailedRequestsTracingModule": "tracing_module:FailedRequestsTracingModule",
+    "RewriteModule": "rewrite:RewriteModule",
 }
 """Built-in modules with pipeline hooks: name -> ``file:Class`` in this package."""
 
@@ -46,7 +47,7 @@ HANDLER_MODULES = frozenset((
 
 PASSIVE = frozenset((
     "UriCacheModule", "FileCacheModule", "TokenCacheModule", "DynamicIpRestrictionModule",
-    "FastCgiModule", "RewriteModule", "ApplicationInitializationModule", "WebSocketModule",
+    "FastCgiModule", "ApplicationInitializationModule", "WebSocketModule",
     "httpPlatformHandler", "WindowsAuthenticationModule", "DigestAuthenticationModule",
     "CertificateMappingAuthenticationModule", "IISCertificateMappingAuthenticationModule",
     "ServerSideIncludeModule", "CustomLoggingModule", "TracingModule", "RequestMonitorModule",

@@ -1,0 +1,369 @@
+"""The reverse proxy (ARR's behaviour): a request a URL Rewrite rule sent to an absolute
+``http://`` URL, or an httpPlatform application's requests, forwarded from the worker.
+
+* Streaming both ways: the request body is sent to the upstream as it arrives from the
+  listener (Content-Length kept, else chunked); the upstream's response is handed to the
+  listener piece by piece under the stream's window.  Neither is held whole.
+* Headers: hop-by-hop ones (``Connection`` and those it names, ``Keep-Alive``,
+  ``Transfer-Encoding``, ``TE``, ``Trailer``, ``Upgrade``, ``Proxy-*``) are dropped both
+  ways; ``X-Forwarded-For`` (appended), ``X-Forwarded-Proto`` and ``X-Forwarded-Host``
+  are set; ``Host`` is the upstream's (the client's is in ``X-Forwarded-Host``); request
+  server variables a rule set as ``HTTP_X_…`` become request headers; a ``Location``
+  pointing at the upstream is turned back to the client's host (ARR's
+  reverseRewriteHostInResponseHeaders).
+* Upstream connections are kept alive and reused (per host and port).
+* Errors: the upstream refuses or breaks the connection -> 502.3, it does not answer in
+  time -> 504.0 (502.3 and 504.0 are ARR's codes), each with an error log line; after
+  the response head was sent, the stream is reset.
+* The response passes through the pipeline's SendResponse hooks (outbound rules,
+  custom headers, compression) like any handler's.
+
+Not done here (the listener's side, owned elsewhere): WebSocket upgrade passthrough and
+caching of proxied responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from ..stream import BadResponseHeader, build_header_block
+
+if TYPE_CHECKING:
+    from ..pipeline import HttpContext
+    from ..stream import Stream
+
+log = logging.getLogger("poolhouse.worker")
+
+CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 120.0
+IDLE_KEEP = 8  # idle upstream connections kept per (host, port)
+IDLE_TTL = 30.0
+READ_SIZE = 256 * 1024
+
+_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+                  b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
+_SKIP_REQUEST = _HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
+                        b"x-forwarded-host"}
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, substatus: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.substatus = substatus
+        self.detail = detail
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "idle_since")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to upstreams, per (host, port)."""
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, int], deque[_Conn]] = {}
+
+    def take(self, key: tuple[str, int]) -> _Conn | None:
+        q = self.idle.get(key)
+        now = time.monotonic()
+        while q:
+            conn = q.pop()
+            if now - conn.idle_since < IDLE_TTL and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
+
+    def give(self, key: tuple[str, int], conn: _Conn) -> None:
+        q = self.idle.setdefault(key, deque())
+        if len(q) >= IDLE_KEEP:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        q.append(conn)
+
+    async def connect(self, host: str, port: int, timeout: float) -> _Conn:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE),
+                                                    min(timeout, CONNECT_TIMEOUT))
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, 0, f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise UpstreamError(502, 3, f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        return _Conn(reader, writer)
+
+
+POOL = ConnectionPool()
+
+
+class _Response:
+    """httptools callbacks collecting one upstream response."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.body: deque[bytes] = deque()
+        self.complete = False
+        self.status = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _header_name(var: str) -> bytes:
+    """``HTTP_X_FORWARDED_PROTO`` -> ``X-Forwarded-Proto``."""
+    return "-".join(p.capitalize() for p in var[5:].split("_")).encode("latin-1")
+
+
+def build_request(ctx_headers: tuple[bytes, ...], method: str, path: str, host_header: str,
+                  client_addr: str, scheme: str, body_length: int, extra: dict[str, str] | None) -> tuple[bytes, bool]:
+    """The upstream request head, and whether the body is sent chunked."""
+    original_host = b""
+    forwarded_for = b""
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")]
+    connection_tokens: set[bytes] = set()
+    for i in range(0, len(ctx_headers), 2):
+        if ctx_headers[i] == b"connection":
+            connection_tokens |= {t.strip().lower() for t in ctx_headers[i + 1].split(b",")}
+    overridden = {_header_name(k).lower() for k in (extra or {}) if k.startswith("HTTP_")}
+    for i in range(0, len(ctx_headers), 2):
+        name, value = ctx_headers[i], ctx_headers[i + 1]
+        if name == b"host":
+            original_host = value
+        elif name == b"x-forwarded-for":
+            forwarded_for = value
+        if name in _SKIP_REQUEST or name in connection_tokens or name in overridden:
+            continue
+        lines.append(name + b": " + value + b"\r\n")
+    xff = (forwarded_for + b", " if forwarded_for else b"") + client_addr.encode("latin-1")
+    lines.append(b"X-Forwarded-For: " + xff + b"\r\n")
+    lines.append(b"X-Forwarded-Proto: " + scheme.encode("latin-1") + b"\r\n")
+    if original_host:
+        lines.append(b"X-Forwarded-Host: " + original_host + b"\r\n")
+    for k, v in (extra or {}).items():
+        if k.startswith("HTTP_"):
+            lines.append(_header_name(k) + b": " + v.encode("latin-1", "replace") + b"\r\n")
+    chunked = False
+    if body_length > 0:
+        lines.append(b"Content-Length: %d\r\n" % body_length)
+    elif body_length < 0:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+        chunked = True
+    elif method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: 0\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), chunked
+
+
+def response_headers(headers: list[tuple[bytes, bytes]], upstream_origin: bytes, client_origin: bytes) -> list[tuple[bytes, bytes]]:
+    connection_tokens: set[bytes] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            connection_tokens |= {t.strip().lower() for t in v.split(b",")}
+    out = []
+    for k, v in headers:
+        low = k.lower()
+        if low in _HOP or low in connection_tokens:
+            continue
+        if low == b"location" and upstream_origin and v.lower().startswith(upstream_origin):
+            v = client_origin + v[len(upstream_origin):]
+        out.append((k, v))
+    return out
+
+
+async def proxy_request(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | None",
+                        timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Forward the stream's request to ``url`` (absolute http://) and relay the answer."""
+    try:
+        await _proxy(worker, stream, url, ctx, timeout)
+    except Exception as exc:
+        if stream.cancelled:
+            stream.reset()  # the client went away: nothing to report
+            return
+        if isinstance(exc, UpstreamError):
+            status, substatus, detail = exc.status, exc.substatus, exc.detail
+            log.error("reverse proxy %s %s -> %s: %s (%d.%d)", stream.head.method,
+                      stream.head.target[:200].decode("latin-1"), url, detail, status, substatus)
+        else:
+            status, substatus, detail = 502, 3, f"reverse proxy failure: {type(exc).__name__}: {exc}"
+            log.exception("reverse proxy to %s failed", url)
+        if stream.head_sent:
+            stream.reset()
+        else:
+            worker.error_response(stream, status, substatus, detail, detail_local=True)
+
+
+async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | None", timeout: float) -> None:
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        raise UpstreamError(502, 3, f"{parts.scheme}:// upstreams are not supported (http:// only)")
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    head = stream.head
+    host_header = parts.netloc
+    extra = ctx.extra_environ if ctx is not None else None
+    request_head, chunked = build_request(head.headers, head.method, target, host_header, head.client_addr,
+                                          head.scheme, head.body_length, extra)
+    key = (host, port)
+    has_body = head.body_length != 0 and not (stream.body_done and not stream.body_chunks)
+    conn = POOL.take(key) if not has_body else None
+    reused = conn is not None
+    stream.stage = "ExecuteRequestHandler"
+    deadline = timeout
+    while True:
+        if conn is None:
+            conn = await POOL.connect(host, port, timeout)
+            reused = False
+        try:
+            conn.writer.write(request_head)
+            if has_body:
+                await _send_body(stream, conn, chunked)
+            await conn.writer.drain()
+            resp = _Response()
+            parser = httptools.HttpResponseParser(resp)
+            data = await _read(conn, deadline, host, port)
+            if not data and reused:
+                raise ConnectionResetError("idle connection closed by the upstream")
+            break
+        except (ConnectionError, OSError) as exc:
+            conn.close()
+            if reused:  # a kept-alive connection the upstream had closed: once more, fresh
+                conn = None
+                continue
+            raise UpstreamError(502, 3, f"connection to {host}:{port} failed: {exc}") from None
+    try:
+        await _relay(worker, stream, conn, parser, resp, data, deadline, host, port, ctx,
+                     f"http://{parts.netloc}".encode("latin-1"))
+    except BaseException:
+        conn.close()
+        raise
+    if resp.complete and parser.should_keep_alive():
+        POOL.give(key, conn)
+    else:
+        conn.close()
+
+
+async def _send_body(stream: "Stream", conn: _Conn, chunked: bool) -> None:
+    while True:
+        chunk = await stream.read_chunk()
+        if chunk is None:
+            break
+        if chunked:
+            conn.writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            conn.writer.write(chunk)
+        await conn.writer.drain()
+    if stream.cancelled:
+        raise ConnectionResetError("client went away during the request body")
+    if chunked:
+        conn.writer.write(b"0\r\n\r\n")
+
+
+async def _read(conn: _Conn, timeout: float, host: str, port: int) -> bytes:
+    """The next bytes from the upstream; ``timeout``: how long it may stay silent."""
+    try:
+        return await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
+    except asyncio.TimeoutError:
+        raise UpstreamError(504, 0, f"{host}:{port} did not answer in time") from None
+
+
+async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: _Response, data: bytes,
+                 deadline: float, host: str, port: int, ctx: "HttpContext | None", upstream_origin: bytes) -> None:
+    while not resp.head_done:
+        if not data:
+            raise UpstreamError(502, 3, f"{host}:{port} closed the connection without a response")
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(502, 3, f"{host}:{port} sent an invalid response: {exc}") from None
+        if resp.head_done:
+            break
+        data = await _read(conn, deadline, host, port)
+    status = parser.get_status_code()
+    head = stream.head
+    client_host = next((head.headers[i + 1] for i in range(0, len(head.headers), 2) if head.headers[i] == b"host"), b"")
+    client_origin = head.scheme.encode() + b"://" + client_host if client_host else b""
+    headers = response_headers(resp.headers, upstream_origin, client_origin)
+    no_body = head.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+    # a whole small response goes out in one frame
+    while not resp.complete and not no_body and sum(map(len, resp.body)) < 65536:
+        data = await _read(conn, deadline, host, port)
+        if not data:
+            break
+        parser.feed_data(data)
+    body = b"".join(resp.body)
+    resp.body.clear()
+    end = resp.complete or no_body
+    if ctx is not None and ctx.pipeline.has_send:
+        out = ctx.send_response(status, 0, headers, body, end)
+        if out.generated:
+            worker.error_response(stream, out.status, out.substatus, out.detail)
+            return
+        changed = out.body is not body or out.end != end
+        status, headers, body, end = out.status, out.headers, out.body, out.end  # type: ignore[assignment]
+        if out.body_filter is not None:
+            stream.body_filter = out.body_filter
+    else:
+        changed = False
+    try:
+        block, length, close = build_header_block(headers)
+    except BadResponseHeader as exc:
+        raise UpstreamError(502, 3, f"{host}:{port} sent a bad header: {exc}") from None
+    if changed or stream.body_filter is not None:
+        length = len(body) if end else -1
+    if no_body:
+        stream.respond(status, block, length if length >= 0 else 0, b"", True, close)
+        return
+    if end:
+        stream.respond(status, block, len(body) if length < 0 or changed else length, body, True, close)
+        return
+    stream.respond(status, block, length, body, False, close)
+    while True:
+        if stream.window <= 0:
+            await stream.wait_window()
+        if stream.cancelled:
+            raise ConnectionResetError("client went away")
+        if resp.complete:
+            break
+        data = await _read(conn, deadline, host, port)
+        if not data:
+            raise UpstreamError(502, 3, f"{host}:{port} closed the connection mid-response")
+        parser.feed_data(data)
+        if resp.body:
+            chunk = b"".join(resp.body)
+            resp.body.clear()
+            stream.send_body(chunk)
+    if resp.body:
+        chunk = b"".join(resp.body)
+        resp.body.clear()
+        stream.send_body(chunk, end=True)
+    else:
+        stream.send_body(b"", end=True)

@@ -1,0 +1,172 @@
+"""RewriteModule (IIS's rewrite.dll): ``system.webServer/rewrite`` global and
+distributed rules at BeginRequest, outbound header rules at SendResponse.
+
+Rules are compiled once per effective configuration (this module is instantiated once
+per configuration); a request pays for the evaluation only.  A Rewrite to a local URL
+moves the request: the handler mapping, and the pipeline when the new URL's
+configuration differs, are those of the new URL (in the same application, or in another
+application of the same site served by this pool).  A Rewrite to an absolute
+``http(s)://`` URL makes the request a reverse-proxy request (ARR's behaviour; handler
+``handlers/proxy.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import quote
+
+from ...config import ConfigError
+from ...urlpath import BadPath, normalize
+from ..apps import PROXY, AppLoadError
+from ..pipeline import EMPTY_PIPELINE, FINISH, HttpContext
+from ..rewrite import (ABORT, CUSTOM, PROXY as PROXY_ACTION, REDIRECT, REWRITE, FileSystem, PatternError,
+                       apply_outbound, compile_maps, compile_outbound, compile_rules, evaluate)
+from .base import Module, ModuleConfig, items
+
+log = logging.getLogger("poolhouse.worker")
+
+FS = FileSystem(os.path.isfile, os.path.isdir)
+_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class RewriteModule(Module):
+    """URL Rewrite.  Errors in the rules (a pattern Python cannot compile, an unknown
+    rewrite map) fail the requests of the scope with 500 naming the rule."""
+
+    def __init__(self, name: str, config: ModuleConfig) -> None:
+        super().__init__(name, config)
+        try:
+            self.maps = compile_maps(config.section("rewrite/rewriteMaps"))
+            self.global_rules = compile_rules(items(config.section("rewrite/globalRules")), self.maps)
+            self.rule_items = [i for i in items(config.section("rewrite/rules")) if i.get("enabled", True)]
+            self.outbound = compile_outbound(config.section("rewrite/outboundRules"), self.maps)
+            # distributed rules are compiled once their scopes are known (first request)
+            compile_rules(self.rule_items, self.maps)
+        except PatternError as exc:
+            raise AppLoadError(f"URL Rewrite: {exc}") from None
+        self.rules: list[Any] | None = None if self.rule_items else list(self.global_rules)
+
+    def enabled(self) -> bool:
+        return bool(self.global_rules or self.rule_items or self.outbound)
+
+    # ---- inbound -------------------------------------------------------------------------
+
+    def _scoped_rules(self, ctx: HttpContext) -> list[Any]:
+        """Distributed rules match the URL relative to the folder of the configuration
+        level that defines them: found by resolving the folders along the URL once."""
+        scopes: dict[str, str] = {}
+        wanted = {str(i["name"]) for i in self.rule_items}
+        folders = ["/"]
+        parts = [p for p in ctx.path.split("/")[:-1] if p]
+        for i in range(len(parts)):
+            folders.append("/" + "/".join(parts[: i + 1]))
+        resolver = ctx.app.resolver
+        for folder in folders:
+            if not wanted:
+                break
+            try:
+                web = resolver.for_path(folder)
+            except ConfigError:
+                continue
+            present = {str(r["name"]) for r in web.sections.get("system.webServer/rewrite/rules", {}).get("items", [])}
+            for n in list(wanted):
+                if n in present:
+                    scopes[n] = folder
+                    wanted.discard(n)
+        self.rules = list(self.global_rules) + compile_rules(self.rule_items, self.maps, scopes)
+        return self.rules
+
+    def begin_request(self, ctx: HttpContext) -> Any:
+        rules = self.rules if self.rules is not None else self._scoped_rules(ctx)
+        if not rules:
+            return None
+        app = ctx.app
+        variables = ctx.server_variables
+
+        def var(name: str) -> str:
+            return variables.get(name, "")
+
+        def url_var(name: str, path: str) -> str:
+            if name in ("REQUEST_FILENAME", "PATH_TRANSLATED"):
+                return app.physical(app.relative(path)) if _inside(app.base, path) else ""
+            return path
+
+        out = evaluate(rules, ctx.path, ctx.query, var, FS, url_var)
+        for name, value, replace in out.server_variables:
+            if replace or not variables.get(name):
+                ctx.set_server_variable(name, value)
+        action = out.action
+        if action == REWRITE:
+            if out.path == ctx.path and out.query == ctx.query:
+                return None
+            ctx.set_server_variable("HTTP_X_ORIGINAL_URL", ctx.raw_target.decode("latin-1"))
+            return self._move(ctx, out.path, out.query)
+        if action == PROXY_ACTION:
+            ctx.set_server_variable("HTTP_X_ORIGINAL_URL", ctx.raw_target.decode("latin-1"))
+            ctx.items["proxy_url"] = out.url
+            ctx.selection = ctx.selection._replace(kind=PROXY, target=out.url, status=0, substatus=0, detail="")
+            return None
+        if action == REDIRECT:
+            return ctx.redirect(out.url, out.status)
+        if action == CUSTOM:
+            if out.status >= 400:
+                return ctx.fail(out.status, out.substatus, out.description or out.reason)
+            return ctx.respond(out.status, [(b"Content-Type", b"text/plain; charset=utf-8")],
+                               out.description.encode(), out.substatus)
+        if action == ABORT:
+            ctx.stream.reset()
+            return FINISH
+        return None
+
+    def _move(self, ctx: HttpContext, path: str, query: str) -> Any:
+        raw = quote(path, safe=_SAFE)
+        try:
+            path = normalize(raw)
+        except BadPath:
+            return ctx.fail(400, 0, f"URL Rewrite produced a bad path {raw!r}")
+        app = ctx.app
+        if not _inside(app.base, path):
+            other = _application_for(ctx, path)
+            if other is None:
+                return ctx.fail(500, 50, f"URL Rewrite: {path!r} is outside the application and not served "
+                                "by this application pool")
+            app = ctx.app = other
+        sel = app.select(ctx.method, path)
+        ctx.selection = sel
+        ctx.path = path
+        ctx.raw_path = raw
+        ctx.query = query
+        ctx._vars = None  # URL-dependent server variables follow the new URL
+        ctx.pipeline = sel.pipeline if sel.pipeline is not None else EMPTY_PIPELINE
+        return None
+
+    # ---- outbound ------------------------------------------------------------------------
+
+    def send_response(self, ctx: HttpContext) -> Any:
+        if not self.outbound:
+            return None
+        resp = ctx.response
+        assert resp is not None
+        variables = ctx.server_variables
+        resp.headers = apply_outbound(self.outbound, list(resp.headers), lambda n: variables.get(n, ""), FS)
+        return None
+
+
+def _inside(base: str, path: str) -> bool:
+    if not base:
+        return True
+    low, b = path.lower(), base.lower()
+    return low == b or low.startswith(b + "/")
+
+
+def _application_for(ctx: HttpContext, path: str) -> Any:
+    """Another application of the same site, hosted by this worker, for ``path``."""
+    best = None
+    for wapp in getattr(ctx.worker, "apps", {}).values():
+        if wapp.site.id != ctx.app.site.id or not _inside(wapp.base, path):
+            continue
+        if best is None or len(wapp.base) > len(best.base):
+            best = wapp
+    return best
