@@ -288,9 +288,11 @@ class WorkerProcess:
                     return  # a module finished the request
                 # a module may have moved the request to another URL (URL Rewrite)
                 sel, path, raw_path, query = ctx.selection, ctx.path, ctx.raw_path, ctx.query
+                app = ctx.app  # possibly another application of the site, in this pool
         if sel.kind == WSGI:  # the hot path, inline
             assert self.wsgi is not None
             environ = build_environ(self.environ_base, app.environ_base, head, path[len(app.base):], query)
+            environ["poolhouse.appsettings"] = sel.web.app_settings if sel.web is not None else {}
             if ctx is not None and (ctx.user or ctx.auth_type or ctx._set_vars):
                 environ.update(ctx.extra_environ or ())
             self.wsgi.handle(stream, sel.target, environ)
