@@ -436,18 +436,30 @@ class HttpContext:
     def _notify(self, notification: str, hooks: tuple[Hook, ...], names: tuple[str, ...]) -> bool:
         self.notification = notification
         trace = self.trace
+        if trace is None:
+            if len(hooks) == 1:  # the common case: one subscriber
+                self.module = names[0]
+                if hooks[0](self) is not None:
+                    self.finished = True
+                    return True
+                return False
+            i = 0
+            for hook in hooks:
+                self.module = names[i]
+                i += 1
+                if hook(self) is not None:
+                    self.finished = True
+                    return True
+            return False
         i = 0
         for hook in hooks:
             self.module = names[i]
             i += 1
-            if trace is not None:
-                trace.event("NOTIFY_MODULE_START", notification, self.module)
-                result = hook(self)
-                trace.event("NOTIFY_MODULE_END", notification, self.module,
-                            result="FINISH" if result is FINISH else "CONTINUE",
-                            status=self.response.status if self.response is not None else 0)
-            else:
-                result = hook(self)
+            trace.event("NOTIFY_MODULE_START", notification, self.module)
+            result = hook(self)
+            trace.event("NOTIFY_MODULE_END", notification, self.module,
+                        result="FINISH" if result is FINISH else "CONTINUE",
+                        status=self.response.status if self.response is not None else 0)
             if result is not None:
                 self.finished = True
                 return True
@@ -483,21 +495,28 @@ class HttpContext:
             return resp
         self.notification = SEND_RESPONSE
         trace = self.trace
+        if trace is None:
+            try:
+                for hook in hooks:
+                    hook(self)
+            except Exception:
+                i = next((n for n, h in enumerate(hooks) if h is hook), 0)
+                self.module = names[i]
+                log.error("module %s failed in SendResponse for %s (later SendResponse hooks skipped):\n%s",
+                          self.module, self.path, traceback.format_exc())
+            return self.response  # type: ignore[return-value]
         i = 0
         for hook in hooks:
             self.module = names[i]
             i += 1
             try:
-                if trace is not None:
-                    trace.event("NOTIFY_MODULE_START", SEND_RESPONSE, self.module)
+                trace.event("NOTIFY_MODULE_START", SEND_RESPONSE, self.module)
                 hook(self)
-                if trace is not None:
-                    trace.event("NOTIFY_MODULE_END", SEND_RESPONSE, self.module, status=self.response.status)
+                trace.event("NOTIFY_MODULE_END", SEND_RESPONSE, self.module, status=self.response.status)
             except Exception:
                 log.error("module %s failed in SendResponse for %s:\n%s", self.module, self.path,
                           traceback.format_exc())
-            resp = self.response
-        return resp
+        return self.response  # type: ignore[return-value]
 
     def on_end(self) -> None:
         """The stream's last frame has been handed over: the post-handler notifications.

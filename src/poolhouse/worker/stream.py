@@ -159,10 +159,12 @@ class Stream:
         flags = (q.END_STREAM if end else 0) | (q.CLOSE if close else 0)
         self.head_sent = True
         substatus, username = 0, ""
-        ctx = getattr(self, "ctx", None)
+        ctx = self.ctx
         if ctx is not None:  # for the listener's W3C log: sc-substatus, cs-username
-            username = getattr(ctx, "user", "") or ""
-            substatus = getattr(getattr(ctx, "response", None), "substatus", 0) or 0
+            username = ctx.user
+            resp = ctx.response
+            if resp is not None:
+                substatus = resp.substatus
         self.worker.send(
             encode(q.RESPONSE, flags, self.sid,
                    q.marshal_response(status, header_block, content_length, body, substatus, username))

@@ -168,11 +168,11 @@ class DynamicCompressionModule(_Compression):
     handler_kinds = frozenset(("wsgi", "asgi", "cgi", "protocol"))
 
     def send_response(self, ctx: HttpContext) -> Any:
-        resp = ctx.response
-        if resp is None or resp.status != 200 or ctx.selection.kind == STATIC:
+        resp = ctx.response  # never a static file's: handler_kinds
+        if resp.status != 200:  # type: ignore[union-attr]
             return None
-        body = resp.body
-        if not isinstance(body, bytes) or (resp.end and len(body) < self.min_size):
+        body = resp.body  # type: ignore[union-attr]
+        if resp.end and len(body) < self.min_size or not isinstance(body, bytes):  # type: ignore[union-attr, arg-type]
             return None
         scheme = self._scheme(ctx, resp)
         if scheme is None:
