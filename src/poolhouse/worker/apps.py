@@ -302,7 +302,9 @@ class WorkerApplication:
         folder = self.app.physical_path
         if not name:
             raise AppLoadError("FastCgiModule with wfastcgi: the WSGI_HANDLER app setting is missing")
-        wfastcgi.prepare(web.app_settings, folder, f"{self.site.name}{self.app.path}", self.environ_base)
+        top = name.split(".", 1)[0]
+        wfastcgi.prepare(web.app_settings, folder, f"{self.site.name}{self.app.path}", self.environ_base,
+                         {top, f"_poolhouse_app_{self.unique}_{top}"})
         if folder and folder not in sys.path:
             sys.path.insert(0, folder)
         try:

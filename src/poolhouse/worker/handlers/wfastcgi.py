@@ -12,8 +12,10 @@ is served by Poolhouse's own WSGI handler, with the application named and set up
 * ``PYTHONPATH`` — ``;``-separated folders prepended to ``sys.path``; relative ones are
   taken from the application's folder (``\\`` becomes ``/``), Windows absolute ones
   (``C:\\…``) are ignored with a warning;
-* ``WSGI_LOG`` — a file the application's errors (``wsgi.errors`` and the tracebacks of
-  failed requests) are appended to; a Windows path is ignored with a warning;
+* ``WSGI_LOG`` — a file the application's errors are appended to: ``wsgi.errors``, the
+  tracebacks of requests that raised, and the records of the application's own loggers
+  (Flask's, named after the entry module; ``django.request``); a relative path is taken
+  from the application's folder, a Windows absolute one is ignored with a warning;
 * ``WSGI_RESTART_FILE_REGEX`` — default ``.*((\\.py)|(\\.config))$`` as in wfastcgi: a
   change of a matching file under the application's folder recycles the worker (it
   drains, exits 0, and the activation service starts a fresh one on the next request);
@@ -96,7 +98,21 @@ def resolve_handler(name: str, importer: Any) -> Any:
     raise ImportError(f"{name!r} could not be imported: {last}")
 
 
-def prepare(settings: dict[str, str], folder: str, scope: str, environ_base: dict[str, Any]) -> None:
+class _AppRecords(logging.Filter):
+    """Log records of the application's own loggers (Flask names its logger after the
+    entry module) and Django's request errors."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return name in self.names or name.split(".", 1)[0] in self.names or name == "django.request"
+
+
+def prepare(settings: dict[str, str], folder: str, scope: str, environ_base: dict[str, Any],
+            logger_names: set[str] | None = None) -> None:
     """Apply what wfastcgi does before importing the handler: environment, sys.path,
     the error log, the restart watch."""
     _warn_once(f"{scope}: FastCgiModule with wfastcgi: the Windows paths of scriptProcessor are ignored; "
@@ -113,7 +129,12 @@ def prepare(settings: dict[str, str], folder: str, scope: str, environ_base: dic
         else:
             path = os.path.join(folder, log_path)
             try:
-                environ_base["wsgi.errors"] = open(path, "a", buffering=1, encoding="utf-8")
+                fh = open(path, "a", buffering=1, encoding="utf-8")
+                environ_base["wsgi.errors"] = fh
+                handler = logging.StreamHandler(fh)
+                handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                handler.addFilter(_AppRecords(logger_names or set()))
+                logging.getLogger().addHandler(handler)
             except OSError as exc:
                 log.error("%s: cannot open WSGI_LOG %s: %s", scope, path, exc)
     regex = settings.get("WSGI_RESTART_FILE_REGEX", DEFAULT_RESTART_REGEX)
