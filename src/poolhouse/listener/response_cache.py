@@ -93,7 +93,7 @@ class AppCachePolicy:
 
 class Entry:
     __slots__ = ("key", "vary_key", "app_key", "url", "status", "block", "body", "size",
-                 "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified")
+                 "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified", "tail")
 
     def __init__(self, key: tuple[int, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
                  body: bytes, expires: float, shared_age: bool, file: str) -> None:
@@ -103,7 +103,7 @@ class Entry:
         self.url = key[1].decode("latin-1")
         self.block = block
         self.body = body
-        self.size = len(block) + len(body) + 200
+        self.size = 2 * (len(block) + len(body)) + 300
         self.hits = 0
         self.stored = time.monotonic()
         self.expires = expires  # monotonic; 0: until the file changes / the flush
@@ -111,6 +111,8 @@ class Entry:
         self.file = file
         self.etag = _header(block, b"etag")
         self.last_modified = _header(block, b"last-modified")
+        # a 200 to a keep-alive HTTP/1.1 GET, after the status line and Date: prepared once
+        self.tail = b"%sContent-Length: %d\r\n\r\n%s" % (block, len(body), body)
 
 
 class Slot:
@@ -210,8 +212,9 @@ class ResponseCache:
             self.misses += 1
             return None
         headers = exch.headers
-        if exch.body_length != 0 or any(n in headers for n in _REQUEST_EXCLUDED) or (
-                b"translate" in headers and _request_header(headers, b"translate").lower() == b"f"):
+        if (exch.body_length != 0 or b"authorization" in headers or b"range" in headers
+                or b"if-range" in headers or (b"translate" in headers
+                                              and _request_header(headers, b"translate").lower() == b"f")):
             self.misses += 1
             return None
         vary_key = tuple(_request_header(headers, n) for n in slot.vary) if slot.vary else ()

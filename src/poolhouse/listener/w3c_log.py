@@ -114,7 +114,7 @@ class W3CLogs:
         self.lines_written = 0
         self.errors = 0
         self._stamp_second = -1
-        self._stamp = ["", ""]
+        self._stamp = [b"", b""]
 
     # ---- called on the event loop ---------------------------------------------------
 
@@ -251,36 +251,51 @@ class W3CLogs:
         second = int(when)
         if second != self._stamp_second:
             self._stamp_second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)).split(" ")
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)).encode().split(b" ")
         return log.formatter(exch, self._stamp[0], self._stamp[1])  # type: ignore[no-any-return]
 
 
-# One expression per field; ``e`` is the exchange, ``c`` its connection, ``h`` the request
-# headers as a dict (built only when a header field is logged).
+# One bytes expression per field; ``e`` is the exchange, ``c`` its connection, ``h`` the
+# request headers as a dict (built only when a header field is logged).  Values parsed by
+# httptools (method, target) cannot hold spaces or control characters; header values and
+# user names can, and go through ``ESC`` (space, controls -> "+").
 _EXPR = {
     "date": "d",
     "time": "t",
     "s-sitename": "SITENAME",
     "s-computername": "COMPUTER",
-    "s-ip": "esc(c.server[0])",
-    "cs-method": "esc(e.method)",
-    "cs-uri-stem": "esc(stem)",
-    "cs-uri-query": "esc(query)",
+    "s-ip": "ip(c.server[0])",
+    "cs-method": "ip(e.method)",
+    "cs-uri-stem": "stem",
+    "cs-uri-query": "query",
     "s-port": "c.server[1]",
-    "cs-username": "esc(e.username)",
-    "c-ip": "esc(c.client[0])",
-    "cs-version": "'HTTP/1.1' if e.http_minor == 1 else 'HTTP/1.0'",
-    "cs(User-Agent)": "esc(h.get(b'user-agent', b'').decode('latin-1'))",
-    "cs(Cookie)": "esc(h.get(b'cookie', b'').decode('latin-1'))",
-    "cs(Referer)": "esc(h.get(b'referer', b'').decode('latin-1'))",
-    "cs-host": "esc(h.get(b'host', b'').decode('latin-1'))",
+    "cs-username": "(e.username.encode('utf-8', 'surrogateescape').translate(ESC) if e.username else b'-')",
+    "c-ip": "ip(c.client[0])",
+    "cs-version": "b'HTTP/1.1' if e.http_minor == 1 else b'HTTP/1.0'",
+    "cs(User-Agent)": "(h.get(b'user-agent') or b'-').translate(ESC)",
+    "cs(Cookie)": "(h.get(b'cookie') or b'-').translate(ESC)",
+    "cs(Referer)": "(h.get(b'referer') or b'-').translate(ESC)",
+    "cs-host": "(h.get(b'host') or b'-').translate(ESC)",
     "sc-status": "e.status",
     "sc-substatus": "e.substatus",
     "sc-win32-status": "0",
     "sc-bytes": "e.bytes_sent",
     "cs-bytes": "request_bytes(e)",
-    "time-taken": "max(0, round((e.finished_at - e.started_at) * 1000))",
+    "time-taken": "max(0, int((e.finished_at - e.started_at) * 1000 + 0.5))",
 }
+_INT_FIELDS = {"s-port", "sc-status", "sc-substatus", "sc-win32-status", "sc-bytes", "cs-bytes", "time-taken"}
+ESC = bytes(b if 32 < b < 127 or b > 127 else 43 for b in range(256))  # 43: "+"
+_ENCODED: dict[str, bytes] = {}
+
+
+def _ip(text: str) -> bytes:
+    """Addresses and methods, encoded once."""
+    value = _ENCODED.get(text)
+    if value is None:
+        if len(_ENCODED) > 4096:
+            _ENCODED.clear()
+        value = _ENCODED[text] = (text or "-").encode("utf-8", "surrogateescape").translate(ESC)
+    return value
 
 
 def _request_bytes(e: "Exchange") -> int:
@@ -289,20 +304,22 @@ def _request_bytes(e: "Exchange") -> int:
 
 
 def compile_formatter(fields: list[str], site_id: int, computer: str) -> Any:
-    """A function (exchange, date, time) -> the log line, made for one field list (the
-    field choice is made once, not per line)."""
-    exprs = [_EXPR.get(name, "'-'") for name in fields]
+    """A function (exchange, date, time) -> the log line as bytes, made for one field
+    list (the field choice is made once, not per line)."""
+    exprs = [_EXPR.get(name, "b'-'") for name in fields]
     src = ["def fmt(e, d, t):", "    c = e.conn"]
     if any(n in ("cs-uri-stem", "cs-uri-query") for n in fields):
-        src.append("    stem, _, query = e.target.decode('latin-1').partition('?')")
+        src.append("    target = e.target")
+        src.append("    q = target.find(b'?')")
+        src.append("    stem, query = (target, b'-') if q < 0 else (target[:q], target[q + 1:] or b'-')")
     if any(n in _REQUEST_HEADERS for n in fields):
         src.append("    hl = e.headers")
         src.append("    h = dict(zip(hl[::2], hl[1::2]))")
-    template = " ".join(["%s"] * len(exprs)) + "\\r\\n"
-    src.append(f"    return ('{template}' % ({', '.join(exprs)},)).encode('utf-8', 'surrogateescape')")
+    template = " ".join("%d" if n in _INT_FIELDS else "%s" for n in fields) + "\\r\\n"
+    src.append(f"    return b'{template}' % ({', '.join(exprs)},)")
     namespace: dict[str, Any] = {
-        "esc": _esc, "request_bytes": _request_bytes,
-        "SITENAME": _esc(f"W3SVC{site_id}"), "COMPUTER": _esc(computer),
+        "ESC": ESC, "ip": _ip, "request_bytes": _request_bytes,
+        "SITENAME": f"W3SVC{site_id}".encode(), "COMPUTER": _ip(computer),
     }
     exec("\n".join(src), namespace)
     return namespace["fmt"]
