@@ -22,9 +22,24 @@ RECYCLE_ADMIN = 5079
 RECYCLE_CONFIG = 5080
 IDLE_SHUTDOWN = 5186
 RAPID_FAIL = 5002
-WORKER_CRASHED = 5011
-PING_FAILED = 5010
-STARTUP_TIMEOUT = 5013
+WORKER_CRASHED = 5009      # a worker terminated unexpectedly
+PING_FAILED = 5010         # a worker failed to respond to a ping
+CHANNEL_FAILED = 5011      # fatal communication error with a worker
+STARTUP_TIMEOUT = 5012     # a worker exceeded startupTimeLimit
+SHUTDOWN_TIMEOUT = 5013    # a worker exceeded shutdownTimeLimit
+ORPHAN_ACTION_FAILED = 5015
+
+# recycle reason (as the CLI and events name it) -> event id, logEventOnRecycle flag
+RECYCLE_REASONS: dict[str, tuple[int | None, str]] = {
+    "time": (RECYCLE_TIME, "Time"),
+    "requests": (RECYCLE_REQUESTS, "Requests"),
+    "schedule": (RECYCLE_SCHEDULE, "Schedule"),
+    "memory": (RECYCLE_VIRTUAL_MEMORY, "Memory"),
+    "privateMemory": (RECYCLE_PRIVATE_MEMORY, "PrivateMemory"),
+    "administrator": (RECYCLE_ADMIN, "OnDemand"),
+    "configuration change": (RECYCLE_CONFIG, "ConfigChange"),
+    "requestTimeout": (None, ""),  # Poolhouse: a request outlived <python requestTimeout>
+}
 
 
 class EventLog:

@@ -2,7 +2,8 @@
 one JSON request per line, one JSON answer per line.  The CLI (and later the REST API
 and the console) are its clients; it is the only way in from outside.
 
-Requests: ``{"op": "list", "what": "sites|apppools|wp"}``,
+Requests: ``{"op": "list", "what": "sites|apppools|wp|requests"}`` (requests: with an
+optional ``"elapsed": ms``, only those older than that),
 ``{"op": "start|stop|recycle", "what": "apppool|site", "name": "…"}``,
 ``{"op": "reload"}``, ``{"op": "counters"}``.
 Answers: ``{"ok": true, "result": …}`` or ``{"ok": false, "error": "…"}``.
@@ -87,7 +88,13 @@ class ManagementServer:
                 return await svc.list_workers()
             if what == "cache":
                 return await self.listener_cache({"action": "list"})
-            raise ManagementError(f"cannot list {what!r}: choose sites, apppools, wp or cache")
+            if what == "requests":
+                try:
+                    elapsed_ms = float(req.get("elapsed", 0) or 0)
+                except (TypeError, ValueError):
+                    raise ManagementError("elapsed is a number of milliseconds") from None
+                return await svc.list_requests(elapsed_ms / 1000.0)
+            raise ManagementError(f"cannot list {what!r}: choose sites, apppools, wp, requests or cache")
         if op == "counters":
             return await svc.listener_stats()
         if op == "cache_flush":  # the listener's response cache: all, one site's, one URL's
@@ -162,6 +169,7 @@ class ManagementServer:
                 "rapid_fail_stopped": pool.state == RAPID_FAIL,
                 "rapid_fail_count": len(pool.crashes),
                 "workers": len(pool.live_workers),
+                "worker_pids": [w.pid for w in pool.live_workers],
                 "queue_length": st.get("queue_length", 0),
                 "in_flight": st.get("in_flight", 0),
                 "start_mode": pool.config.start_mode,

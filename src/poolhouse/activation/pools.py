@@ -9,37 +9,17 @@ from collections import deque
 
 from ..config.model import Pool
 from .events import EventLog
-from .workers import DEAD, DRAINING, INITIALIZING, READY, SPAWNING, WorkerHandle
+from .states import (
+    DRAINING, LIVE_WORKER_STATES, POOL_TRANSITIONS, RAPID_FAIL, READY, STARTED, STARTING, STOPPED,
+    STOPPING, WORKER_TRANSITIONS, TransitionError, check,
+)
+from .workers import WorkerHandle
 
 log = logging.getLogger("poolhouse.activation")
 
-STARTING = "Starting"
-STARTED = "Started"
-STOPPING = "Stopping"
-STOPPED = "Stopped"
-RAPID_FAIL = "RapidFail"  # stopped by rapid-fail protection (IIS shows it as Stopped)
-
-# pool state -> states it may move to
-POOL_TRANSITIONS: dict[str, frozenset[str]] = {
-    STARTING: frozenset({STARTED, STOPPED}),
-    STARTED: frozenset({STOPPING, STOPPED, RAPID_FAIL}),
-    STOPPING: frozenset({STOPPED}),
-    STOPPED: frozenset({STARTING, STARTED}),
-    RAPID_FAIL: frozenset({STARTING, STARTED, STOPPED}),
-}
-
-# worker state -> states it may move to
-WORKER_TRANSITIONS: dict[str, frozenset[str]] = {
-    SPAWNING: frozenset({INITIALIZING, DEAD}),
-    INITIALIZING: frozenset({READY, DRAINING, DEAD}),
-    READY: frozenset({DRAINING, DEAD}),
-    DRAINING: frozenset({DEAD}),
-    DEAD: frozenset(),
-}
-
-
-class TransitionError(RuntimeError):
-    pass
+# the tables live in states.py; these names are kept for the modules that import them here
+__all__ = ["POOL_TRANSITIONS", "WORKER_TRANSITIONS", "STARTING", "STARTED", "STOPPING", "STOPPED",
+           "RAPID_FAIL", "TransitionError", "PoolRuntime"]
 
 
 class PoolRuntime:
@@ -54,20 +34,37 @@ class PoolRuntime:
         self.crashes: deque[float] = deque()
         self.consecutive_failures = 0
         self.spawning = 0
+        self.next_schedule: float | None = None  # next periodicRestart/schedule time (epoch)
+        self.cpu_window: tuple[float, float] | None = None  # (window start, cpu seconds then)
+        self.cpu_blocked_until = 0.0  # cpu action KillW3wp: no new worker before this
 
     def set_state(self, new: str, reason: str, event_id: int | None = None) -> None:
         old = self.state
         if new == old:
             return
-        if new not in POOL_TRANSITIONS[old]:
-            raise TransitionError(f"application pool {self.name!r} cannot go from {old} to {new}")
+        check(POOL_TRANSITIONS, f"application pool {self.name!r}", old, new)
         self.state = new
         self.events.emit("apppool_state", logging.INFO if new != RAPID_FAIL else logging.ERROR,
                          event_id, apppool=self.name, old=old, new=new, reason=reason)
 
     @property
     def live_workers(self) -> list[WorkerHandle]:
-        return [w for w in self.workers if w.state in (SPAWNING, INITIALIZING, READY)]
+        return [w for w in self.workers if w.state in LIVE_WORKER_STATES]
+
+    @property
+    def slots_used(self) -> int:
+        """Workers that count against maxProcesses when deciding to start one: the live
+        ones, and with disallowOverlappingRotation also the recycled ones still draining
+        (stop-then-start: the replacement waits for the old worker's exit)."""
+        n = len(self.live_workers)
+        if self.config.disallow_overlapping_rotation:
+            n += sum(1 for w in self.workers if w.state == DRAINING and w.recycle_reason)
+        return n
+
+    @property
+    def max_processes(self) -> int:
+        # maxProcesses="0" means one per NUMA node in IIS; Linux boxes here have one
+        return max(1, self.config.max_processes)
 
     @property
     def ready_workers(self) -> list[WorkerHandle]:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -26,10 +27,18 @@ from ..ipc.control import ControlProtocol, Message, fd_pair, open_control, send_
 from ..listener.routing import RoutingTable
 from .config_watch import ConfigWatch
 from .events import RAPID_FAIL as RAPID_FAIL_EVENT
-from .events import RECYCLE_ADMIN, RECYCLE_CONFIG, STARTUP_TIMEOUT, WORKER_CRASHED, EventLog
+from .events import (
+    ORPHAN_ACTION_FAILED, RECYCLE_ADMIN, RECYCLE_CONFIG, RECYCLE_REASONS, STARTUP_TIMEOUT, WORKER_CRASHED,
+    EventLog,
+)
+from .extensions import request_timeouts
+from .identity import Identity, IdentityAllocator, IdentityError, lock_down_state_dir, prepare_pool_dirs, unreadable
+from .limits import CgroupManager, memory_kb
 from .management import ManagementServer
+from .monitor import Monitor
 from .pools import RAPID_FAIL, STARTED, STOPPED, PoolRuntime
 from .sockets import open_listening_socket
+from .states import ORPHANED, SUSPENDED
 from .workers import DEAD, DRAINING, READY, WorkerHandle
 
 log = logging.getLogger("poolhouse.activation")
@@ -61,6 +70,11 @@ class ActivationService:
         self.started_at = time.time()
         self.listener_started = 0.0
         self.listener_restarts = 0
+        self.identities = IdentityAllocator(self.state_dir)
+        self.cgroups = CgroupManager()
+        self.request_timeouts: dict[str, float] = {}
+        self._identity_warned: set[tuple[str, str]] = set()
+        self.monitor = Monitor(self)
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -70,6 +84,7 @@ class ActivationService:
             log.warning("%s", warning)
         self.apply_sockets(config)
         self.config = config
+        lock_down_state_dir(self.state_dir)
         for name, pool in config.pools.items():
             self.pools[name] = PoolRuntime(pool, self.events)
         self.site_states = {s.id: STARTED if s.server_auto_start else STOPPED for s in config.sites}
@@ -81,12 +96,15 @@ class ActivationService:
         self.config_watch = ConfigWatch(self)  # applicationHost.config changes -> reload()
         self.config_watch.start()
         self.loop.create_task(self._signal_loop())
-        self.loop.create_task(self._health_loop())
-        for pool in self.pools.values():
-            if pool.state == STARTED and pool.config.start_mode == "AlwaysRunning":
-                self.loop.create_task(self.spawn_worker(pool))
+        self.loop.create_task(self.monitor.run())
+        for runtime in self.pools.values():
+            if runtime.state == STARTED and runtime.config.start_mode == "AlwaysRunning":
+                self.loop.create_task(self.spawn_worker(runtime))
         self.events.emit("service_started", pid=os.getpid(), config=self.config_path or "<embedded>",
-                         endpoints=[f"{ip}:{port}" for ip, port in self.sockets])
+                         endpoints=[f"{ip}:{port}" for ip, port in self.sockets],
+                         identities="per-pool users" if self.identities.is_root else
+                         f"not root: every worker runs as uid {os.geteuid()}",
+                         limits=self.cgroups.describe())
 
     def apply_sockets(self, config: ServerConfig) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         """Open the sockets the configuration's bindings need, close the ones it no
@@ -149,11 +167,13 @@ class ActivationService:
     def program_listener(self) -> None:
         if self.listener_control is None:
             return
+        self.request_timeouts = request_timeouts(self.config)
         self.listener_control.send({
             "op": "configure",
             "config": self.config.to_dict(),
             "pool_states": {name: p.state for name, p in self.pools.items()},
             "site_states": {str(k): v for k, v in self.site_states.items()},
+            "request_timeouts": self.request_timeouts,
         })
 
     async def _watch_listener(self, proc: asyncio.subprocess.Process) -> None:
@@ -192,17 +212,30 @@ class ActivationService:
                 self.on_demand(pool)
         elif op == "worker_gone":
             pass  # the process exit tells us why
+        elif op == "request_timeout":
+            self.on_request_timeout(msg)
         else:
             log.warning("unknown op %r from the listener", op)
 
     def on_demand(self, pool: PoolRuntime) -> None:
+        """The listener has requests for ``pool`` and no free credit: resume a suspended
+        worker, or start one more (up to maxProcesses), or say the pool is at capacity."""
         if pool.state != STARTED or self.stopping:
             self.demand_done(pool, False)
+            return
+        suspended = [w for w in pool.workers if w.state == SUSPENDED]
+        if suspended:
+            for w in suspended:
+                self.resume_worker(pool, w)
             return
         pool.demand = True
         if pool.spawning:
             return  # its readiness will answer
-        if len(pool.live_workers) < max(1, pool.config.max_processes):
+        wait = pool.cpu_blocked_until - time.monotonic()
+        if wait > 0:  # cpu/@action="KillW3wp": the pool stays down until resetInterval ends
+            self.loop.call_later(wait, self._maybe_respawn, pool)
+            return
+        if pool.slots_used < pool.max_processes:
             self.loop.create_task(self.spawn_worker(pool))
         else:
             self.demand_done(pool, True)
@@ -215,16 +248,23 @@ class ActivationService:
 
     # ---- workers ------------------------------------------------------------------
 
-    def worker_env(self, pool: PoolRuntime) -> dict[str, str]:
+    def worker_env(self, pool: PoolRuntime, temp_dir: str) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(pool.config.environment_variables)
         env["PYTHONUNBUFFERED"] = "1"
         env["APP_POOL_ID"] = pool.name
         env["POOLHOUSE_STATE_DIR"] = self.state_dir
+        env["TMPDIR"] = temp_dir
+        if self.identities.is_root:
+            env["HOME"] = temp_dir
+            env["PYTHONDONTWRITEBYTECODE"] = "1"  # the identity cannot write beside the sources
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
-    async def spawn_worker(self, pool: PoolRuntime) -> WorkerHandle | None:
+    async def spawn_worker(self, pool: PoolRuntime, recycle: bool = False) -> WorkerHandle | None:
+        """Start one worker of ``pool``; ``recycle``: it replaces a recycled worker (its
+        applications' initialization pages are requested before it takes traffic)."""
         if pool.state != STARTED or self.stopping or self.fd_channel is None:
             return None
         pool.spawning += 1
@@ -234,20 +274,38 @@ class ActivationService:
                 await asyncio.sleep(delay)
                 if pool.state != STARTED or self.stopping:
                     return None
-            worker = WorkerHandle(pool.config, self.on_worker_exit, self.on_worker_message)
-            pool.workers.append(worker)
-            init = {"op": "init", "config": self.config.to_dict()}
             try:
-                await worker.spawn(self.fd_channel, init, self.worker_env(pool), self.log_level)
-            except OSError as exc:
-                self.events.emit("worker_spawn_failed", logging.ERROR, apppool=pool.name, reason=str(exc))
-                pool.workers.remove(worker)
+                identity = self.worker_identity(pool)
+                temp_dir = prepare_pool_dirs(self.state_dir, pool.name, identity)
+            except (IdentityError, OSError) as exc:
+                # IIS 5057: a pool whose identity is invalid is disabled at once
+                self.events.emit("apppool_identity_invalid", logging.ERROR, 5057, apppool=pool.name, reason=str(exc))
+                pool.set_state(RAPID_FAIL, f"identity invalid: {exc}", 5057)
+                self.send_pool_state(pool)
                 self.demand_done(pool, False)
                 return None
-            self.events.emit("worker_started", apppool=pool.name, worker=worker.id, pid=worker.pid)
+            worker = WorkerHandle(pool.config, self.events, self.on_worker_exit, self.on_worker_message, identity)
+            pool.workers.append(worker)
+            init = {"op": "init", "config": self.config.to_dict(), "recycle": recycle,
+                    "recycle_after_requests": worker.recycle_after_requests}
+            try:
+                await worker.spawn(self.fd_channel, init, self.worker_env(pool, temp_dir), self.log_level)
+            except Exception as exc:  # OSError, or a bad argument: the pool must not hang on it
+                self.events.emit("worker_spawn_failed", logging.ERROR, apppool=pool.name, reason=str(exc))
+                pool.workers.remove(worker)
+                if worker.proc is not None and worker.proc.returncode is None:
+                    worker.kill()
+                self.demand_done(pool, False)
+                return None
+            group = self.pool_cgroup(pool)
+            if group is not None:
+                self.cgroups.add(group, worker.pid)
+            self.events.emit("worker_started", apppool=pool.name, worker=worker.id, pid=worker.pid,
+                             user=identity.name, replaces_recycled=recycle)
             try:
                 await asyncio.wait_for(asyncio.shield(worker.ready), pool.config.startup_time_limit)
             except asyncio.TimeoutError:
+                # killed, and its exit counts as a failure for rapid-fail protection
                 self.events.emit("worker_startup_timeout", logging.ERROR, STARTUP_TIMEOUT, apppool=pool.name,
                                  worker=worker.id, pid=worker.pid, limit=pool.config.startup_time_limit)
                 worker.kill()
@@ -263,25 +321,32 @@ class ActivationService:
     def _maybe_respawn(self, pool: PoolRuntime) -> None:
         """Requests are waiting and nothing is starting: start a worker (again)."""
         if (pool.demand and not pool.spawning and pool.state == STARTED and not self.stopping
-                and self.pools.get(pool.name) is pool
-                and len(pool.live_workers) < max(1, pool.config.max_processes)):
+                and self.pools.get(pool.name) is pool and pool.cpu_blocked_until <= time.monotonic()
+                and pool.slots_used < pool.max_processes):
             self.loop.create_task(self.spawn_worker(pool))
 
     def on_worker_message(self, worker: WorkerHandle, msg: Message) -> None:
-        if msg["op"] == "ready":
+        op = msg["op"]
+        pool = self.pools.get(worker.pool_name)
+        if op == "ready":
             self.events.emit("worker_ready", apppool=worker.pool_name, worker=worker.id, pid=worker.pid,
-                             startup_seconds=round(worker.ready_at - worker.started_at, 3))
-            pool = self.pools.get(worker.pool_name)
+                             startup_seconds=round(worker.ready_at - worker.started_at, 3),
+                             initialization_pages=msg.get("warmup", 0))
             if pool is not None and worker.state == READY:
-                at_capacity = len(pool.live_workers) >= max(1, pool.config.max_processes)
+                at_capacity = pool.slots_used >= pool.max_processes
                 self.demand_done(pool, at_capacity)
                 self._retire_replaced(pool, worker)
+        elif op == "recycle_me" and pool is not None:
+            if msg.get("reason") == "requests":
+                self.recycle_worker(pool, worker, "requests", requests=msg.get("requests"))
 
     def _retire_replaced(self, pool: PoolRuntime, new: WorkerHandle) -> None:
-        """Overlapped recycling: once the replacement is ready, the old one drains."""
+        """Overlapped recycling: once the replacement is ready (and warmed up), the old
+        one stops taking requests and finishes the ones in flight."""
         for old in pool.workers:
             if old is not new and old.recycle_reason and old.state == READY:
-                old.drain(pool.config.shutdown_time_limit)
+                old.drain(pool.config.shutdown_time_limit, f"recycled ({old.recycle_reason}), "
+                          f"replaced by {new.id}", RECYCLE_REASONS.get(old.recycle_reason, (None, ""))[0])
                 return
 
     def on_worker_exit(self, worker: WorkerHandle, code: int) -> None:
@@ -295,14 +360,10 @@ class ActivationService:
                          worker=worker.id, pid=worker.pid, exit_code=code, reason=reason)
         if pool is None or self.stopping:
             return
-        if not clean and worker.state != DRAINING and code != exit_codes.QUEUE_LOST:
-            if pool.record_crash() and pool.state == STARTED:
-                pool.set_state(RAPID_FAIL, f"{len(pool.crashes)} failures within "
-                               f"{pool.config.rapid_fail_protection_interval:.0f} s", RAPID_FAIL_EVENT)
-                self.send_pool_state(pool)
-                self.demand_done(pool, False)
-                for other in list(pool.workers):
-                    other.drain(pool.config.shutdown_time_limit)
+        # the state it died in: DRAINING and ORPHANED exits were decided here, not failures
+        died_in = worker.state_before_death
+        if not clean and died_in not in (DRAINING, ORPHANED) and code != exit_codes.QUEUE_LOST:
+            if self.count_failure(pool):
                 return
         if pool.state != STARTED:
             return
@@ -313,6 +374,37 @@ class ActivationService:
         if pool.config.start_mode == "AlwaysRunning" and not pool.live_workers and not pool.spawning:
             self.loop.create_task(self.spawn_worker(pool))
 
+    def count_failure(self, pool: PoolRuntime) -> bool:
+        """A worker failure (crash, failed start, failed ping) for rapid-fail protection;
+        True if the pool was stopped by it (event 5002)."""
+        if pool.record_crash() and pool.state == STARTED:
+            pool.set_state(RAPID_FAIL, f"{len(pool.crashes)} failures within "
+                           f"{pool.config.rapid_fail_protection_interval:.0f} s", RAPID_FAIL_EVENT)
+            self.send_pool_state(pool)
+            self.demand_done(pool, False)
+            for other in list(pool.workers):
+                other.drain(pool.config.shutdown_time_limit, "application pool disabled by rapid-fail protection")
+            return True
+        return False
+
+    def run_program(self, pool: PoolRuntime, command: tuple[str, str] | None, what: str, pid: int = 0) -> None:
+        """orphanActionExe / autoShutdownExe with their parameters (``%1%`` = the pid)."""
+        if command is None or not command[0]:
+            return
+        exe, params = command
+        argv = [exe] + shlex.split(params.replace("%1%", str(pid)))
+
+        async def run() -> None:
+            try:
+                proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+                code = await proc.wait()
+                self.events.emit("program_run", apppool=pool.name, what=what, argv=argv, exit_code=code)
+            except OSError as exc:
+                self.events.emit("program_failed", logging.ERROR, ORPHAN_ACTION_FAILED if what.startswith("orphan")
+                                 else None, apppool=pool.name, what=what, argv=argv, reason=str(exc))
+
+        self.loop.create_task(run())
+
     def send_pool_state(self, pool: PoolRuntime) -> None:
         if self.listener_control is not None:
             self.listener_control.send({"op": "pool_state", "pool": pool.name, "state": pool.state})
@@ -320,30 +412,144 @@ class ActivationService:
     # ---- administration -----------------------------------------------------------
 
     async def recycle_pool(self, pool: PoolRuntime, reason: str, event_id: int = RECYCLE_ADMIN) -> int:
-        """Overlapped recycle: start a replacement for each ready worker, which retire as
-        the replacements become ready (or stop-then-start with disallowOverlappingRotation)."""
-        targets = [w for w in pool.workers if w.state == READY]
-        for w in targets:
-            w.recycle_reason = reason
-            self.events.emit("worker_recycle", apppool=pool.name, worker=w.id, pid=w.pid, reason=reason,
-                             event_id=event_id)
+        """Recycle every ready worker of ``pool`` (administrator: 5079, configuration
+        change: 5080); returns how many."""
         if pool.state != STARTED:
             return 0
+        key = "configuration change" if event_id == RECYCLE_CONFIG else (
+            reason if reason in RECYCLE_REASONS else "administrator")
+        count = 0
+        for w in list(pool.workers):
+            if w.state == READY and self.recycle_worker(pool, w, key):
+                count += 1
+        return count
+
+    def recycle_worker(self, pool: PoolRuntime, worker: WorkerHandle, reason: str, **details: Any) -> bool:
+        """Recycle one worker for ``reason`` (a key of RECYCLE_REASONS).  Overlapped: a
+        replacement is started, and the old worker drains once it is ready (and warmed
+        up).  With disallowOverlappingRotation: the old worker drains first and the
+        replacement starts when it has gone (requests wait in the queue meanwhile)."""
+        if worker.state != READY or worker.recycle_reason or pool.state != STARTED or self.stopping:
+            return False
+        worker.recycle_reason = reason
+        event_id = RECYCLE_REASONS.get(reason, (None, ""))[0]
+        self.events.emit("worker_recycle", logging.INFO, event_id, apppool=pool.name, worker=worker.id,
+                         pid=worker.pid, reason=reason,
+                         overlapped=not pool.config.disallow_overlapping_rotation, **details)
         if pool.config.disallow_overlapping_rotation:
-            for w in targets:
-                w.drain(pool.config.shutdown_time_limit)
-            for _ in targets:
-                self.loop.create_task(self.spawn_worker(pool))
-            return len(targets)
-        for _ in targets:
-            self.loop.create_task(self.spawn_worker(pool))
-        return len(targets)
+            worker.drain(pool.config.shutdown_time_limit, f"recycled ({reason}), not overlapped", event_id)
+        else:
+            self.loop.create_task(self.spawn_worker(pool, recycle=True))
+        return True
+
+    def worker_unhealthy(self, pool: PoolRuntime, worker: WorkerHandle, why: str, event_id: int) -> None:
+        """A failed health check: the worker is killed (SIGTERM, then SIGKILL) or, with
+        orphanWorkerProcess, left running detached from the queue; either way it counts
+        as a failure and a replacement starts when requests need one."""
+        self.events.emit("worker_unhealthy", logging.ERROR, event_id, apppool=pool.name, worker=worker.id,
+                         pid=worker.pid, reason=why, orphan=pool.config.orphan_worker_process)
+        if pool.config.orphan_worker_process:
+            worker.orphan(why, event_id)
+            if self.listener_control is not None:
+                self.listener_control.send({"op": "detach_worker", "worker_id": worker.id})
+            self.run_program(pool, (pool.config.orphan_action_exe, pool.config.orphan_action_params),
+                             "orphanActionExe", worker.pid)
+            if not self.count_failure(pool):
+                pool.demand = True
+                self._maybe_respawn(pool)
+            return
+        worker.terminate(grace=1.0)  # a hung worker will not handle SIGTERM anyway
+
+    async def suspend_worker(self, pool: PoolRuntime, worker: WorkerHandle) -> None:
+        """idleTimeoutAction="Suspend": detach the worker from the queue (the listener
+        refuses if a request reached it meanwhile), then SIGSTOP it.  The next request
+        for the pool finds no credit, so the listener asks for a worker: on_demand resumes it."""
+        if self.listener_control is None or self.listener_control.closed:
+            return
+        try:
+            reply = await asyncio.wait_for(self.listener_control.request(
+                {"op": "suspend_worker", "worker_id": worker.id}), 2)
+        except (asyncio.TimeoutError, ConnectionError):
+            return
+        if not reply.get("suspended") or worker.state != READY:
+            if reply.get("suspended"):
+                self.listener_control.send({"op": "resume_worker", "worker_id": worker.id})
+            return
+        worker.suspend()
+        self.events.emit("worker_suspended", apppool=pool.name, worker=worker.id, pid=worker.pid,
+                         idle_timeout_minutes=pool.config.idle_timeout / 60)
+
+    def resume_worker(self, pool: PoolRuntime, worker: WorkerHandle) -> None:
+        worker.resume()
+        if self.listener_control is not None:
+            self.listener_control.send({"op": "resume_worker", "worker_id": worker.id})
+
+    def on_request_timeout(self, msg: Message) -> None:
+        """The listener ended a request that ran past <python requestTimeout>.  If the
+        worker still holds a request that old a little later, it has not recovered: it
+        is recycled (overlapped, so the queue keeps moving)."""
+        pool = self.pools.get(str(msg.get("pool")))
+        worker = next((w for w in pool.workers if w.id == msg.get("worker_id")), None) if pool else None
+        if pool is None or worker is None:
+            return
+        worker.timed_out_requests += 1
+        timeout = self.request_timeouts.get(pool.name, 0.0)
+        self.events.emit("request_timeout", logging.WARNING, None, apppool=pool.name, worker=worker.id,
+                         pid=worker.pid, url=msg.get("url"), elapsed=msg.get("elapsed"), limit=timeout)
+
+        async def check() -> None:
+            await asyncio.sleep(min(5.0, max(1.0, timeout / 2)))
+            if worker.state != READY or worker.recycle_reason:
+                return
+            reply = await worker.request({"op": "requests"}, min(5.0, pool.config.ping_response_time))
+            stuck = reply is None or any(r.get("elapsed", 0) > timeout for r in reply.get("result", []))
+            if stuck:
+                self.recycle_worker(pool, worker, "requestTimeout")
+
+        self.loop.create_task(check())
+
+    def worker_identity(self, pool: PoolRuntime) -> Identity:
+        """The identity of the pool's next worker.  As root, a pool identity that cannot
+        read what the worker must read (its applications' folders, the configuration,
+        Poolhouse and its interpreter) is reported; for ApplicationPoolIdentity the
+        worker then runs as the service's user (a warning event says which path to open
+        to the pool's uid), a SpecificUser is used anyway (it was asked for by name)."""
+        identity = self.identities.for_pool(pool.config)
+        if not identity.switch:
+            return identity
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = [a.physical_path for s in self.config.sites for a in s.applications if a.pool == pool.name]
+        paths += [self.config_path or "", package, pool.config.python_executable or sys.executable]
+        blocked = unreadable(paths, identity)
+        if blocked is None:
+            return identity
+        fallback = pool.config.identity_type == "ApplicationPoolIdentity"
+        key = (pool.name, blocked)
+        if key not in self._identity_warned:
+            self._identity_warned.add(key)
+            self.events.emit("apppool_identity_cannot_read", logging.WARNING, None, apppool=pool.name,
+                             user=identity.name, uid=identity.uid, path=blocked,
+                             action=f"workers run as uid {os.geteuid()} (not isolated); grant uid {identity.uid} "
+                                    f"read access, e.g. setfacl -R -m u:{identity.uid}:rX {blocked}"
+                             if fallback else "workers run as the configured user anyway")
+        if fallback:
+            return Identity(f"{identity.name} (fallback: uid {os.geteuid()})", os.geteuid(), os.getegid(), False)
+        return identity
+
+    def pool_cgroup(self, pool: PoolRuntime) -> str | None:
+        cfg = pool.config
+        throttle = cfg.cpu_limit > 0 and cfg.cpu_action in ("Throttle", "ThrottleUnderLoad")
+        memory_max = cfg.periodic_restart_private_memory_kb * 1024 * 2 * pool.max_processes
+        if not throttle and not memory_max:
+            return None
+        return self.cgroups.pool_group(pool.name, cfg.cpu_limit, throttle, memory_max)
 
     def start_pool(self, pool: PoolRuntime) -> None:
         if pool.state in (STARTED,):
             return
         pool.crashes.clear()
         pool.consecutive_failures = 0
+        pool.cpu_blocked_until = 0.0
         pool.set_state(STARTED, "administrator")
         self.send_pool_state(pool)
         if pool.config.start_mode == "AlwaysRunning":
@@ -355,7 +561,7 @@ class ActivationService:
         pool.set_state(STOPPED, "administrator")
         self.send_pool_state(pool)
         for w in list(pool.workers):
-            w.drain(pool.config.shutdown_time_limit)
+            w.drain(pool.config.shutdown_time_limit, "application pool stopped by an administrator")
 
     def set_site_state(self, site_id: int, state: str) -> None:
         self.site_states[site_id] = state
@@ -454,33 +660,6 @@ class ActivationService:
             if sig == signal.SIGHUP:
                 await self.reload()
 
-    async def _health_loop(self) -> None:
-        """Ping every ready worker each pingInterval; one that does not answer within
-        pingResponseTime is killed (and replaced on demand)."""
-        last_ping: dict[str, float] = {}
-        while not self.stopping:
-            await asyncio.sleep(0.5)
-            now = time.monotonic()
-            for pool in self.pools.values():
-                cfg = pool.config
-                if not cfg.ping_enabled:
-                    continue
-                for w in pool.ready_workers:
-                    if now - last_ping.get(w.id, w.ready_at and now) < cfg.ping_interval:
-                        continue
-                    last_ping[w.id] = now
-                    self.loop.create_task(self._ping(pool, w))
-
-    async def _ping(self, pool: PoolRuntime, worker: WorkerHandle) -> None:
-        if await worker.ping(pool.config.ping_response_time):
-            return
-        if worker.state == READY:
-            from .events import PING_FAILED
-
-            self.events.emit("worker_ping_failed", logging.ERROR, PING_FAILED, apppool=pool.name,
-                             worker=worker.id, pid=worker.pid)
-            worker.terminate(grace=1.0)
-
     async def stop(self) -> None:
         if self.stopping:
             return
@@ -500,7 +679,10 @@ class ActivationService:
                 pass
         workers = [w for p in self.pools.values() for w in p.workers if w.state != DEAD]
         for w in workers:
-            w.drain(w.pool.shutdown_time_limit)
+            if w.state == ORPHANED:
+                w.kill()  # kept for debugging while we ran; nothing is left behind
+            else:
+                w.drain(w.pool.shutdown_time_limit, "service stopping")
         deadline = time.monotonic() + limit + 2
         while any(w.state != DEAD for w in workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -537,14 +719,43 @@ class ActivationService:
                 ws = stats.get("workers", {}).get(w.id, {})
                 d["requests"] = ws.get("requests", 0)
                 d["in_flight"] = ws.get("in_flight", 0)
-                try:
-                    import psutil
-
-                    d["private_memory_kb"] = psutil.Process(w.pid).memory_full_info().uss // 1024 if w.pid else 0
-                except Exception:
-                    d["private_memory_kb"] = None
+                mem = memory_kb(w.pid) if w.pid and w.state != DEAD else None
+                d["private_memory_kb"] = mem[1] if mem else None
+                d["virtual_memory_kb"] = mem[0] if mem else None
+                d["recycle_after_requests"] = w.recycle_after_requests or None
                 out.append(d)
         return out
+
+    async def list_requests(self, min_elapsed: float = 0.0) -> list[dict[str, Any]]:
+        """The requests in flight (and waiting in queues): URL, pool, worker, elapsed
+        time from the listener, and the pipeline stage from each worker."""
+        if self.listener_control is None or self.listener_control.closed:
+            return []
+        try:
+            reply = await asyncio.wait_for(self.listener_control.request(
+                {"op": "requests", "min_elapsed": min_elapsed}), 2)
+        except (asyncio.TimeoutError, ConnectionError):
+            return []
+        rows: list[dict[str, Any]] = list(reply.get("result", []))
+        by_id = {w.id: w for p in self.pools.values() for w in p.workers}
+        wanted = {r["worker"] for r in rows if r.get("worker") in by_id}
+        stages: dict[str, dict[int, str]] = {}
+
+        async def ask(wid: str) -> None:
+            answer = await by_id[wid].request({"op": "requests"}, 1.0)
+            if answer is not None:
+                stages[wid] = {int(r["sid"]): str(r["stage"]) for r in answer.get("result", [])}
+
+        await asyncio.gather(*(ask(wid) for wid in wanted))
+        for r in rows:
+            wid = r.get("worker")
+            if not wid:
+                r["stage"] = "Queued"
+            elif wid in stages:
+                r["stage"] = stages[wid].get(int(r.get("stream", 0)), "Sent to worker")
+            else:
+                r["stage"] = "unknown (the worker does not answer)"
+        return rows
 
     async def listener_stats(self) -> dict[str, Any]:
         if self.listener_control is None or self.listener_control.closed:

@@ -13,44 +13,73 @@ import asyncio
 import itertools
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.model import Pool
 from ..ipc.control import ControlProtocol, Message, open_control, send_fd
+from .events import SHUTDOWN_TIMEOUT, EventLog
+from .states import (
+    DEAD, DRAINING, INITIALIZING, ORPHANED, READY, SPAWNING, SUSPENDED, WORKER_TRANSITIONS, check,
+)
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 log = logging.getLogger("poolhouse.activation")
 
 _ids = itertools.count(1)
 
-# worker states (the table of allowed transitions is in pools.py)
-SPAWNING = "Spawning"
-INITIALIZING = "Initializing"
-READY = "Ready"
-DRAINING = "Draining"
-DEAD = "Dead"
+# Recycling thresholds (periodicRestart/@time and @requests) are lowered by a random
+# fraction of up to this much per worker, so a web garden does not recycle all at once.
+JITTER = 0.05
+
+__all__ = ["SPAWNING", "INITIALIZING", "READY", "SUSPENDED", "ORPHANED", "DRAINING", "DEAD",
+           "WorkerHandle", "jittered"]
+
+
+def jittered(value: float) -> float:
+    return value * (1.0 - random.uniform(0.0, JITTER)) if value > 0 else 0.0
 
 
 class WorkerHandle:
-    def __init__(self, pool: Pool, on_exit: Callable[["WorkerHandle", int], None],
-                 on_message: Callable[["WorkerHandle", Message], None]) -> None:
+    def __init__(self, pool: Pool, events: EventLog, on_exit: Callable[["WorkerHandle", int], None],
+                 on_message: Callable[["WorkerHandle", Message], None],
+                 identity: "Identity | None" = None) -> None:
         self.id = f"{pool.name}#{next(_ids)}"
         self.pool_name = pool.name
         self.pool = pool
+        self.events = events
+        self.identity = identity
         self.state = SPAWNING
         self.proc: asyncio.subprocess.Process | None = None
         self.control: ControlProtocol | None = None
         self.ready = asyncio.get_running_loop().create_future()
         self.started_at = time.time()
+        self.started_mono = time.monotonic()
         self.ready_at = 0.0
         self.exit_code: int | None = None
         self.exit_reason = ""
         self.recycle_reason = ""
         self.credits = 0
+        # per-worker thresholds, jittered once at start
+        self.recycle_after_requests = int(jittered(pool.periodic_restart_requests))
+        if pool.periodic_restart_requests and self.recycle_after_requests < 1:
+            self.recycle_after_requests = 1
+        self.recycle_after_seconds = jittered(pool.periodic_restart_time)
+        # idle accounting, from the worker's statistics
+        self.requests_seen = 0
+        self.in_flight_seen = 0
+        self.last_activity = time.monotonic()
+        self.last_ping = 0.0
+        self.cpu_last = 0.0  # CPU seconds at the last measurement (cpu/@limit)
+        self.timed_out_requests = 0
+        self.state_before_death = ""  # requests the listener ended by requestTimeout
         self._on_exit = on_exit
         self._on_message = on_message
         self._kill_timer: asyncio.TimerHandle | None = None
@@ -59,10 +88,32 @@ class WorkerHandle:
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
 
+    def set_state(self, new: str, reason: str, event_id: int | None = None, level: int = logging.INFO) -> None:
+        """Every change of a worker's state goes through the table and is logged."""
+        old = self.state
+        if new == old:
+            return
+        check(WORKER_TRANSITIONS, f"worker {self.id}", old, new)
+        self.state = new
+        self.events.emit("worker_state", level, event_id, apppool=self.pool_name, worker=self.id,
+                         pid=self.pid, old=old, new=new, reason=reason)
+
     async def spawn(self, fd_channel: socket.socket, init: Message, env: dict[str, str], log_level: str) -> None:
         queue_listener, queue_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control_ours, control_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         python = self.pool.python_executable or sys.executable
+        ident: dict[str, Any] = {}
+        if self.identity is not None and self.identity.switch:
+            # the pool's identity, with no supplementary groups (uvloop's subprocess_exec
+            # has no user/group arguments: the child switches before exec)
+            uid, gid = self.identity.uid, self.identity.gid
+
+            def switch_identity() -> None:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+
+            ident = {"preexec_fn": switch_identity}
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 python, "-m", "poolhouse.worker",
@@ -74,6 +125,7 @@ class WorkerHandle:
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=False,
+                **ident,
             )
         finally:
             queue_worker.close()
@@ -83,16 +135,20 @@ class WorkerHandle:
                                  "worker_id": self.id, "pid": self.proc.pid}, queue_listener.fileno())
         finally:
             queue_listener.close()
-        self.state = INITIALIZING
+        self.set_state(INITIALIZING, "process started")
         self.control = await open_control(control_ours, self._message, self._control_lost)
         self.control.send(init)
         asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
+        from ..ipc import exit_codes
+
         assert self.proc is not None
         code = await self.proc.wait()
         self.exit_code = code
-        self.state = DEAD
+        self.exit_reason = exit_codes.describe(code)
+        self.state_before_death = self.state
+        self.set_state(DEAD, self.exit_reason, level=logging.INFO if code == 0 else logging.WARNING)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         if not self.ready.done():
@@ -106,58 +162,107 @@ class WorkerHandle:
         if msg["op"] == "ready":
             self.credits = int(msg.get("credits", 1))
             self.ready_at = time.time()
+            self.last_activity = time.monotonic()
             if self.state == INITIALIZING:
-                self.state = READY
+                self.set_state(READY, "registered with its queue" + (
+                    f" after {msg['warmup']} initialization page(s)" if msg.get("warmup") else ""))
             if not self.ready.done():
                 self.ready.set_result(None)
         self._on_message(self, msg)
 
     def _control_lost(self, exc: Exception | None) -> None:
         # The process exit is what counts; make sure it comes.
-        if self.proc is not None and self.proc.returncode is None and self.state != DRAINING:
+        if (self.proc is not None and self.proc.returncode is None
+                and self.state not in (DRAINING, ORPHANED, SUSPENDED)):
             self.kill(grace=1.0)
 
-    async def ping(self, timeout: float) -> bool:
+    async def request(self, msg: Message, timeout: float) -> Message | None:
+        """A control request; None if the worker does not answer in time."""
         if self.control is None or self.control.closed:
-            return False
+            return None
         try:
-            await asyncio.wait_for(self.control.request({"op": "ping"}), timeout)
-            return True
+            return await asyncio.wait_for(self.control.request(msg), timeout)
         except (asyncio.TimeoutError, ConnectionError):
+            return None
+
+    async def ping(self, timeout: float) -> bool:
+        reply = await self.request({"op": "ping"}, timeout)
+        if reply is None:
             return False
+        self.note_activity(reply)
+        return True
+
+    def note_activity(self, reply: Message) -> None:
+        """Idle accounting from a ping or stats answer (requests served, in flight)."""
+        requests = int(reply.get("requests", self.requests_seen))
+        in_flight = int(reply.get("in_flight", 0))
+        if requests != self.requests_seen or in_flight:
+            self.last_activity = time.monotonic()
+        self.requests_seen = requests
+        self.in_flight_seen = in_flight
 
     async def stats(self, timeout: float = 1.0) -> dict[str, Any]:
-        if self.control is None or self.control.closed or self.state not in (READY, DRAINING):
+        if self.state not in (READY, DRAINING):
             return {}
-        try:
-            reply = await asyncio.wait_for(self.control.request({"op": "stats"}), timeout)
-            return dict(reply.get("result", {}))
-        except (asyncio.TimeoutError, ConnectionError):
+        reply = await self.request({"op": "stats"}, timeout)
+        if reply is None:
             return {}
+        result = dict(reply.get("result", {}))
+        self.note_activity(result)
+        return result
 
-    def drain(self, time_limit: float) -> None:
+    def drain(self, time_limit: float, reason: str = "stopped", event_id: int | None = None) -> None:
         """Stop taking requests, finish the ones in flight, exit; killed after
         ``time_limit`` (the pool's shutdownTimeLimit)."""
-        if self.state == DEAD:
+        if self.state in (DEAD, DRAINING):
             return
-        self.state = DRAINING
+        if self.state == SUSPENDED:
+            self._signal(signal.SIGCONT)
+        if self.state == ORPHANED:
+            return  # left alone on purpose; killed when the service stops
+        self.set_state(DRAINING, reason, event_id)
         if self.control is not None:
             self.control.send({"op": "drain"})
         self.kill(grace=time_limit)
 
     def kill(self, grace: float = 0.0) -> None:
-        """SIGTERM now (when there is grace) and SIGKILL once ``grace`` has passed."""
+        """SIGKILL now, or once ``grace`` has passed."""
         if self.proc is None or self.proc.returncode is not None:
             return
         if grace <= 0:
+            self._signal(signal.SIGCONT)
             self._signal(signal.SIGKILL)
             return
         if self._kill_timer is None:
-            self._kill_timer = asyncio.get_running_loop().call_later(grace, self._signal, signal.SIGKILL)
+            self._kill_timer = asyncio.get_running_loop().call_later(grace, self._deadline, grace)
+
+    def _deadline(self, grace: float) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        if self.state == DRAINING:
+            self.events.emit("worker_shutdown_timeout", logging.WARNING, SHUTDOWN_TIMEOUT, apppool=self.pool_name,
+                             worker=self.id, pid=self.pid, limit=grace)
+        self._signal(signal.SIGCONT)
+        self._signal(signal.SIGKILL)
 
     def terminate(self, grace: float) -> None:
+        """SIGTERM now, SIGKILL after ``grace``."""
         self._signal(signal.SIGTERM)
         self.kill(grace)
+
+    def suspend(self) -> None:
+        """idleTimeoutAction="Suspend": the process is stopped, its memory kept."""
+        self.set_state(SUSPENDED, "idle timeout (Suspend)")
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.last_activity = time.monotonic()
+        self.set_state(READY, "request for a suspended worker")
+
+    def orphan(self, reason: str, event_id: int | None = None) -> None:
+        """failure/@orphanWorkerProcess: left running, detached, for debugging."""
+        self.set_state(ORPHANED, reason, event_id, logging.ERROR)
 
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -175,4 +280,5 @@ class WorkerHandle:
             "started": self.started_at,
             "uptime": round(time.time() - self.started_at, 3),
             "recycle_reason": self.recycle_reason or None,
+            "user": self.identity.name if self.identity is not None else None,
         }

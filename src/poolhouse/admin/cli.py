@@ -2,6 +2,7 @@
 
     poolhouse serve [-c applicationHost.config] [--state-dir DIR]
     poolhouse list sites|apppools|wp [--json]
+    poolhouse list requests [--json] [--elapsed MS]
     poolhouse start|stop apppool|site NAME
     poolhouse recycle apppool NAME
     poolhouse reload
@@ -82,7 +83,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 _LIST_COLUMNS = {
     "sites": ["name", "id", "state", "bindings"],
     "apppools": ["name", "state", "workers", "queue_length", "in_flight", "rapid_fail_count"],
-    "wp": ["pid", "apppool", "state", "uptime", "requests", "in_flight", "private_memory_kb"],
+    "wp": ["pid", "apppool", "state", "uptime", "requests", "in_flight", "private_memory_kb", "recycle_reason"],
+    "requests": ["elapsed_ms", "method", "url", "apppool", "pid", "stage"],
 }
 
 
@@ -99,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", default=None, help="applicationHost.config (default: the embedded one)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
-    lst = sub.add_parser("list", help="list sites, application pools or worker processes")
-    lst.add_argument("what", choices=["sites", "apppools", "wp", "cache"])
+    lst = sub.add_parser("list", help="list sites, application pools, worker processes, requests in flight "
+                         "or the response cache")
+    lst.add_argument("what", choices=["sites", "apppools", "wp", "requests", "cache"])
     lst.add_argument("--json", action="store_true", help="JSON output")
+    lst.add_argument("--elapsed", type=int, default=0, metavar="MS",
+                     help="requests: only those running for at least MS milliseconds")
 
     for verb, objects in (("start", ["apppool", "site"]), ("stop", ["apppool", "site"]), ("recycle", ["apppool"])):
         p = sub.add_parser(verb, help=f"{verb} an application pool" + (" or a site" if "site" in objects else ""))
@@ -142,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             result = call(state_dir, {"op": "list", "what": "cache"})
             print(json.dumps(result, indent=2) if args.json else _table(result["entries"], _CACHE_COLUMNS))
         elif args.command == "list":
-            result = call(state_dir, {"op": "list", "what": args.what})
+            request: dict[str, Any] = {"op": "list", "what": args.what}
+            if args.what == "requests":
+                request["elapsed"] = args.elapsed
+            result = call(state_dir, request)
             print(json.dumps(result, indent=2) if args.json else _table(result, _LIST_COLUMNS[args.what]))
         elif args.command == "cache":
             result = call(state_dir, {"op": "cache_flush", "site": args.site, "url": args.url})

@@ -41,6 +41,8 @@ ASGI_CREDITS = 100
 # what makes the process hop cheap.  A worker that dies takes at most this many requests
 # with it; the idempotent ones among them are replayed on another worker.
 INLINE_CREDITS = 32
+APP_INIT = "system.webServer/applicationInitialization"
+WARMUP_SID = 0xFFFFFF00  # stream ids of initialization requests (never the listener's)
 
 
 class QueueProtocol(asyncio.Protocol):
@@ -89,6 +91,7 @@ class WorkerProcess:
         self.config_event = asyncio.Event()
         self.init_msg: Message | None = None
         self.shutdown_timeout = 90.0
+        self.recycle_at = 0  # periodicRestart/@requests (jittered by the service); 0 = off
 
     # ---- boot ---------------------------------------------------------------------
 
@@ -131,11 +134,56 @@ class WorkerProcess:
         credits = threads if threads > 0 else INLINE_CREDITS
         if has_asgi:
             credits = max(credits, ASGI_CREDITS)
+        warmed = await self.warm_up(bool(self.init_msg.get("recycle")), pool.startup_time_limit)
+        self.recycle_at = int(self.init_msg.get("recycle_after_requests", 0))
         _, _proto = await self.loop.connect_accepted_socket(lambda: QueueProtocol(self), sock=queue_sock)
         self.send(q.encode_ready(os.getpid(), credits))
-        self.control.send({"op": "ready", "pid": os.getpid(), "credits": credits})
+        self.control.send({"op": "ready", "pid": os.getpid(), "credits": credits, "warmup": warmed})
         log.info("worker %s of pool %s ready: %d application(s), %d credit(s)",
                  self.worker_id, self.pool_name, len(self.apps), credits)
+
+    async def warm_up(self, recycle: bool, timeout: float) -> int:
+        """Application Initialization: request each application's initializationPage
+        URLs through the pipeline before the worker takes traffic — when the application
+        has preloadEnabled, when this worker replaces a recycled one (overlapped), or
+        with doAppInitAfterRestart.  The responses go nowhere (the queue is not connected
+        yet) and are not counted; returns how many pages were requested."""
+        started = time.monotonic()
+        sids: list[int] = []
+        served = self.requests
+        for wapp in self.apps.values():
+            try:
+                section = wapp.resolver.for_path(wapp.app.path).sections.get(APP_INIT) or {}
+            except ConfigError:
+                continue
+            pages = section.get("items") or []
+            if not pages or not (wapp.app.preload_enabled or recycle or section.get("doAppInitAfterRestart")):
+                continue
+            for page in pages:
+                url = str(page.get("initializationPage", ""))
+                if not url:
+                    continue
+                target = (wapp.base + url if url.startswith("/") else wapp.base + "/" + url).encode()
+                host = str(page.get("hostName") or "localhost").encode()
+                head = q.RequestHead(wapp.key, "GET", target, 1,
+                                     (b"host", host, b"user-agent", b"IIS Application Initialization Warmup"),
+                                     "127.0.0.1", 0, "127.0.0.1", 0, "http", 0)
+                sid = WARMUP_SID + len(sids)
+                sids.append(sid)
+                self.on_request(sid, head, True)
+        # a stream leaves self.streams when it ends
+        while any(sid in self.streams for sid in sids) and time.monotonic() - started < timeout:
+            await asyncio.sleep(0.01)
+        for sid in sids:
+            st = self.streams.pop(sid, None)
+            if st is not None:
+                log.error("initialization page %s did not finish within %.0f s", st.head.target[:200], timeout)
+                st.cancel()
+        if sids:
+            log.info("application initialization: %d page(s) in %.3f s", len(sids), time.monotonic() - started)
+        self.requests = served
+        self._out.clear()  # nothing of it goes to the listener
+        return len(sids)
 
     # ---- control channel ----------------------------------------------------------
 
@@ -151,10 +199,16 @@ class WorkerProcess:
         if self.control is None:
             return
         if op == "ping":
-            self.control.reply(msg, pid=os.getpid())
+            self.control.reply(msg, pid=os.getpid(), requests=self.requests, in_flight=len(self.streams))
         elif op == "stats":
             self.control.reply(msg, result={"requests": self.requests, "in_flight": len(self.streams),
                                             "pid": os.getpid()})
+        elif op == "requests":
+            now = time.monotonic()
+            self.control.reply(msg, result=[
+                {"sid": st.sid, "stage": st.stage, "elapsed": round(now - st.started_at, 3),
+                 "url": st.head.target.decode("latin-1")[:4096]}
+                for st in list(self.streams.values())])
         else:
             log.warning("unknown control op %r", op)
 
@@ -244,6 +298,9 @@ class WorkerProcess:
             if ctx.pipeline.post or ctx.trace is not None:
                 ctx.on_end()  # ReleaseRequestState .. EndRequest
         self.requests += 1
+        if self.requests == self.recycle_at and self.control is not None:
+            # periodicRestart/@requests: ask the activation service for an overlapped recycle
+            self.control.send({"op": "recycle_me", "reason": "requests", "requests": self.requests})
         if self.draining and not self.streams:
             self.loop.call_soon(self.exit, exit_codes.STOPPED)
 

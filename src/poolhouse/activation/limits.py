@@ -1,0 +1,135 @@
+"""Resource limits of a pool's workers: the `cpu` element and a memory cap.
+
+Where the machine lets us write a cgroup v2 hierarchy with the ``cpu`` and ``memory``
+controllers (a writable cgroup2 mount whose subtree we may delegate), each pool gets
+``poolhouse/<pool>`` there:
+
+- ``cpu/@action="Throttle"`` (and ThrottleUnderLoad) -> ``cpu.max`` = ``limit`` (IIS's unit:
+  1/1000 of a percent of the machine's CPU time) over a 100 ms period: a hard cap;
+- ``periodicRestart/@privateMemory`` -> ``memory.max`` = twice that, per pool and worker
+  count, a kernel backstop for a runaway allocation between two measurements (the
+  recycle itself still happens by measurement at the configured value).
+
+Otherwise (no cgroup v2, controllers not delegated, read-only) everything is done by
+measurement: CPU time of the pool's workers is summed over ``resetInterval`` and
+``KillW3wp`` stops them; ``Throttle`` cannot be enforced and is logged as such; memory is
+measured every few seconds and the worker recycled.  Which of the two applies is said
+once at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("poolhouse.activation")
+
+CPU_PERIOD_US = 100_000
+
+
+def _cgroup2_root() -> str | None:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
+class CgroupManager:
+    """Per-pool cgroups when possible; ``available`` False means measurement only."""
+
+    def __init__(self) -> None:
+        self.available = False
+        self.base = ""
+        self.why = ""
+        root = _cgroup2_root()
+        if root is None:
+            self.why = "no cgroup v2 hierarchy is mounted"
+            return
+        try:
+            with open(os.path.join(root, "cgroup.controllers"), encoding="utf-8") as fh:
+                controllers = set(fh.read().split())
+        except OSError as exc:
+            self.why = f"cannot read {root}/cgroup.controllers: {exc.strerror}"
+            return
+        missing = {"cpu", "memory"} - controllers
+        if missing:
+            self.why = f"the cgroup v2 hierarchy at {root} does not offer {', '.join(sorted(missing))}"
+            return
+        base = os.path.join(root, "poolhouse")
+        try:
+            os.makedirs(base, exist_ok=True)
+            with open(os.path.join(root, "cgroup.subtree_control"), "w", encoding="utf-8") as fh:
+                fh.write("+cpu +memory")
+            with open(os.path.join(base, "cgroup.subtree_control"), "w", encoding="utf-8") as fh:
+                fh.write("+cpu +memory")
+        except OSError as exc:
+            self.why = f"cannot delegate cpu and memory under {root}: {exc.strerror}"
+            return
+        self.available = True
+        self.base = base
+
+    def describe(self) -> str:
+        if self.available:
+            return f"cgroup v2 at {self.base}: CPU throttling and a memory cap by the kernel"
+        return f"measurement only ({self.why}): CPU and memory are measured, Throttle is not enforced"
+
+    def pool_group(self, pool: str, cpu_limit: int, throttle: bool, memory_max: int) -> str | None:
+        """The pool's cgroup with its limits written; None when unavailable."""
+        if not self.available:
+            return None
+        path = os.path.join(self.base, pool.replace("/", "_"))
+        try:
+            os.makedirs(path, exist_ok=True)
+            quota = "max"
+            if throttle and cpu_limit > 0:
+                # IIS: limit in 1/1000 % of the machine's CPU time
+                quota = str(max(1000, int(CPU_PERIOD_US * (os.cpu_count() or 1) * cpu_limit / 100_000)))
+            _write(os.path.join(path, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+            _write(os.path.join(path, "memory.max"), str(memory_max) if memory_max > 0 else "max")
+        except OSError as exc:
+            log.warning("cannot set up the cgroup of application pool %s: %s", pool, exc)
+            return None
+        return path
+
+    def add(self, group: str, pid: int) -> None:
+        try:
+            _write(os.path.join(group, "cgroup.procs"), str(pid))
+        except OSError as exc:
+            log.warning("cannot move worker %d into %s: %s", pid, group, exc)
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(value)
+
+
+# ---- measurement ----------------------------------------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def memory_kb(pid: int) -> tuple[int, int] | None:
+    """(virtual KB, private KB) of a process: private = resident minus shared pages, the
+    nearest cheap Linux figure to Windows' private bytes (one read of /proc/PID/statm)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+            size, resident, shared = (int(x) for x in fh.read().split()[:3])
+    except (OSError, ValueError):
+        return None
+    return size * _PAGE // 1024, max(0, resident - shared) * _PAGE // 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, ValueError, IndexError):
+        return 0.0
