@@ -512,7 +512,8 @@ class HttpContext:
             try:
                 trace.event("NOTIFY_MODULE_START", SEND_RESPONSE, self.module)
                 hook(self)
-                trace.event("NOTIFY_MODULE_END", SEND_RESPONSE, self.module, status=self.response.status)
+                trace.event("NOTIFY_MODULE_END", SEND_RESPONSE, self.module,
+                            status=self.response.status if self.response is not None else 0)
             except Exception:
                 log.error("module %s failed in SendResponse for %s:\n%s", self.module, self.path,
                           traceback.format_exc())

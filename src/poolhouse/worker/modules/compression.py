@@ -30,7 +30,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..apps import STATIC
 from ..handlers.static import FileBody
@@ -168,11 +168,11 @@ class DynamicCompressionModule(_Compression):
     handler_kinds = frozenset(("wsgi", "asgi", "cgi", "protocol"))
 
     def send_response(self, ctx: HttpContext) -> Any:
-        resp = ctx.response  # never a static file's: handler_kinds
-        if resp.status != 200:  # type: ignore[union-attr]
+        resp = cast(Response, ctx.response)  # never a static file's: handler_kinds
+        if resp.status != 200:
             return None
-        body = resp.body  # type: ignore[union-attr]
-        if resp.end and len(body) < self.min_size or not isinstance(body, bytes):  # type: ignore[union-attr, arg-type]
+        body = resp.body
+        if not isinstance(body, bytes) or resp.end and len(body) < self.min_size:
             return None
         scheme = self._scheme(ctx, resp)
         if scheme is None:

@@ -192,7 +192,7 @@ class CustomErrorModule(Module):
             except Exception:
                 log.exception("httpErrors: ExecuteURL %s failed", url)
                 return None, _HTML
-            ctype = next((v for k, v in got.get("headers", []) if k.lower() == "content-type"), "text/html")
-            return body, ctype.encode("latin-1")
+            app_type = next((v for k, v in got.get("headers", []) if k.lower() == "content-type"), "text/html")
+            return body, str(app_type).encode("latin-1")
         log.error("httpErrors: ExecuteURL %s is not served by a static file or WSGI handler", url)
         return None, _HTML
