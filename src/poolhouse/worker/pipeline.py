@@ -171,7 +171,7 @@ class Pipeline:
     statuses below 400 and from 400 on."""
 
     __slots__ = ("modules", "before_map", "map", "after_map", "post", "post_finished",
-                 "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send", "pre",
+                 "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send", "pre", "single",
                  "traced", "tracer", "empty")
 
     def __init__(self, modules: list["Module"]) -> None:
@@ -202,6 +202,9 @@ class Pipeline:
         self.pre = bool(self.before_map or self.map or self.after_map)
         self.tracer = next((m for m in modules if getattr(m, "traces", False)), None)
         self.traced = self.tracer is not None
+        pre_hooks = [(n, h, m) for table in (self.before_map, self.map, self.after_map)
+                     for n, hooks, names in table for h, m in zip(hooks, names)]
+        self.single = pre_hooks[0] if len(pre_hooks) == 1 and not self.traced else None
         self.empty = not (self.before_map or self.map or self.after_map or self.post
                           or self.has_send or self.traced)
 
@@ -386,6 +389,33 @@ class HttpContext:
         notifications after the current one then come from the new pipeline
         (``resume_after``: the index in NOTIFICATIONS of the last one run)."""
         p = self.pipeline
+        single = p.single
+        if single is not None and resume_after < 0 and self.selection.kind:
+            # the common shape (one module hook before the handler, e.g. request
+            # filtering): no loops over empty notifications
+            notification, hook, name = single
+            self.notification = notification
+            self.module = name
+            try:
+                if hook(self) is not None:
+                    self.finished = True
+                    self._finish()
+                    return True
+            except HttpError as exc:
+                self.fail(exc.status, exc.substatus, exc.detail)
+                self._finish()
+                return True
+            except Exception:
+                log.error("module %s failed in %s for %s:\n%s", name, notification, self.path,
+                          traceback.format_exc())
+                self.fail(500, 0, f"Module {name} raised in {notification}:\n" + traceback.format_exc(limit=-3))
+                self._finish()
+                return True
+            if self.pipeline is not p:  # moved to another URL (URL Rewrite)
+                return self.before_handler(_ORDER[notification])
+            self.notification = EXECUTE_REQUEST_HANDLER
+            self.module = ""
+            return False
         if p.traced and self.trace is None:
             from .tracing import Trace
             self.trace = Trace(self)
