@@ -193,6 +193,7 @@ class DynamicCompressionModule(_Compression):
 class StaticCompressionModule(_Compression):
     handler_kinds = frozenset(("static",))
     MEMORY_LIMIT = 32 * 1024 * 1024
+    MAX_SIZE = 64 * 1024 * 1024  # larger files are sent as they are (compressed in one piece on the loop)
 
     def __init__(self, name: str, config: ModuleConfig) -> None:
         super().__init__(name, config)
@@ -228,7 +229,7 @@ class StaticCompressionModule(_Compression):
             return None
         body = resp.body
         size = body.length if isinstance(body, FileBody) else len(body)
-        if size < self.min_size or (isinstance(body, FileBody) and (body.offset or body.length == 0)):
+        if size < self.min_size or size > self.MAX_SIZE or (isinstance(body, FileBody) and body.offset):
             return None
         scheme = self._scheme(ctx, resp)
         if scheme is None:
