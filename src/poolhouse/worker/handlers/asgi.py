@@ -125,22 +125,33 @@ class AsgiRequest:
         self.headers: list[tuple[bytes, bytes]] | None = None
         self.head_sent = False
         self.finished = False
+        self.pending = False  # True once the last http.request message was given
         self.method = stream.head.method
 
     async def receive(self) -> dict[str, Any]:
         stream = self.stream
-        if self.finished or stream.cancelled:
-            if not stream.cancelled:
-                # after the response, wait for the client to go away like servers do
-                while not stream.cancelled and not stream.ended:
-                    await asyncio.sleep(3600)
+        if self.finished or stream.cancelled or self.pending:
+            # after the whole body (or the response), block until the client goes away,
+            # like uvicorn: Starlette's StreamingResponse listens for http.disconnect in
+            # a loop, which must not spin on the event loop
+            while not stream.cancelled and not stream.ended:
+                if stream.body_event is None:
+                    stream.body_event = asyncio.Event()
+                stream.body_event.clear()
+                try:
+                    await asyncio.wait_for(stream.body_event.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
             return {"type": "http.disconnect"}
         chunk = await stream.read_chunk()
         if chunk is None:
             if stream.cancelled:
                 return {"type": "http.disconnect"}
+            self.pending = True  # the whole body was given
             return {"type": "http.request", "body": b"", "more_body": False}
         more = bool(stream.body_chunks) or not stream.body_done
+        if not more:
+            self.pending = True
         return {"type": "http.request", "body": chunk, "more_body": more}
 
     async def send(self, message: dict[str, Any]) -> None:

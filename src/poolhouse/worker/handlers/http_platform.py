@@ -1,0 +1,216 @@
+"""httpPlatformHandler (HttpPlatformHandler v1.2): the worker starts the application's
+own HTTP server as a child process and proxies its requests to it.
+
+    <handlers>
+      <add name="httpPlatformHandler" path="*" verb="*" modules="httpPlatformHandler" />
+    </handlers>
+    <httpPlatform processPath="/srv/venv/bin/python"
+                  arguments="-m uvicorn app:app --port %HTTP_PLATFORM_PORT%" ... />
+
+* The process is started on the first request (concurrent requests wait for it) with
+  the application's folder as its working directory, ``HTTP_PLATFORM_PORT`` in its
+  environment and in place of ``%HTTP_PLATFORM_PORT%`` in ``arguments`` and
+  ``environmentVariables`` (other ``%VAR%`` are expanded from the environment), and
+  must accept connections on that port within ``startupTimeLimit``; it is tried
+  ``startupRetryCount`` times, then the request gets 502.5.
+* It is a child of the worker and dies with it (``PR_SET_PDEATHSIG``), so the pool's
+  recycling, health monitoring and rapid-fail protection cover it.  A process that
+  exits is started again on the next request, at most ``rapidFailsPerMinute`` times a
+  minute (then 502.5 until the minute is over).
+* ``stdoutLogEnabled``: stdout and stderr go to ``<stdoutLogFile>_<yyyymmddhhmmss>_<pid>.log``
+  (relative paths from the application's folder), else nowhere.
+* ``requestTimeout``: how long the process may stay silent on a request (504 after).
+* Requests are forwarded with the reverse proxy of ``handlers/proxy.py``.
+
+Not supported: ``processesPerApplication`` > 1 (one process), ``recycleOnFileChange``,
+``forwardWindowsAuthToken`` (accepted, no effect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from typing import TYPE_CHECKING, Any
+
+from .proxy import proxy_request
+
+if TYPE_CHECKING:
+    from ..apps import Selection, WorkerApplication
+    from ..pipeline import HttpContext
+    from ..stream import Stream
+
+log = logging.getLogger("poolhouse.worker")
+
+SECTION = "system.webServer/httpPlatform"
+_VAR = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)%")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """``%NAME%`` from ``env`` (unknown names are left as they are, as Windows does)."""
+    return _VAR.sub(lambda m: env.get(m.group(1), env.get(m.group(1).upper(), m.group(0))), text)
+
+
+class PlatformProcess:
+    """One application's process: started, watched and restarted on demand."""
+
+    def __init__(self, settings: dict[str, Any], folder: str, name: str) -> None:
+        self.settings = settings
+        self.folder = folder
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.starting: asyncio.Future[None] | None = None
+        self.failures: list[float] = []
+        self.log_file: Any = None
+
+    @property
+    def request_timeout(self) -> float:
+        return float(self.settings.get("requestTimeout", 120.0) or 120.0)
+
+    async def ready(self) -> int:
+        """The port of a running process, starting it if needed; raises RuntimeError."""
+        if self.proc is not None and self.proc.poll() is None and self.starting is None:
+            return self.port
+        if self.starting is None:
+            self.starting = asyncio.get_running_loop().create_future()
+            try:
+                await self._start()
+                self.starting.set_result(None)
+            except Exception as exc:
+                self.starting.set_exception(exc)
+                self.starting.exception()  # retrieved: waiting requests re-raise it
+                raise
+            finally:
+                self.starting = None
+            return self.port
+        await asyncio.shield(self.starting)
+        return self.port
+
+    async def _start(self) -> None:
+        now = time.monotonic()
+        if self.proc is not None:
+            code = self.proc.poll()
+            log.error("%s: the httpPlatform process %d exited with %s; starting it again", self.name,
+                      self.proc.pid, code)
+            self.failures = [t for t in self.failures if now - t < 60] + [now]
+            self.proc = None
+        limit = int(self.settings.get("rapidFailsPerMinute", 10))
+        if len([t for t in self.failures if now - t < 60]) > limit:
+            raise RuntimeError(f"the process failed more than {limit} times in a minute (rapidFailsPerMinute)")
+        tries = max(1, int(self.settings.get("startupRetryCount", 10)))
+        last = ""
+        for attempt in range(tries):
+            try:
+                await self._spawn_once()
+                return
+            except RuntimeError as exc:
+                last = str(exc)
+                log.error("%s: httpPlatform start attempt %d/%d failed: %s", self.name, attempt + 1, tries, last)
+        raise RuntimeError(last)
+
+    async def _spawn_once(self) -> None:
+        s = self.settings
+        port = _free_port()
+        env = dict(os.environ)
+        env["HTTP_PLATFORM_PORT"] = str(port)
+        for item in s.get("environmentVariables", {}).get("items", []):
+            env[str(item["name"])] = expand(str(item.get("value", "")), env)
+        path = expand(str(s.get("processPath", "")), env)
+        if not path:
+            raise RuntimeError("httpPlatform/@processPath is empty")
+        if re.match(r"^([A-Za-z]:[\\/]|\\\\)", path):
+            raise RuntimeError(f"processPath {path!r} is a Windows path")
+        if not os.path.isabs(path) and ("/" in path or "\\" in path):
+            path = os.path.join(self.folder, path.replace("\\", "/"))
+        args = [path] + shlex.split(expand(str(s.get("arguments", "")), env))
+        out: Any = subprocess.DEVNULL
+        if s.get("stdoutLogEnabled"):
+            prefix = str(s.get("stdoutLogFile") or "httpplatform-stdout").replace("\\", "/")
+            prefix = os.path.normpath(os.path.join(self.folder, prefix))
+            os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+            name = f"{prefix}_{time.strftime('%Y%m%d%H%M%S')}_{os.getpid()}.log"
+            out = self.log_file = open(name, "ab")
+        try:
+            proc = subprocess.Popen(args, cwd=self.folder or None, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else out,
+                                    preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise RuntimeError(f"cannot start {args[0]}: {exc}") from None
+        deadline = time.monotonic() + float(s.get("startupTimeLimit", 10))
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited with {proc.returncode} before listening on port {port}")
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+                writer.close()
+                self.proc, self.port = proc, port
+                log.info("%s: httpPlatform process %d listening on port %d", self.name, proc.pid, port)
+                return
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{args[0]} did not listen on port {port} within startupTimeLimit")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+PROCESSES: dict[tuple[str, str], PlatformProcess] = {}
+
+
+def process_for(app: "WorkerApplication", settings: dict[str, Any]) -> PlatformProcess:
+    key = (app.key, repr(sorted((k, repr(v)) for k, v in settings.items())))
+    proc = PROCESSES.get(key)
+    if proc is None:
+        proc = PROCESSES[key] = PlatformProcess(settings, app.app.physical_path, f"{app.site.name}{app.app.path}")
+    return proc
+
+
+def stop_all() -> None:
+    for proc in PROCESSES.values():
+        proc.stop()
+
+
+async def run_http_platform(worker: Any, stream: "Stream", app: "WorkerApplication", sel: "Selection",
+                            path: str, query: str, ctx: "HttpContext | None") -> None:
+    settings = (sel.web.sections.get(SECTION) if sel.web is not None else None) or {}
+    proc = process_for(app, settings)
+    try:
+        port = await proc.ready()
+    except Exception as exc:
+        log.error("%s: httpPlatform process unavailable: %s", proc.name, exc)
+        worker.error_response(stream, 502, 5, f"httpPlatform process failure: {exc}", detail_local=True)
+        return
+    raw = ctx.raw_path if ctx is not None else stream.head.target.decode("latin-1").split("?", 1)[0]
+    url = f"http://127.0.0.1:{port}{raw}" + (f"?{query}" if query else "")
+    await proxy_request(worker, stream, url, ctx, proc.request_timeout)

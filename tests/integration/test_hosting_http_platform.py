@@ -1,0 +1,93 @@
+"""httpPlatform (HttpPlatformHandler): a uvicorn-launched application configured as on
+IIS — processPath, arguments with %HTTP_PLATFORM_PORT%, environmentVariables,
+stdoutLogEnabled — started by the worker as its child and reverse-proxied; started
+again after it dies; gone with the worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import httpx
+import psutil
+
+from .conftest import apphost
+
+APP = """\
+import json, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    data = json.dumps({"path": scope["path"], "query": scope["query_string"].decode(), "pid": os.getpid(),
+                       "greeting": os.environ.get("APP_GREETING"), "port": os.environ.get("PORT"),
+                       "platform_port": os.environ.get("HTTP_PLATFORM_PORT"), "body": len(body),
+                       "xff": headers.get("x-forwarded-for"), "cwd": os.getcwd()}).encode()
+    print("request", scope["path"], flush=True)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+"""
+
+WEB = f"""<?xml version="1.0" encoding="utf-8"?>
+<configuration>
+  <system.webServer>
+    <handlers>
+      <add name="httpPlatformHandler" path="*" verb="*" modules="httpPlatformHandler" resourceType="Unspecified" />
+    </handlers>
+    <httpPlatform processPath="{sys.executable}"
+                  arguments="-m uvicorn main:app --host 127.0.0.1 --port %HTTP_PLATFORM_PORT% --log-level warning"
+                  stdoutLogEnabled="true" stdoutLogFile=".\\logs\\python.log" startupTimeLimit="20"
+                  requestTimeout="00:00:30">
+      <environmentVariables>
+        <environmentVariable name="APP_GREETING" value="hello from httpPlatform" />
+        <environmentVariable name="PORT" value="%HTTP_PLATFORM_PORT%" />
+      </environmentVariables>
+    </httpPlatform>
+  </system.webServer>
+</configuration>"""
+
+SITE = """
+<site name="S" id="1">
+  <application path="/" applicationPool="DefaultAppPool">
+    <virtualDirectory path="/" physicalPath="{root}/www" />
+  </application>
+  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+</site>"""
+
+
+def test_http_platform_uvicorn(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    server = poolhouse_server(apphost(SITE), files={"www/web.config": WEB, "www/main.py": APP})
+    with httpx.Client(base_url=server.base, timeout=30) as c:
+        r = c.post("/api/items?x=1", content=b"a" * 5000)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert (data["path"], data["query"], data["body"]) == ("/api/items", "x=1", 5000)
+        assert data["greeting"] == "hello from httpPlatform"
+        assert data["port"] == data["platform_port"] and data["port"].isdigit()
+        assert data["xff"] == "127.0.0.1"
+        assert data["cwd"] == str(server.root / "www")
+        child = psutil.Process(data["pid"])
+        worker_pids = {w["pid"] for w in server.workers()}
+        assert child.ppid() in worker_pids  # a child of the pool's worker
+
+        # the process dies: the next request starts it again
+        os.kill(data["pid"], signal.SIGKILL)
+        time.sleep(0.2)
+        r = c.get("/again")
+        assert r.status_code == 200 and r.json()["pid"] != data["pid"]
+        new_pid = r.json()["pid"]
+    logs = list((server.root / "www" / "logs").glob("python.log_*.log"))
+    assert logs and "request /api/items" in "".join(p.read_text() for p in logs)
+    server.stop()
+    server.wait_for(lambda: not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == psutil.STATUS_ZOMBIE,
+                    timeout=5)
