@@ -33,7 +33,8 @@ class PoolRuntime:
         self.answered_at_capacity = False
         self.crashes: deque[float] = deque()
         self.consecutive_failures = 0
-        self.spawning = 0
+        self.spawning = 0  # start_worker calls not finished
+        self.pre_spawn = 0  # of those, the ones that have no WorkerHandle yet
         self.next_schedule: float | None = None  # next periodicRestart/schedule time (epoch)
         self.cpu_window: tuple[float, float] | None = None  # (window start, cpu seconds then)
         self.cpu_blocked_until = 0.0  # cpu action KillW3wp: no new worker before this
@@ -56,7 +57,7 @@ class PoolRuntime:
         """Workers that count against maxProcesses when deciding to start one: the live
         ones, and with disallowOverlappingRotation also the recycled ones still draining
         (stop-then-start: the replacement waits for the old worker's exit)."""
-        n = len(self.live_workers)
+        n = len(self.live_workers) + self.pre_spawn
         if self.config.disallow_overlapping_rotation:
             n += sum(1 for w in self.workers if w.state == DRAINING and w.recycle_reason)
         return n

@@ -99,7 +99,7 @@ class ActivationService:
         self.loop.create_task(self.monitor.run())
         for runtime in self.pools.values():
             if runtime.state == STARTED and runtime.config.start_mode == "AlwaysRunning":
-                self.loop.create_task(self.spawn_worker(runtime))
+                self.start_worker(runtime)
         self.events.emit("service_started", pid=os.getpid(), config=self.config_path or "<embedded>",
                          endpoints=[f"{ip}:{port}" for ip, port in self.sockets],
                          identities="per-pool users" if self.identities.is_root else
@@ -236,7 +236,7 @@ class ActivationService:
             self.loop.call_later(wait, self._maybe_respawn, pool)
             return
         if pool.slots_used < pool.max_processes:
-            self.loop.create_task(self.spawn_worker(pool))
+            self.start_worker(pool)
         else:
             self.demand_done(pool, True)
 
@@ -262,13 +262,23 @@ class ActivationService:
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
-    async def spawn_worker(self, pool: PoolRuntime, recycle: bool = False) -> WorkerHandle | None:
-        """Start one worker of ``pool``; ``recycle``: it replaces a recycled worker (its
-        applications' initialization pages are requested before it takes traffic)."""
+    def start_worker(self, pool: PoolRuntime, recycle: bool = False) -> None:
+        """Start one worker of ``pool`` in the background.  It counts as starting (and
+        against maxProcesses) from this moment, so two decisions in one loop turn (a
+        worker's exit and the listener's demand) cannot both start one."""
         if pool.state != STARTED or self.stopping or self.fd_channel is None:
-            return None
+            return
         pool.spawning += 1
+        pool.pre_spawn += 1
+        self.loop.create_task(self.spawn_worker(pool, recycle))
+
+    async def spawn_worker(self, pool: PoolRuntime, recycle: bool = False) -> WorkerHandle | None:
+        """The body of ``start_worker``; ``recycle``: the worker replaces a recycled one
+        (its applications' initialization pages are requested before it takes traffic)."""
+        counted = True  # still in pool.pre_spawn: no WorkerHandle yet
         try:
+            if pool.state != STARTED or self.stopping or self.fd_channel is None:
+                return None
             delay = pool.respawn_delay()
             if delay:
                 await asyncio.sleep(delay)
@@ -286,6 +296,8 @@ class ActivationService:
                 return None
             worker = WorkerHandle(pool.config, self.events, self.on_worker_exit, self.on_worker_message, identity)
             pool.workers.append(worker)
+            pool.pre_spawn -= 1
+            counted = False
             init = {"op": "init", "config": self.config.to_dict(), "recycle": recycle,
                     "recycle_after_requests": worker.recycle_after_requests}
             try:
@@ -316,6 +328,8 @@ class ActivationService:
             return worker
         finally:
             pool.spawning -= 1
+            if counted:
+                pool.pre_spawn -= 1
             self.loop.call_soon(self._maybe_respawn, pool)
 
     def _maybe_respawn(self, pool: PoolRuntime) -> None:
@@ -323,7 +337,7 @@ class ActivationService:
         if (pool.demand and not pool.spawning and pool.state == STARTED and not self.stopping
                 and self.pools.get(pool.name) is pool and pool.cpu_blocked_until <= time.monotonic()
                 and pool.slots_used < pool.max_processes):
-            self.loop.create_task(self.spawn_worker(pool))
+            self.start_worker(pool)
 
     def on_worker_message(self, worker: WorkerHandle, msg: Message) -> None:
         op = msg["op"]
@@ -372,7 +386,7 @@ class ActivationService:
         elif pool.answered_at_capacity:
             self.demand_done(pool, False)  # the listener may ask again
         if pool.config.start_mode == "AlwaysRunning" and not pool.live_workers and not pool.spawning:
-            self.loop.create_task(self.spawn_worker(pool))
+            self.start_worker(pool)
 
     def count_failure(self, pool: PoolRuntime) -> bool:
         """A worker failure (crash, failed start, failed ping) for rapid-fail protection;
@@ -439,7 +453,7 @@ class ActivationService:
         if pool.config.disallow_overlapping_rotation:
             worker.drain(pool.config.shutdown_time_limit, f"recycled ({reason}), not overlapped", event_id)
         else:
-            self.loop.create_task(self.spawn_worker(pool, recycle=True))
+            self.start_worker(pool, recycle=True)
         return True
 
     def worker_unhealthy(self, pool: PoolRuntime, worker: WorkerHandle, why: str, event_id: int) -> None:
@@ -553,7 +567,7 @@ class ActivationService:
         pool.set_state(STARTED, "administrator")
         self.send_pool_state(pool)
         if pool.config.start_mode == "AlwaysRunning":
-            self.loop.create_task(self.spawn_worker(pool))
+            self.start_worker(pool)
 
     def stop_pool(self, pool: PoolRuntime) -> None:
         if pool.state == STOPPED:
