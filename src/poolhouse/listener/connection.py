@@ -43,7 +43,7 @@ class HttpConnection(asyncio.Protocol):
         "listener", "transport", "parser", "client", "server", "scheme", "pipeline",
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
         "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
-        "deferred_error",
+        "deferred_error", "site_id", "bytes_written", "drain_mark",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -67,6 +67,9 @@ class HttpConnection(asyncio.Protocol):
         self.head_error: tuple[int, str, str] | None = None
         self.head_raw = 0  # bytes of reads that fell wholly inside the current head
         self.deferred_error = b""  # the 400 to send once the requests before it are answered
+        self.site_id: int | None = None  # the site this connection counts against (maxConnections)
+        self.bytes_written = 0  # for minBytesPerSecond
+        self.drain_mark: tuple[float, int] | None = None
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -84,6 +87,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener.connections.discard(self)
+        if self.site_id is not None:
+            self.listener.connection_closed(self)
         for exch in self.pipeline:
             if not exch.done:
                 reason = "Connection_Dropped" if exch.worker is not None or exch.response_started else "Client_Reset"
@@ -234,6 +239,7 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed:
+            self.bytes_written += len(data)
             self.transport.write(data)
 
     def pause_for(self, who: object) -> None:

@@ -34,7 +34,8 @@ log = logging.getLogger("poolhouse.listener")
 
 DEFAULT_HEADER_WAIT = 120.0
 _STATUS_200 = status_line(200, 1)
-ROUTE_CACHE_SIZE = 8192  # (local address, Host, target) -> route; cleared when full
+ROUTE_CACHE_SIZE = 8192
+MIN_RATE_WINDOW = 5.0  # (local address, Host, target) -> route; cleared when full
 
 
 class SiteCounters:
@@ -71,6 +72,9 @@ class Listener:
         # W3C log's writer thread formats and writes them
         self.w3c_pending: list[tuple[float, Exchange]] = []
         self.w3c_sites: set[int] = set()  # the sites whose access log is on
+        self.site_timeouts: dict[int, float] = {}
+        self.site_max_connections: dict[int, int] = {}
+        self.site_connections: dict[int, int] = {}
         self.w3c = W3CLogs(os.path.join(state_dir, "logs"))
         self.tls = TlsStore()
         self.cache = ResponseCache()
@@ -128,6 +132,11 @@ class Listener:
         self.routing = RoutingTable(config)
         self.route_cache = {}
         self.w3c.configure(config.sites)
+        # both the site's and webLimits' connectionTimeout apply: the shorter wins
+        self.site_timeouts = {s.id: min(s.limits.connection_timeout, config.web_limits.connection_timeout)
+                              for s in config.sites}
+        self.site_max_connections = {s.id: s.limits.max_connections for s in config.sites
+                                     if s.limits.max_connections < 4294967295}
         self.w3c_sites = {s.id for s in config.sites if s.log_file.enabled and s.log_file.log_format.upper() == "W3C"}
         self.tls.configure(config.sites)
         self._configure_cache(config)
@@ -265,6 +274,10 @@ class Listener:
         if self.site_states.get(route.site_id, STARTED) != STARTED:
             conn.send_error(exch, 503, "Disabled")
             return
+        if conn.site_id != route.site_id and not self._join_site(conn, route.site_id):
+            exch.keep_alive = False
+            conn.send_error(exch, 503, "ConnLimit")
+            return
         if exch.method == "GET" or exch.method == "HEAD":
             cache = self.cache
             if cache.slots:
@@ -282,6 +295,24 @@ class Listener:
         reason = queue.submit(exch)
         if reason is not None:
             self.refuse(exch, queue, reason)
+
+    def _join_site(self, conn: HttpConnection, site_id: int) -> bool:
+        """Count ``conn`` against its site's maxConnections (from its first request to a
+        site on); False if the site has no room (503, HTTPERR ConnLimit)."""
+        counts = self.site_connections
+        limit = self.site_max_connections.get(site_id)
+        if limit is not None and counts.get(site_id, 0) >= limit:
+            return False
+        if conn.site_id is not None:
+            counts[conn.site_id] -= 1
+        counts[site_id] = counts.get(site_id, 0) + 1
+        conn.site_id = site_id
+        return True
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        if conn.site_id is not None:
+            self.site_connections[conn.site_id] -= 1
+            conn.site_id = None
 
     def _serve_cached(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
         exch.cache_hit = True
@@ -389,13 +420,16 @@ class Listener:
     # ---- housekeeping -------------------------------------------------------------
 
     def _tick(self) -> None:
-        """Once a second: flush the error log and expire idle and slow connections."""
+        """Once a second: flush the logs and expire idle, slow and long-queued work."""
         try:
             now = time.monotonic()
             limits = self.config.web_limits
-            idle = limits.connection_timeout
             header_wait = limits.header_wait_timeout or DEFAULT_HEADER_WAIT
+            min_rate = limits.min_bytes_per_second
+            site_timeouts = self.site_timeouts
             for conn in list(self.connections):
+                # a connection known to a site has the site's connectionTimeout
+                idle = site_timeouts.get(conn.site_id, limits.connection_timeout)
                 age = now - conn.last_activity
                 if conn.pipeline:
                     # HTTP.sys's EntityBody timer: a body the client stopped sending (not
@@ -406,13 +440,20 @@ class Listener:
                         self.log_error("Timer_EntityBody", conn, exch)
                         exch.cancel()
                         conn.abort()
+                    elif min_rate and self._too_slow(conn, now, min_rate):
+                        self.log_error("Timer_MinBytesPerSecond", conn, conn.pipeline[0])
+                        for exch in conn.pipeline:
+                            exch.cancel()
+                        conn.abort()
                     continue
+                conn.drain_mark = None
                 if age > idle:
                     self.log_error("Timer_ConnectionIdle", conn, None)
                     conn.close()
                 elif conn.parser_busy and now - conn.parser_busy > header_wait:
                     self.log_error("Timer_HeaderWait", conn, None)
                     conn.close()
+            self._expire_queued(now)
             self.httperr.flush()
             self.flush_access_log()
             self.tls.refresh()  # certificate files replaced on disk: new connections get them
@@ -420,6 +461,43 @@ class Listener:
             log.exception("listener housekeeping failed")
         if not self.stopped.is_set():
             self.loop.call_later(1.0, self._tick)
+
+    def _too_slow(self, conn: HttpConnection, now: float, min_rate: int) -> bool:
+        """HTTP.sys's MinBytesPerSecond: while a response waits in the send buffer, the
+        client must take at least ``min_rate`` bytes a second (judged over a window of
+        MIN_RATE_WINDOW seconds, so one slow moment is forgiven)."""
+        try:
+            pending = conn.transport.get_write_buffer_size()
+        except Exception:
+            return False
+        if not pending:
+            conn.drain_mark = None
+            return False
+        drained = conn.bytes_written - pending
+        mark = conn.drain_mark
+        if mark is None:
+            conn.drain_mark = (now, drained)
+            return False
+        elapsed = now - mark[0]
+        if elapsed < MIN_RATE_WINDOW:
+            return False
+        if (drained - mark[1]) / elapsed < min_rate:
+            return True
+        conn.drain_mark = (now, drained)
+        return False
+
+    def _expire_queued(self, now: float) -> None:
+        """Timer_AppPool: a request that waited in its pool's queue longer than
+        connectionTimeout is dropped (the connection closed, as HTTP.sys does)."""
+        limit = self.config.web_limits.connection_timeout
+        for queue in self.pools.values():
+            waiting = queue.waiting
+            while waiting and now - waiting[0].queued_at > limit:
+                exch = waiting.popleft()
+                queue.rejected["Timer_AppPool"] = queue.rejected.get("Timer_AppPool", 0) + 1
+                self.log_error("Timer_AppPool", exch.conn, exch)
+                exch.done = True
+                exch.conn.abort()
 
     def flush_access_log(self) -> None:
         if self.w3c_pending:
@@ -455,7 +533,7 @@ class Listener:
             },
             "cache": self.cache.stats(),
             "sites": {
-                str(k): {"requests": v.requests, "bytes_sent": v.bytes_sent,
+                str(k): {"connections": self.site_connections.get(k, 0), "requests": v.requests, "bytes_sent": v.bytes_sent,
                          "bytes_received": v.bytes_received, "rejected": dict(v.rejected)}
                 for k, v in self.site_stats.items()
             },
