@@ -125,10 +125,8 @@ class Response:
 
     # the five fields every response sets are slots; the rarely-set ones are class
     # defaults, stored in an instance dict only when a module sets them
-    __slots__ = ("status", "substatus", "headers", "body", "end", "__dict__")
-    generated = False
+    __slots__ = ("status", "substatus", "headers", "body", "end", "generated", "body_filter", "__dict__")
     detail = ""
-    body_filter: Callable[[bytes, bool], bytes] | None = None
     skip_custom_errors = False
     log_fields: dict[str, str] | None = None
 
@@ -139,8 +137,9 @@ class Response:
         self.headers = headers
         self.body = body
         self.end = end
+        self.generated = generated
+        self.body_filter: Callable[[bytes, bool], bytes] | None = None
         if generated:
-            self.generated = True
             self.detail = detail
 
     def header(self, name: bytes) -> bytes | None:
@@ -227,17 +226,14 @@ class HttpContext:
     # what every request sets is a slot; what most requests never set is a class
     # default, stored in the instance dict (created on first use) when a module sets it
     __slots__ = ("worker", "stream", "app", "selection", "pipeline", "path", "raw_path", "query",
-                 "response", "notification", "module", "__dict__")
-    user = ""
-    auth_type = ""
+                 "response", "notification", "module", "user", "auth_type", "trace", "_set_vars",
+                 "__dict__")
     roles: frozenset[str] = frozenset()
     finished = False
-    trace: "Trace | None" = None
     error_module = ""
     error_notification = ""
     _headers: dict[str, str] | None = None
     _vars: dict[str, str] | None = None
-    _set_vars: dict[str, str] | None = None
     _items: dict[str, Any] | None = None
 
     def __init__(self, worker: Any, stream: "Stream", app: "WorkerApplication", selection: "Selection",
@@ -253,6 +249,10 @@ class HttpContext:
         self.response: Response | None = None
         self.notification = ""
         self.module = ""
+        self.user = ""
+        self.auth_type = ""
+        self.trace: "Trace | None" = None
+        self._set_vars: dict[str, str] | None = None
 
     @property
     def rel(self) -> str:
