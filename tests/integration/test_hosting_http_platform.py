@@ -16,11 +16,13 @@ import psutil
 from .conftest import apphost
 
 APP = """\
-import json, os
+import asyncio, json, os
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(6)
     body = b""
     while True:
         msg = await receive()
@@ -47,7 +49,7 @@ WEB = f"""<?xml version="1.0" encoding="utf-8"?>
     <httpPlatform processPath="{sys.executable}"
                   arguments="-m uvicorn main:app --host 127.0.0.1 --port %HTTP_PLATFORM_PORT% --log-level warning"
                   stdoutLogEnabled="true" stdoutLogFile=".\\logs\\python.log" startupTimeLimit="20"
-                  requestTimeout="00:00:30">
+                  requestTimeout="00:00:02">
       <environmentVariables>
         <environmentVariable name="APP_GREETING" value="hello from httpPlatform" />
         <environmentVariable name="PORT" value="%HTTP_PLATFORM_PORT%" />
@@ -86,8 +88,13 @@ def test_http_platform_uvicorn(poolhouse_server) -> None:  # type: ignore[no-unt
         r = c.get("/again")
         assert r.status_code == 200 and r.json()["pid"] != data["pid"]
         new_pid = r.json()["pid"]
+
+        # requestTimeout: a process that stays silent gets the client a 504
+        assert c.get("/slow").status_code == 504
+        assert c.get("/fast").status_code == 200
     logs = list((server.root / "www" / "logs").glob("python.log_*.log"))
     assert logs and "request /api/items" in "".join(p.read_text() for p in logs)
+    assert "did not answer in time" in server.stderr()
     server.stop()
     server.wait_for(lambda: not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == psutil.STATUS_ZOMBIE,
                     timeout=5)
