@@ -1,0 +1,73 @@
+"""Pure parts of the process model: the state tables, schedule times, jitter, identity
+checks and the /proc measurements."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+
+from poolhouse.activation import states
+from poolhouse.activation.identity import Identity, can_read
+from poolhouse.activation.limits import cpu_seconds, memory_kb
+from poolhouse.activation.monitor import next_schedule
+from poolhouse.activation.workers import JITTER, jittered
+
+
+def test_tables_are_closed_and_dead_is_final() -> None:
+    for table in (states.POOL_TRANSITIONS, states.WORKER_TRANSITIONS):
+        for targets in table.values():
+            assert targets <= set(table)
+    assert states.WORKER_TRANSITIONS[states.DEAD] == frozenset()
+    # every live state can die (a crash can happen anywhere)
+    assert all(states.DEAD in t for s, t in states.WORKER_TRANSITIONS.items() if s != states.DEAD)
+
+
+@pytest.mark.parametrize("old,new", [("Ready", "Initializing"), ("Draining", "Ready"), ("Dead", "Ready"),
+                                     ("Orphaned", "Ready"), ("Spawning", "Ready")])
+def test_worker_transitions_refused(old: str, new: str) -> None:
+    with pytest.raises(states.TransitionError):
+        states.check(states.WORKER_TRANSITIONS, "worker", old, new)
+
+
+def test_pool_transitions() -> None:
+    states.check(states.POOL_TRANSITIONS, "pool", states.RAPID_FAIL, states.STARTED)
+    with pytest.raises(states.TransitionError):
+        states.check(states.POOL_TRANSITIONS, "pool", states.STOPPING, states.STARTED)
+
+
+def test_next_schedule_today_then_tomorrow() -> None:
+    now = datetime.datetime(2026, 11, 24, 10, 30, 0).timestamp()
+    at = next_schedule(["03:00:00", "11:15:00"], now)
+    assert at == datetime.datetime(2026, 11, 24, 11, 15).timestamp()
+    at = next_schedule(["03:00:00"], now)
+    assert at == datetime.datetime(2026, 11, 25, 3, 0).timestamp()
+    assert next_schedule([], now) is None
+
+
+def test_jitter_only_lowers_and_stays_small() -> None:
+    values = [jittered(1000.0) for _ in range(200)]
+    assert all(1000 * (1 - JITTER) <= v <= 1000 for v in values)
+    assert len(set(values)) > 1
+    assert jittered(0) == 0
+
+
+def test_can_read_follows_mode_bits(tmp_path) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    nobody = Identity("nobody", 65534, 65534, True)
+    me = Identity("me", os.geteuid(), os.getegid(), True)
+    for d in [folder, *folder.parents]:
+        if not os.access(d, os.X_OK):
+            pytest.skip("cannot reach the temporary folder")
+    assert can_read(str(folder), me)
+    folder.chmod(0o700)
+    assert not can_read(str(folder), nobody) or os.stat(folder).st_uid == 65534
+
+
+def test_proc_measurements_of_this_process() -> None:
+    virtual, private = memory_kb(os.getpid()) or (0, 0)
+    assert virtual > private > 0
+    assert cpu_seconds(os.getpid()) > 0
+    assert memory_kb(2 ** 22 + 12345) is None
