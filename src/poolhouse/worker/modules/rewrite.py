@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +29,23 @@ from .base import Module, ModuleConfig, items
 log = logging.getLogger("poolhouse.worker")
 
 FS = FileSystem(os.path.isfile, os.path.isdir)
+
+
+def request_fs() -> FileSystem:
+    """IsFile/IsDirectory for one request: one stat per path (the SPA rule asks both)."""
+    modes: dict[str, int] = {}
+
+    def mode(path: str) -> int:
+        m = modes.get(path)
+        if m is None:
+            try:
+                m = os.stat(path).st_mode
+            except (OSError, ValueError):
+                m = 0
+            modes[path] = m
+        return m
+
+    return FileSystem(lambda p: stat.S_ISREG(mode(p)), lambda p: stat.S_ISDIR(mode(p)))
 _SAFE = "/:@!$&'()*+,;=-._~"
 
 
@@ -93,7 +111,7 @@ class RewriteModule(Module):
                 return app.physical(app.relative(path)) if _inside(app.base, path) else ""
             return path
 
-        out = evaluate(rules, ctx.path, ctx.query, var, FS, url_var)
+        out = evaluate(rules, ctx.path, ctx.query, var, request_fs(), url_var)
         for name, value, replace in out.server_variables:
             if replace or not variables.get(name):
                 ctx.set_server_variable(name, value)
