@@ -8,6 +8,7 @@ are parsed and held (their bodies buffered up to one window) until their turn.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
@@ -32,6 +33,10 @@ _URL_TOO_LONG = (414, "URL_Length", "The request URL is too long.")
 _FIELD_TOO_LONG = (400, "FieldLength", "A request header field is too long.")
 _HEAD_TOO_LONG = (400, "RequestLength", "The size of the request headers is too long.")
 _BAD_REQUEST = (400, "BadRequest", "")
+_BAD_HOST = (400, "Hostname", "The request hostname is invalid.")
+_BAD_URL = (400, "URL", "The request URL is invalid.")
+_AUTHORITY = re.compile(
+    rb"(?:[A-Za-z0-9._~!$&'()*+,;=%:-]*@)?(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 
 
 class HeadTooLarge(Exception):
@@ -160,6 +165,8 @@ class HttpConnection(asyncio.Protocol):
         # arrives, ``head_raw`` bounds what can pile up.
         headers = self.headers
         headers.append(name.lower())
+        if value and (value[-1] == 32 or value[-1] == 9):
+            value = value.rstrip(b" \t")  # trailing OWS is not part of the value (RFC 9110 §5.5)
         headers.append(value)
 
     def on_headers_complete(self) -> None:
@@ -169,6 +176,9 @@ class HttpConnection(asyncio.Protocol):
         if len(self.url) + sum(map(len, headers)) > MAX_REQUEST_BYTES:
             self._head_too_large()
         method = parser.get_method().decode("ascii", "replace")
+        url = self.url
+        if url[:1] != b"/" or b"#" in url:
+            url = self._odd_target(url, method)
         body_length = 0
         expect_continue = False
         host = b""
@@ -187,8 +197,17 @@ class HttpConnection(asyncio.Protocol):
                     if headers[i + 1].lower() == b"100-continue":
                         expect_continue = True
             if chunked:
+                if parser.get_http_version() != "1.1":
+                    self.head_error = _BAD_REQUEST  # RFC 9112 §6.1: no chunked framing in 1.0
+                    raise HeadTooLarge
                 body_length = -1
+            if headers[::2].count(b"host") > 1:
+                self.head_error = _BAD_HOST
+                raise HeadTooLarge
         elif b"host" in headers:
+            if headers.count(b"host") > 1 and headers[::2].count(b"host") > 1:
+                self.head_error = _BAD_HOST  # RFC 9112 §3.2: exactly one Host
+                raise HeadTooLarge
             i = headers.index(b"host")
             if i & 1:  # a value that reads "host": look at the names only
                 i = headers[::2].index(b"host") * 2 if b"host" in headers[::2] else -1
@@ -196,7 +215,7 @@ class HttpConnection(asyncio.Protocol):
                 host = headers[i + 1]
         version = parser.get_http_version()
         http_minor = 1 if version == "1.1" else _HTTP_MINOR.get(version, -1)
-        exch = Exchange(self, method, self.url, http_minor, tuple(headers), body_length,
+        exch = Exchange(self, method, url, http_minor, tuple(headers), body_length,
                         bool(parser.should_keep_alive()), expect_continue, host, self.last_activity)
         if http_minor < 0:
             exch.keep_alive = False
@@ -209,6 +228,25 @@ class HttpConnection(asyncio.Protocol):
             self.listener.start(self, exch)
         elif len(pipeline) > MAX_PIPELINE:
             self.pause_for(self)
+
+    def _odd_target(self, url: bytes, method: str) -> bytes:
+        """Request-targets other than origin-form (RFC 9112 §3.2): ``*`` only for OPTIONS,
+        absolute-form with an http(s) authority; a fragment is dropped."""
+        url = url.split(b"#", 1)[0]
+        if url[:1] == b"/":
+            return url
+        if url == b"*":
+            if method == "OPTIONS":
+                return url
+        elif method == "CONNECT":
+            if _AUTHORITY.fullmatch(url) and b"@" not in url:
+                return url
+        elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            authority = url.split(b"//", 1)[1].split(b"/", 1)[0]
+            if authority and _AUTHORITY.fullmatch(authority):
+                return url
+        self.head_error = _BAD_URL
+        raise HeadTooLarge
 
     def _head_too_large(self) -> None:
         headers = self.headers
