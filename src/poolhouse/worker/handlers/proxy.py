@@ -43,7 +43,7 @@ log = logging.getLogger("poolhouse.worker")
 
 CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = 120.0
-IDLE_KEEP = 8  # idle upstream connections kept per (host, port)
+IDLE_KEEP = 256  # idle upstream connections kept per (host, port): one per concurrent request
 IDLE_TTL = 30.0
 READ_SIZE = 256 * 1024
 
@@ -123,12 +123,16 @@ class _Response:
         self.body: deque[bytes] = deque()
         self.complete = False
         self.status = 0
+        self.keep_alive = False
+        self.parser: Any = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.head_done = True
+        # httptools answers should_keep_alive() only until the message completes
+        self.keep_alive = bool(self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -248,7 +252,7 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
                 await _send_body(stream, conn, chunked)
             await conn.writer.drain()
             resp = _Response()
-            parser = httptools.HttpResponseParser(resp)
+            parser = resp.parser = httptools.HttpResponseParser(resp)
             data = await _read(conn, deadline, host, port)
             if not data and reused:
                 raise ConnectionResetError("idle connection closed by the upstream")
@@ -265,7 +269,7 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
     except BaseException:
         conn.close()
         raise
-    if resp.complete and parser.should_keep_alive():
+    if resp.complete and resp.keep_alive:
         POOL.give(key, conn)
     else:
         conn.close()
@@ -290,8 +294,9 @@ async def _send_body(stream: "Stream", conn: _Conn, chunked: bool) -> None:
 async def _read(conn: _Conn, timeout: float, host: str, port: int) -> bytes:
     """The next bytes from the upstream; ``timeout``: how long it may stay silent."""
     try:
-        return await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
+            return await conn.reader.read(READ_SIZE)
+    except TimeoutError:
         raise UpstreamError(504, 0, f"{host}:{port} did not answer in time") from None
 
 

@@ -101,10 +101,18 @@ class RewriteModule(Module):
         if not rules:
             return None
         app = ctx.app
-        variables = ctx.server_variables
 
         def var(name: str) -> str:
-            return variables.get(name, "")
+            """A server variable, without computing them all for the common ones."""
+            set_vars = ctx._set_vars
+            if set_vars and name in set_vars:
+                return set_vars[name]
+            if name.startswith("HTTP_") and name not in _COMPUTED_HTTP:
+                return ctx.headers.get(name[5:].lower().replace("_", "-"), "")
+            fast = _FAST.get(name)
+            if fast is not None:
+                return str(fast(ctx))
+            return ctx.server_variables.get(name, "")
 
         def url_var(name: str, path: str) -> str:
             if name in ("REQUEST_FILENAME", "PATH_TRANSLATED"):
@@ -113,7 +121,7 @@ class RewriteModule(Module):
 
         out = evaluate(rules, ctx.path, ctx.query, var, request_fs(), url_var)
         for name, value, replace in out.server_variables:
-            if replace or not variables.get(name):
+            if replace or not var(name):
                 ctx.set_server_variable(name, value)
         action = out.action
         if action == REWRITE:
@@ -170,6 +178,20 @@ class RewriteModule(Module):
         variables = ctx.server_variables
         resp.headers = apply_outbound(self.outbound, list(resp.headers), lambda n: variables.get(n, ""), FS)
         return None
+
+
+_COMPUTED_HTTP = frozenset(("HTTP_URL", "HTTPS"))
+_FAST: dict[str, Any] = {
+    "HTTPS": lambda c: "on" if c.scheme == "https" else "off",
+    "QUERY_STRING": lambda c: c.query,
+    "REQUEST_URI": lambda c: c.raw_target.decode("latin-1"),
+    "UNENCODED_URL": lambda c: c.raw_target.decode("latin-1"),
+    "REQUEST_METHOD": lambda c: c.method,
+    "REMOTE_ADDR": lambda c: c.client_addr,
+    "SERVER_PORT": lambda c: str(c.stream.head.server_port),
+    "SERVER_PORT_SECURE": lambda c: "1" if c.scheme == "https" else "0",
+}
+"""Server variables the rules ask most, read straight from the request."""
 
 
 def _inside(base: str, path: str) -> bool:
