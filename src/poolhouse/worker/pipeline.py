@@ -171,6 +171,7 @@ class Pipeline:
 
     __slots__ = ("modules", "before_map", "map", "after_map", "post", "post_finished",
                  "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send", "pre", "single",
+                 "send_gates", "send_ok_plain", "send_ok_plain_names", "static_headers",
                  "traced", "tracer", "empty")
 
     def __init__(self, modules: list["Module"]) -> None:
@@ -196,7 +197,12 @@ class Pipeline:
         ok = [m for m in senders if not m.send_errors_only]
         self.send_ok = tuple(m.send_response for m in ok)
         self.send_ok_names = tuple(m.name for m in ok)
-        self.has_send = bool(senders)
+        plain = [m for m in ok if m.send_gate is None]
+        self.send_gates = frozenset(m.send_gate for m in ok if m.send_gate is not None)
+        self.send_ok_plain = tuple(m.send_response for m in plain)
+        self.send_ok_plain_names = tuple(m.name for m in plain)
+        self.static_headers = [h for m in ordered for h in m.static_headers]
+        self.has_send = bool(senders) or bool(self.static_headers)
         # any hook before the handler (else the dispatcher goes straight to it)
         self.pre = bool(self.before_map or self.map or self.after_map)
         self.tracer = next((m for m in modules if getattr(m, "traces", False)), None)
@@ -509,9 +515,12 @@ class HttpContext:
 
     def send_response(self, status: int, substatus: int, headers: Headers, body: bytes | FileBody,
                       end: bool, generated: bool = False, detail: str = "") -> Response:
-        """Run the SendResponse hooks on a response about to leave; returns it (changed)."""
+        """Run the SendResponse hooks on a response about to leave (after appending the
+        scope's static headers); returns it (changed)."""
         resp = self.response
         if resp is None or resp.status != status or resp.body is not body:
+            if self.pipeline.static_headers:
+                headers = headers + self.pipeline.static_headers
             resp = Response(status, substatus, headers, body, end, generated, detail)
             if generated and self.response is not None and self.response.generated:
                 resp.detail = resp.detail or self.response.detail
@@ -521,6 +530,8 @@ class HttpContext:
             hooks, names = p.send_error, p.send_error_names
         else:
             hooks, names = p.send_ok, p.send_ok_names
+            if p.send_gates and p.send_gates.isdisjoint(self.stream.head.headers):
+                hooks, names = p.send_ok_plain, p.send_ok_plain_names
         if not hooks:
             return resp
         self.notification = SEND_RESPONSE
@@ -548,6 +559,16 @@ class HttpContext:
                 log.error("module %s failed in SendResponse for %s:\n%s", self.module, self.path,
                           traceback.format_exc())
         return self.response  # type: ignore[return-value]
+
+    def wants_send(self, status: int) -> bool:
+        """Whether any SendResponse hook would run for a response with this status (a
+        handler can skip building the Response when none would)."""
+        p = self.pipeline
+        if status >= 400:
+            return bool(p.send_error)
+        if p.send_ok_plain:
+            return True
+        return bool(p.send_gates) and not p.send_gates.isdisjoint(self.stream.head.headers)
 
     def on_end(self) -> None:
         """The stream's last frame has been handed over: the post-handler notifications.

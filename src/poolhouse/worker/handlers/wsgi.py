@@ -245,7 +245,10 @@ class WsgiHandler:
         headers = start.headers
         ctx = stream.ctx
         changed = False
-        if ctx is not None and ctx.pipeline.has_send:
+        if ctx is not None and ctx.pipeline.has_send and not ctx.wants_send(status):
+            if ctx.pipeline.static_headers:  # no hook would run: just the static headers
+                headers = headers + ctx.pipeline.static_headers
+        elif ctx is not None and ctx.pipeline.has_send:
             out = ctx.send_response(status, 0, headers, body, end)
             if out.generated:  # a SendResponse hook turned it into a server error
                 start.head_sent = True

@@ -66,6 +66,16 @@ class Module:
     # module can act on; None = all.  The pipeline is built per configuration and kind,
     # so e.g. static compression costs a WSGI request nothing.
     handler_kinds: ClassVar[frozenset[str] | None] = None
+    # SendResponse for statuses below 400 only when the request carries this header
+    # (lower-case bytes), e.g. compression needs Accept-Encoding: a request without it
+    # does not pay for the hook (nor, if it was the only one, for a Response object)
+    send_gate: ClassVar[bytes | None] = None
+
+    @property
+    def static_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers added to every response of the scope (ProtocolSupportModule's
+        customHeaders): the pipeline appends them itself, no hook call, no Response."""
+        return []
 
     def __init__(self, name: str, config: ModuleConfig) -> None:
         self.name = name

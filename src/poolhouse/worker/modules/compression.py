@@ -120,6 +120,7 @@ def choose(accept: str, schemes: list[tuple[str, int, int]]) -> tuple[str, int, 
 
 class _Compression(Module):
     dynamic = False
+    send_gate = b"accept-encoding"
 
     def __init__(self, name: str, config: ModuleConfig) -> None:
         super().__init__(name, config)

@@ -33,12 +33,18 @@ class ProtocolSupportModule(Module):
     def enabled(self) -> bool:
         return bool(self.custom or self.redirect)
 
+    @property
+    def static_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.custom  # appended to every response by the pipeline itself
+
+    @property
+    def subscriptions(self) -> frozenset[str]:
+        return frozenset(("SendResponse",)) if self.redirect else frozenset()
+
     def send_response(self, ctx: HttpContext) -> Any:
         resp = ctx.response
         assert resp is not None
-        if self.custom:
-            resp.headers = resp.headers + self.custom
-        if self.redirect and 300 <= resp.status < 400:
+        if 300 <= resp.status < 400:
             resp.headers = resp.headers + self.redirect
         return None
 
