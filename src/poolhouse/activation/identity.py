@@ -96,6 +96,12 @@ def can_read(path: str, identity: Identity) -> bool:
     """Could ``identity`` reach and read ``path`` by its mode bits (every parent folder
     searchable, the path itself readable)?  ACLs are not consulted, so a False may be
     wrong in the safe direction only (the identity is not used)."""
+    return blocking_folder(path, identity) is None
+
+
+def blocking_folder(path: str, identity: Identity) -> str | None:
+    """The first component of ``path`` (symbolic links resolved) that ``identity`` may
+    not search or read, or None."""
     path = os.path.realpath(path)  # the folders that matter are those of the real file
     parts = path.split(os.sep)
     for i in range(1, len(parts) + 1):
@@ -103,7 +109,7 @@ def can_read(path: str, identity: Identity) -> bool:
         try:
             st = os.stat(current)
         except OSError:
-            return False
+            return current
         need = 0o4 if i == len(parts) else 0o1
         if i == len(parts) and stat.S_ISDIR(st.st_mode):
             need = 0o5
@@ -114,15 +120,18 @@ def can_read(path: str, identity: Identity) -> bool:
         else:
             bits = st.st_mode & 0o7
         if bits & need != need:
-            return False
-    return True
+            return current
+    return None
 
 
 def unreadable(paths: list[str], identity: Identity) -> str | None:
-    """The first of ``paths`` the identity cannot read, or None."""
+    """Of the first of ``paths`` the identity cannot read, the folder (or file) that
+    stops it; None if it can read them all."""
     for path in paths:
-        if path and not can_read(path, identity):
-            return path
+        if path:
+            blocked = blocking_folder(path, identity)
+            if blocked is not None:
+                return blocked
     return None
 
 

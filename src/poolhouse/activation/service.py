@@ -544,7 +544,7 @@ class ActivationService:
             self.events.emit("apppool_identity_cannot_read", logging.WARNING, None, apppool=pool.name,
                              user=identity.name, uid=identity.uid, path=blocked,
                              action=f"workers run as uid {os.geteuid()} (not isolated); grant uid {identity.uid} "
-                                    f"read access, e.g. setfacl -R -m u:{identity.uid}:rX {blocked}"
+                                    f"access, e.g. setfacl -m u:{identity.uid}:rX {blocked}"
                              if fallback else "workers run as the configured user anyway")
         if fallback:
             return Identity(f"{identity.name} (fallback: uid {os.geteuid()})", os.geteuid(), os.getegid(), False)

@@ -82,6 +82,7 @@ class Listener:
             self.cache.watcher = FileWatcher(self.loop, self.cache.file_changed)
         except OSError as exc:  # no inotify: static files are then not cached
             log.warning("response cache: no file change notification (%s)", exc)
+        self.request_timeouts: dict[str, float] = {}  # pool -> <python requestTimeout> seconds
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class Listener:
         for name, state in msg.get("pool_states", {}).items():
             self._set_pool_state(name, state)
         self.site_states = {int(k): v for k, v in msg.get("site_states", {}).items()}
+        self.request_timeouts = {str(k): float(v) for k, v in msg.get("request_timeouts", {}).items()}
 
     def _configure_cache(self, config: ServerConfig) -> None:
         """Each application's effective caching/serverRuntime settings, resolved once here
@@ -196,6 +198,86 @@ class Listener:
         queue = self.pools.get(msg["pool"])
         if queue is not None:
             queue.demand_done(bool(msg.get("at_capacity")))
+
+    def ctl_suspend_worker(self, msg: Message) -> None:
+        """idleTimeoutAction="Suspend": take an idle worker off its pool's queue (refused if
+        a request reached it meanwhile); a request that then finds no credit asks for a
+        worker, and the activation service resumes this one."""
+        assert self.control is not None
+        link = self.workers.get(msg["worker_id"])
+        ok = link is not None and not link.streams and not link.draining and link in link.pool.workers
+        if ok:
+            assert link is not None
+            link.pool.remove_worker(link)  # no longer "at capacity": a request asks for a worker
+        self.control.reply(msg, suspended=ok)
+
+    def ctl_resume_worker(self, msg: Message) -> None:
+        link = self.workers.get(msg["worker_id"])
+        if link is not None and not link.closed:
+            link.pool.worker_ready(link)
+
+    def ctl_detach_worker(self, msg: Message) -> None:
+        """orphanWorkerProcess: the worker stays alive but leaves the queue; its requests
+        in flight are replayed or answered 502 as for a crash."""
+        link = self.workers.get(msg["worker_id"])
+        if link is not None:
+            link.close()
+
+    def ctl_requests(self, msg: Message) -> None:
+        """Requests in flight and waiting, for ``poolhouse list requests``."""
+        assert self.control is not None
+        now = time.monotonic()
+        least = float(msg.get("min_elapsed", 0.0))
+        rows: list[dict[str, Any]] = []
+
+        def row(exch: Exchange, link: WorkerLink | None, sid: int, pool: str) -> None:
+            elapsed = now - exch.queued_at if exch.queued_at else 0.0
+            if exch.done or elapsed < least:
+                return
+            rows.append({"url": exch.head.target.decode("latin-1")[:4096], "method": exch.method,
+                         "apppool": pool, "site_id": exch.route.site_id if exch.route else None,
+                         "worker": link.worker_id if link else None, "pid": link.pid if link else None,
+                         "stream": sid, "elapsed_ms": round(elapsed * 1000),
+                         "client": f"{exch.conn.client[0]}:{exch.conn.client[1]}" if exch.conn.client else ""})
+
+        for link in list(self.workers.values()):
+            for sid, exch in list(link.streams.items()):
+                row(exch, link, sid, link.pool.name)
+        for name, queue in self.pools.items():
+            for exch in list(queue.waiting):
+                row(exch, None, 0, name)
+        self.control.reply(msg, result=rows)
+
+    def _expire_requests(self, now: float) -> None:
+        """<python requestTimeout>: a request still waiting in its queue after the limit
+        gets 503 (Timer_AppPool); one a worker holds gets 504 (Timer_Response) — or its
+        connection is closed if the response had begun — the worker is told to cancel it,
+        and the activation service decides whether the worker has to be recycled."""
+        for name, limit in self.request_timeouts.items():
+            queue = self.pools.get(name)
+            if queue is None:
+                continue
+            for exch in [e for e in queue.waiting if e.queued_at and now - e.queued_at > limit]:
+                queue.forget(exch)
+                exch.conn.send_error(exch, 503, "Timer_AppPool")
+            for link in list(self.workers.values()):
+                if link.pool is not queue:
+                    continue
+                for sid, exch in list(link.streams.items()):
+                    if exch.done or not exch.queued_at or now - exch.queued_at <= limit:
+                        continue
+                    elapsed = now - exch.queued_at
+                    if exch.response_started:
+                        exch.done = True
+                        exch.release_worker()
+                        exch.conn.abort_exchange(exch, "Timer_Response")
+                    else:
+                        exch.conn.send_error(exch, 504, "Timer_Response")
+                    link.cancel(sid)
+                    if self.control is not None:
+                        self.control.send({"op": "request_timeout", "pool": name, "worker_id": link.worker_id,
+                                           "url": exch.head.target.decode("latin-1")[:4096],
+                                           "elapsed": round(elapsed, 3)})
 
     def ctl_stats(self, msg: Message) -> None:
         assert self.control is not None
@@ -454,6 +536,8 @@ class Listener:
                     self.log_error("Timer_HeaderWait", conn, None)
                     conn.close()
             self._expire_queued(now)
+            if self.request_timeouts:
+                self._expire_requests(now)
             self.httperr.flush()
             self.flush_access_log()
             self.tls.refresh()  # certificate files replaced on disk: new connections get them
