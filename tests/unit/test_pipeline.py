@@ -220,3 +220,36 @@ def test_ip_restriction_first_match_in_order() -> None:
     m = IpRestrictionModule("IpRestrictionModule", ModuleConfig(web))
     assert m.allowed("10.1.2.3") and not m.allowed("10.2.0.1") and m.allowed("192.168.0.1")
     assert not m.allowed("::1") and not m.allowed("::ffff:10.9.9.9")
+
+
+def test_send_gate_and_static_headers() -> None:
+    """A gated SendResponse hook (compression: Accept-Encoding) is skipped for requests
+    without the header; static headers (customHeaders) are appended without a hook."""
+    class Gated(Module):
+        send_gate = b"accept-encoding"
+
+        def send_response(self, ctx: HttpContext) -> Any:
+            assert ctx.response is not None
+            ctx.response.add_header(b"X-Gated", b"1")
+
+    class Static(Module):
+        @property
+        def static_headers(self) -> list[tuple[bytes, bytes]]:
+            return [(b"X-Static", b"1")]
+
+    web = _empty_web()
+    p = Pipeline([Gated("G", ModuleConfig(web)), Static("S", ModuleConfig(web))])
+    assert p.has_send and p.static_headers == [(b"X-Static", b"1")] and not p.send_ok_plain
+
+    def ctx_for(headers: tuple[bytes, ...]) -> HttpContext:
+        head = RequestHead("1/", "GET", b"/", 1, headers, "127.0.0.1", 1, "127.0.0.1", 80, "http", 0)
+        stream = SimpleNamespace(head=head, started_at=0.0, ctx=None, sid=1)
+        sel = Selection(WSGI, None, None, "/")
+        return HttpContext(FakeWorker(), stream, None, sel, p, "/", "/", "")  # type: ignore[arg-type]
+
+    plain = ctx_for((b"host", b"h"))
+    assert not plain.wants_send(200)
+    assert plain.send_response(200, 0, [], b"x", True).headers == [(b"X-Static", b"1")]
+    gzip = ctx_for((b"host", b"h", b"accept-encoding", b"gzip"))
+    assert gzip.wants_send(200)
+    assert gzip.send_response(200, 0, [], b"x", True).headers == [(b"X-Static", b"1"), (b"X-Gated", b"1")]
