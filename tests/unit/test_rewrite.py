@@ -302,3 +302,25 @@ def test_bad_pattern_names_the_rule(tmp_path: Path) -> None:
     secs = sections(tmp_path, """<rules><rule name="broken"><match url="(" /><action type="None" /></rule></rules>""")
     with pytest.raises(PatternError, match="broken"):
         compile_rules(secs["system.webServer/rewrite/rules"]["items"], compile_maps(None))
+
+
+def test_golden_spa_web_config_replayed(tmp_path: Path) -> None:
+    """tests/data/webconfig/spa-rewrite.config as it is (a React/Angular deployment)."""
+    golden = Path(__file__).parent.parent / "data" / "webconfig" / "spa-rewrite.config"
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "web.config").write_text(golden.read_text())
+    (tmp_path / "applicationHost.config").write_text(APPHOST.replace("{root}", str(tmp_path)))
+    secs = WebConfigResolver(load_server_config(str(tmp_path / "applicationHost.config")), "S", "/").for_path("/").sections
+    rules = compile_rules(secs["system.webServer/rewrite/rules"]["items"], {})
+    req = Request(dirs={"/srv/www/static"})
+
+    def go(path: str) -> tuple[str, str]:
+        req.vars["REQUEST_URI"] = path
+        out = evaluate(rules, path, "", req.var, req.fs, req.url_var)
+        return out.action, out.path
+
+    assert go("/dashboard/settings") == (REWRITE, "/index.html")
+    assert go("/static/js/main.3f2a.js") == (REWRITE, "/static/js/main.3f2a.js")  # "Static Assets"
+    assert go("/api/orders") == (NONE, "/api/orders")
+    assert go("/static") == (NONE, "/static")  # a folder
