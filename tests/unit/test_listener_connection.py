@@ -164,3 +164,40 @@ def test_half_close_after_a_whole_request_is_served() -> None:
     assert conn.eof_received() is True
     answer(listener.started[0], b"ok")
     assert transport.out.endswith(b"ok") and transport.closed
+
+
+SMUGGLING = {
+    "content-length and transfer-encoding": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "BadRequest"),
+    "two content-lengths": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                            "BadRequest"),
+    "obsolete line folding": (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", "BadRequest"),
+    "bare LF": (b"GET / HTTP/1.1\nHost: x\n\n", "BadRequest"),
+    "bare CR": (b"GET / HTTP/1.1\rHost: x\r\n\r\n", "BadRequest"),
+    "space in a header name": (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", "BadRequest"),
+    "control character in a value": (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", "BadRequest"),
+    "chunked not last": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "BadRequest"),
+    "chunked in HTTP/1.0": (b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                            "BadRequest"),
+    "two Host headers": (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "Hostname"),
+    "asterisk with GET": (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "URL"),
+    "bad absolute-form": (b"GET http://]bad/ HTTP/1.1\r\nHost: x\r\n\r\n", "URL"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+@pytest.mark.parametrize("how", HOW)
+def test_smuggling_vectors_are_refused_before_any_worker(name: str, how: str) -> None:
+    data, reason = SMUGGLING[name]
+    conn, listener, transport = make()
+    feed(conn, data, how)
+    assert listener.errors == [(reason, 400)]
+    assert listener.started == []
+    assert transport.out.startswith(b"HTTP/1.1 400 ") and transport.closed
+
+
+def test_fragment_dropped_and_trailing_whitespace_trimmed() -> None:
+    conn, listener, _ = make()
+    conn.data_received(b"GET /a?b=1#frag HTTP/1.1\r\nHost: x\r\nX-V: abc \t\r\n\r\n")
+    (exch,) = listener.started
+    assert exch.target == b"/a?b=1" and exch.headers == (b"host", b"x", b"x-v", b"abc")

@@ -28,7 +28,7 @@ STOPPED_REASONS = {
 class PoolQueue:
     __slots__ = (
         "name", "limit", "state", "waiting", "workers", "demand_pending",
-        "_demand", "load_balancer_capabilities", "rejected", "at_capacity",
+        "_demand", "load_balancer_capabilities", "rejected", "at_capacity", "requests",
     )
 
     def __init__(self, name: str, limit: int, demand: Callable[[str], None]) -> None:
@@ -42,6 +42,7 @@ class PoolQueue:
         self.load_balancer_capabilities = "HttpLevel"
         self.rejected: dict[str, int] = {}
         self.at_capacity = False  # the activation service runs all the workers it may
+        self.requests = 0  # answered by this pool's workers
 
     def _pick(self) -> "WorkerLink | None":
         workers = self.workers

@@ -39,9 +39,11 @@ MIN_RATE_WINDOW = 5.0  # (local address, Host, target) -> route; cleared when fu
 
 
 class SiteCounters:
-    __slots__ = ("requests", "bytes_sent", "bytes_received", "rejected")
+    __slots__ = ("requests", "bytes_sent", "bytes_received", "rejected", "requests_per_second", "rate_mark")
 
     def __init__(self) -> None:
+        self.requests_per_second = 0.0
+        self.rate_mark = 0
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -73,6 +75,9 @@ class Listener:
         self.w3c_pending: list[tuple[float, Exchange]] = []
         self.w3c_sites: set[int] = set()  # the sites whose access log is on
         self.site_timeouts: dict[int, float] = {}
+        self.rate_mark = time.monotonic()
+        self.rate_total = 0
+        self.requests_per_second = 0.0
         self.site_max_connections: dict[int, int] = {}
         self.site_connections: dict[int, int] = {}
         self.w3c = W3CLogs(os.path.join(state_dir, "logs"))
@@ -536,6 +541,7 @@ class Listener:
                     self.log_error("Timer_HeaderWait", conn, None)
                     conn.close()
             self._expire_queued(now)
+            self._rates(now)
             if self.request_timeouts:
                 self._expire_requests(now)
             self.httperr.flush()
@@ -545,6 +551,19 @@ class Listener:
             log.exception("listener housekeeping failed")
         if not self.stopped.is_set():
             self.loop.call_later(1.0, self._tick)
+
+    def _rates(self, now: float) -> None:
+        """Requests per second over the last tick, per site and in all."""
+        elapsed = now - self.rate_mark
+        if elapsed <= 0:
+            return
+        self.rate_mark = now
+        total = self.counters["requests"]
+        self.requests_per_second = round((total - self.rate_total) / elapsed, 1)
+        self.rate_total = total
+        for stats in self.site_stats.values():
+            stats.requests_per_second = round((stats.requests - stats.rate_mark) / elapsed, 1)
+            stats.rate_mark = stats.requests
 
     def _too_slow(self, conn: HttpConnection, now: float, min_rate: int) -> bool:
         """HTTP.sys's MinBytesPerSecond: while a response waits in the send buffer, the
@@ -593,9 +612,11 @@ class Listener:
             "pid": os.getpid(),
             "connections": len(self.connections),
             "requests": self.counters["requests"],
+            "requests_per_second": self.requests_per_second,
             "pools": {
                 name: {
                     "state": q.state,
+                    "requests": q.requests,
                     "queue_length": len(q.waiting),
                     "in_flight": q.in_flight,
                     "workers": len(q.workers),
@@ -617,7 +638,8 @@ class Listener:
             },
             "cache": self.cache.stats(),
             "sites": {
-                str(k): {"connections": self.site_connections.get(k, 0), "requests": v.requests, "bytes_sent": v.bytes_sent,
+                str(k): {"connections": self.site_connections.get(k, 0), "requests": v.requests,
+                         "requests_per_second": v.requests_per_second, "bytes_sent": v.bytes_sent,
                          "bytes_received": v.bytes_received, "rejected": dict(v.rejected)}
                 for k, v in self.site_stats.items()
             },

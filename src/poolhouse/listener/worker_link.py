@@ -120,6 +120,7 @@ class WorkerLink(asyncio.Protocol):
         if self.streams.pop(sid, None) is not None:
             self.credits += 1
             self.requests += 1
+            self.pool.requests += 1
             if not self.draining:
                 self.pool.worker_free(self)
 
