@@ -785,7 +785,23 @@ def _pool_apps(config: ServerConfig, pool: str) -> list[Any]:
     return [(s.id, a) for s in config.sites for a in s.applications if a.pool == pool]
 
 
+def raise_nofile_limit() -> None:
+    """The listener holds a descriptor per client connection (10,000 idle keep-alive
+    connections are normal): raise the soft RLIMIT_NOFILE to the hard limit, for this
+    process and the listener and workers it starts."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+
+
 async def serve(config_path: str | None, state_dir: str, log_level: str = "INFO") -> int:
+    raise_nofile_limit()
     service = ActivationService(config_path, state_dir, log_level)
     try:
         await service.start()
