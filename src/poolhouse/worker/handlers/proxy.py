@@ -25,6 +25,7 @@ caching of proxied responses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -141,6 +142,7 @@ class _Response:
         self.complete = True
 
 
+@functools.lru_cache(maxsize=1024)
 def _header_name(var: str) -> bytes:
     """``HTTP_X_FORWARDED_PROTO`` -> ``X-Forwarded-Proto``."""
     return "-".join(p.capitalize() for p in var[5:].split("_")).encode("latin-1")
