@@ -69,6 +69,17 @@ class RewriteModule(Module):
     def enabled(self) -> bool:
         return bool(self.global_rules or self.rule_items or self.outbound)
 
+    @property
+    def subscriptions(self) -> frozenset[str]:
+        """BeginRequest only with inbound rules, SendResponse only with outbound ones: a
+        scope with just one kind pays nothing for the other."""
+        subs = set(super().subscriptions)
+        if not (self.global_rules or self.rule_items):
+            subs.discard("BeginRequest")
+        if not self.outbound:
+            subs.discard("SendResponse")
+        return frozenset(subs)
+
     # ---- inbound -------------------------------------------------------------------------
 
     def _scoped_rules(self, ctx: HttpContext) -> list[Any]:
