@@ -165,15 +165,15 @@ def test_recycle_not_overlapped_loses_nothing_from_the_queue(poolhouse_server) -
 def test_recycle_after_requests(poolhouse_server) -> None:
     server = poolhouse_server(site(inner='<recycling><periodicRestart requests="50" /></recycling>'), FILES)
     pids = []
+    deadline = time.monotonic() + 10  # the old worker serves until its replacement is ready
     with httpx.Client(timeout=10) as client:
-        for _ in range(400):
+        while time.monotonic() < deadline:
             pids.append(int(client.get(server.url("/pid")).text))
             if len(set(pids)) > 1:
                 break
     first = pids[0]
     assert len(set(pids)) == 2, "the worker was not recycled after ~50 requests"
-    served_by_first = pids.count(first)
-    assert 47 <= served_by_first < 400
+    assert pids.count(first) >= 47
     [recycle] = [e for e in server.events() if e["event"] == "worker_recycle"]
     assert recycle["id"] == 5075 and recycle["reason"] == "requests" and 47 <= recycle["requests"] <= 50
 
