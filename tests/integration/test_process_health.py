@@ -236,3 +236,16 @@ def _identities(poolhouse_server, python: str) -> None:
     # the service's files are closed to the pool identities
     assert (os.stat(server.state_dir / "logs").st_mode & 0o077) == 0
     assert json.loads((server.state_dir / "identities.json").read_text())["isolated"] == int(uid)
+
+
+def test_failed_overlapped_recycle_keeps_the_old_worker(poolhouse_server) -> None:
+    server = poolhouse_server(site(), FILES)
+    pid = int(httpx.get(server.url("/pid"), timeout=10).text)
+    (server.root / "app" / "app.py").write_text("import no_such_module_anywhere\n")
+    server.api("recycle", what="apppool", name="AppPool")
+    failed = server.wait_for(lambda: events(server, "worker_recycle_failed"), timeout=10)[0]
+    assert failed["id"] == 5093 and failed["pid"] == pid
+    # the old worker never stopped taking requests
+    assert int(httpx.get(server.url("/pid"), timeout=10).text) == pid
+    [wp] = [w for w in server.workers("AppPool") if w["state"] == "Ready"]
+    assert wp["pid"] == pid and wp["recycle_reason"] is None

@@ -89,11 +89,11 @@ class Monitor:
                     for w in list(pool.ready_workers):
                         svc.recycle_worker(pool, w, "schedule")
             for w in list(pool.ready_workers):
-                if w.recycle_reason:
-                    continue
                 if cfg.ping_enabled and now - max(w.last_ping, w.started_mono) >= cfg.ping_interval:
                     w.last_ping = now
                     svc.loop.create_task(self.ping(pool, w))
+                if w.recycle_reason:
+                    continue  # its replacement is starting
                 if w.recycle_after_seconds and now - w.started_mono >= w.recycle_after_seconds:
                     svc.recycle_worker(pool, w, "time")
                     continue

@@ -270,7 +270,19 @@ class ActivationService:
             return
         pool.spawning += 1
         pool.pre_spawn += 1
-        self.loop.create_task(self.spawn_worker(pool, recycle))
+        self.loop.create_task(self._start_worker(pool, recycle))
+
+    async def _start_worker(self, pool: PoolRuntime, recycle: bool) -> None:
+        worker = await self.spawn_worker(pool, recycle)
+        if worker is None and recycle and pool.state == STARTED and not self.stopping:
+            # IIS 5093: the overlapped recycle failed; the old worker keeps serving (and
+            # can be recycled again by its next trigger)
+            old = next((w for w in pool.workers if w.state == READY and w.recycle_reason), None)
+            if old is not None:
+                self.events.emit("worker_recycle_failed", logging.ERROR, 5093, apppool=pool.name, worker=old.id,
+                                 pid=old.pid, reason=f"its replacement did not become ready ({old.recycle_reason} "
+                                 "recycle abandoned; it keeps serving)")
+                old.recycle_reason = ""
 
     async def spawn_worker(self, pool: PoolRuntime, recycle: bool = False) -> WorkerHandle | None:
         """The body of ``start_worker``; ``recycle``: the worker replaces a recycled one
