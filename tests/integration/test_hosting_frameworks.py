@@ -201,7 +201,7 @@ def handler(name: str, module: str, spec: str) -> str:
 
 def test_frameworks(poolhouse_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     django = make_django(tmp_path)
-    server = poolhouse_server(apphost(site(django), pools='<add name="Py" /><add name="Dj"><python threads="4" /></add>'), files={
+    server = poolhouse_server(apphost(site(django), pools='<add name="Py" /><add name="Dj" />'), files={
         "www/index.html": "home",
         "flaskr/flaskr.py": FLASKR,
         "flaskr/web.config": handler("flaskr", "WsgiModule", "flaskr:create_app()"),

@@ -30,6 +30,21 @@ from ..stream import BadResponseHeader, Stream, build_header_block
 log = logging.getLogger("poolhouse.worker")
 
 SPOOL_LIMIT = 1024 * 1024
+
+_get_running_loop = asyncio.events._get_running_loop
+_set_running_loop = asyncio.events._set_running_loop
+
+
+def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call synchronous application code from the worker's event loop as what it is:
+    code with no running loop.  Frameworks that refuse blocking work inside an async
+    context (Django's SynchronousOnlyOperation) then behave as under any WSGI server."""
+    loop = _get_running_loop()
+    _set_running_loop(None)
+    try:
+        return fn(*args)
+    finally:
+        _set_running_loop(loop)
 _STATUS_CACHE: dict[str, int] = {}
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -139,27 +154,27 @@ class WsgiHandler:
         start = StartResponse()
         stream.stage = "ExecuteRequestHandler"
         try:
-            result = app(environ, start)
+            result = call_sync(app, environ, start)
         except Exception:
             self._fail(stream, environ, start)
             return
         try:
             if type(result) is list and len(result) == 1 and start.headers is not None:
                 self._respond_whole(stream, environ, start, result[0])
-                _close(result)
+                call_sync(_close, result)
                 return
             it = iter(result)
-            first = self._first_chunk(it, start)
+            first = call_sync(self._first_chunk, it, start)
         except Exception:
-            _close(result)
+            call_sync(_close, result)
             self._fail(stream, environ, start)
             return
         if first is None:  # empty body
             self._respond_whole(stream, environ, start, b"")
-            _close(result)
+            call_sync(_close, result)
             return
         if not self._send_head(stream, environ, start, first, end=False):
-            _close(result)
+            call_sync(_close, result)
             return
         self.loop.create_task(self._pump_inline(stream, environ, it, result))
 
@@ -172,7 +187,7 @@ class WsgiHandler:
                     stream.reset()
                     return
                 try:
-                    chunk = next(it)
+                    chunk = call_sync(next, it)
                 except StopIteration:
                     break
                 if chunk:
@@ -182,7 +197,7 @@ class WsgiHandler:
             log.error("WSGI application failed while streaming %s:\n%s", environ.get("PATH_INFO"), traceback.format_exc())
             stream.reset()
         finally:
-            _close(result)
+            call_sync(_close, result)
 
     # ---- threaded mode ------------------------------------------------------------
 
