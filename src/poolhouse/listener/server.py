@@ -491,7 +491,8 @@ class Listener:
             reason,
             client=conn.client,
             server=conn.server,
-            version=f"HTTP/1.{max(exch.http_minor, 0)}" if exch is not None else "",
+            # HTTP.sys logs a version it does not speak as HTTP/?.?
+            version=("" if exch is None else f"HTTP/1.{exch.http_minor}" if exch.http_minor >= 0 else "HTTP/?.?"),
             method=exch.method if exch is not None else "",
             uri=exch.target if exch is not None else "",
             status=status,
