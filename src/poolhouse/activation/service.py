@@ -248,15 +248,15 @@ class ActivationService:
 
     # ---- workers ------------------------------------------------------------------
 
-    def worker_env(self, pool: PoolRuntime, temp_dir: str) -> dict[str, str]:
+    def worker_env(self, pool: PoolRuntime, temp_dir: str, identity: Identity | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(pool.config.environment_variables)
         env["PYTHONUNBUFFERED"] = "1"
         env["APP_POOL_ID"] = pool.name
         env["POOLHOUSE_STATE_DIR"] = self.state_dir
         env["TMPDIR"] = temp_dir
-        if self.identities.is_root:
-            env["HOME"] = temp_dir
+        if identity is not None and identity.switch:
+            env["HOME"] = temp_dir  # the service's home is not the pool user's
             env["PYTHONDONTWRITEBYTECODE"] = "1"  # the identity cannot write beside the sources
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -313,7 +313,7 @@ class ActivationService:
             init = {"op": "init", "config": self.config.to_dict(), "recycle": recycle,
                     "recycle_after_requests": worker.recycle_after_requests}
             try:
-                await worker.spawn(self.fd_channel, init, self.worker_env(pool, temp_dir), self.log_level)
+                await worker.spawn(self.fd_channel, init, self.worker_env(pool, temp_dir, identity), self.log_level)
             except Exception as exc:  # OSError, or a bad argument: the pool must not hang on it
                 self.events.emit("worker_spawn_failed", logging.ERROR, apppool=pool.name, reason=str(exc))
                 pool.workers.remove(worker)
