@@ -11,7 +11,7 @@ import pytest
 from poolhouse.activation import states
 from poolhouse.activation.identity import Identity, can_read
 from poolhouse.activation.limits import cpu_seconds, memory_kb
-from poolhouse.activation.monitor import next_schedule
+from poolhouse.activation.monitor import Monitor, next_schedule
 from poolhouse.activation.workers import JITTER, jittered
 
 
@@ -71,3 +71,46 @@ def test_proc_measurements_of_this_process() -> None:
     assert virtual > private > 0
     assert cpu_seconds(os.getpid()) > 0
     assert memory_kb(2 ** 22 + 12345) is None
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, dict]] = []
+
+    def emit(self, event: str, *args: object, **fields: object) -> None:
+        self.emitted.append((event, fields))
+
+
+class _Worker:
+    pid = 0
+    cpu_last = 0.0
+
+    def __init__(self) -> None:
+        self.drained = ""
+
+    def drain(self, limit: float, reason: str = "", event_id: object = None) -> None:
+        self.drained = reason
+
+
+def test_cpu_limit_kill_w3wp_by_measurement() -> None:
+    from types import SimpleNamespace
+
+    from poolhouse.activation.pools import PoolRuntime
+    from poolhouse.config.model import Pool
+
+    events = _Events()
+    pool = PoolRuntime(Pool(name="P", cpu_limit=50_000, cpu_action="KillW3wp", cpu_reset_interval=60.0),
+                       events)  # type: ignore[arg-type]
+    worker = _Worker()
+    pool.workers = [worker]  # type: ignore[list-item]
+    monitor = Monitor(SimpleNamespace(events=events))  # type: ignore[arg-type]
+    # a window that has run its 60 s with 100 CPU-seconds used: far above 50 %
+    pool.cpu_window = (1000.0, 100.0 * (os.cpu_count() or 1))
+    monitor.account_cpu(pool, 1061.0)
+    assert events.emitted and events.emitted[0][0] == "apppool_cpu_limit"
+    assert worker.drained.startswith("cpu limit") and pool.cpu_blocked_until == 1061.0 + 60.0
+    # under the limit: nothing
+    events.emitted.clear()
+    pool.cpu_window = (2000.0, 0.0)
+    monitor.account_cpu(pool, 2061.0)
+    assert events.emitted == []
