@@ -44,7 +44,9 @@ def app(environ, start_response):
 '''
 WEB_CONFIG = ('<configuration><system.webServer><handlers>'
               '<add name="py" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:app" />'
-              '</handlers></system.webServer></configuration>')
+              '</handlers><caching><profiles><add extension=".html" policy="DontCache" '
+              'kernelCachePolicy="CacheForTimePeriod" duration="00:00:30" varyByHeaders="X-Variant" />'
+              '</profiles></caching></system.webServer></configuration>')
 
 
 def config() -> str:
@@ -178,3 +180,17 @@ def test_access_log_records_cache_hits(server: Server, tmp_path: Path) -> None:
     logs = list((server.state_dir / "logs" / "W3SVC1").glob("u_ex*.log"))
     lines = [x for x in logs[0].read_text().splitlines() if " /f.txt " in x]
     assert len(lines) == 3
+
+
+def test_kernel_cache_profile_by_extension(server: Server) -> None:
+    """caching/profiles: kernelCachePolicy CacheForTimePeriod on .html, after two hits
+    (frequentHitThreshold), keyed by varyByHeaders."""
+    a = get(server, "/dyn/page.html")[2]
+    b = get(server, "/dyn/page.html")[2]
+    assert a != b  # the first two reach the application
+    assert get(server, "/dyn/page.html")[2] == b
+    other = get(server, "/dyn/page.html", {"X-Variant": "2"})[2]
+    assert other not in (a, b)
+    entry = next(e for e in cache_listing(server)["entries"] if e["url"] == "/dyn/page.html")
+    assert 0 < entry["expires_in"] <= 30
+    assert get(server, "/dyn/page.txt")[2] != get(server, "/dyn/page.txt")[2] != get(server, "/dyn/page.txt")[2]

@@ -15,7 +15,7 @@ from marshal import dumps as _dumps
 
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
-from .response_cache import FILE_MARKER, strip_file_marker
+from .response_cache import FILE_MARKER, PROFILED, strip_file_marker
 from .responses import DATE, STATUS_LINE_11, status_line
 
 _encode_frame = encode_frame
@@ -184,7 +184,8 @@ class Exchange:
             # the common case: a whole response on a keep-alive HTTP/1.1 connection
             body = head[3]
             block = head[1]
-            if status == 200 and (b"-maxage" in block or FILE_MARKER in block or self.cache_profiled):
+            if status == 200 and (b"-maxage" in block or FILE_MARKER in block
+                                  or (PROFILED and self.cache_profiled)):
                 block = self._cacheable(block, body)
             data = b"".join((
                 STATUS_LINE_11.get(status) or status_line(status, 1), DATE.get(), block,

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("poolhouse.listener")
 
 FILE_MARKER = b"X-Poolhouse-File"
+# app keys of the applications with a kernelCachePolicy profile (one listener per process)
+PROFILED: set[str] = set()
 DEFAULT_MAX_CACHE = 64 * 1024 * 1024
 MAX_HEADER_BLOCK = 4096
 _REQUEST_EXCLUDED = (b"authorization", b"range", b"if-range")
@@ -159,7 +161,7 @@ class ResponseCache:
         self.lru: OrderedDict[int, Entry] = OrderedDict()  # id(entry) -> entry, oldest first
         self.candidates: dict[tuple[int, bytes], tuple[float, int]] = {}
         self.policies: dict[str, AppCachePolicy] = {}
-        self.profiled: set[str] = set()  # applications with kernel cache profiles
+        self.profiled = PROFILED  # applications with kernel cache profiles
         self.hits = 0
         self.misses = 0
         self.stores = 0
@@ -173,8 +175,9 @@ class ResponseCache:
         """A new configuration: every entry goes (an application's settings may have
         changed, and its pool is recycled for it)."""
         self.policies = policies
-        self.profiled = {k for k, p in policies.items() if p.enabled and any(
-            pr.policy in ("CacheUntilChange", "CacheForTimePeriod") for pr in p.profiles.values())}
+        self.profiled.clear()  # the same set object: exchanges read it without a lookup chain
+        self.profiled.update(k for k, p in policies.items() if p.enabled and any(
+            pr.policy in ("CacheUntilChange", "CacheForTimePeriod") for pr in p.profiles.values()))
         self.max_size = max_size or DEFAULT_MAX_CACHE
         self.flush()
 
