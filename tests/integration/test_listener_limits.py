@@ -92,3 +92,22 @@ def test_min_bytes_per_second(poolhouse_server) -> None:  # type: ignore[no-unty
     except (ConnectionResetError, socket.timeout):
         pass
     sock.close()
+
+
+def test_site_max_bandwidth_throttles_responses(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    size = 5 * 1024 * 1024
+    server = poolhouse_server(config('<limits maxBandwidth="1048576" />'), files={"www/big.txt": "x" * size})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    started = time.monotonic()
+    sock.sendall(b"GET /big.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = 0
+    while received < size:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        received += len(chunk)
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert received >= size
+    # 5 MB at 1 MB/s: the first window and a second of saved budget are free
+    assert elapsed > 2.5, elapsed

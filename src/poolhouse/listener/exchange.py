@@ -279,7 +279,21 @@ class Exchange:
 
     def _ack(self, n: int) -> None:
         """Give the worker back ``n`` bytes of response window, now if the client is
-        draining, else once it does."""
+        draining, else once it does — and no sooner than the site's and the server's
+        bandwidth limits allow (maxBandwidth, maxGlobalBandwidth: the worker can only be
+        one window ahead, so holding the window back throttles the response)."""
+        route = self.route
+        listener = self.conn.listener
+        if route is not None and listener.throttles:
+            delay = listener.throttle_delay(route.site_id, n)
+            if delay > 0:
+                listener.loop.call_later(delay, self._ack_now, n)
+                return
+        self._ack_now(n)
+
+    def _ack_now(self, n: int) -> None:
+        if self.done or self.worker is None:
+            return
         if self.conn.write_paused:
             self.owed_window += n
         elif self.worker is not None:

@@ -75,6 +75,7 @@ class Listener:
         self.w3c_pending: list[tuple[float, Exchange]] = []
         self.w3c_sites: set[int] = set()  # the sites whose access log is on
         self.site_timeouts: dict[int, float] = {}
+        self.throttles: dict[int, list[float]] = {}
         self.rate_mark = time.monotonic()
         self.rate_total = 0
         self.requests_per_second = 0.0
@@ -139,6 +140,12 @@ class Listener:
         self.route_cache = {}
         self.w3c.configure(config.sites)
         # both the site's and webLimits' connectionTimeout apply: the shorter wins
+        # bandwidth throttles: site id (0: the whole server) -> [bytes/s, next free time]
+        unlimited = 4294967295
+        self.throttles = {s.id: [float(s.limits.max_bandwidth), 0.0] for s in config.sites
+                          if s.limits.max_bandwidth < unlimited}
+        if config.web_limits.max_global_bandwidth < unlimited:
+            self.throttles[0] = [float(config.web_limits.max_global_bandwidth), 0.0]
         self.site_timeouts = {s.id: min(s.limits.connection_timeout, config.web_limits.connection_timeout)
                               for s in config.sites}
         self.site_max_connections = {s.id: s.limits.max_connections for s in config.sites
@@ -382,6 +389,21 @@ class Listener:
         reason = queue.submit(exch)
         if reason is not None:
             self.refuse(exch, queue, reason)
+
+    def throttle_delay(self, site_id: int, n: int) -> float:
+        """Account ``n`` response bytes to the site's and the server's bandwidth; how long
+        to wait before letting more through (0: no wait)."""
+        now = time.monotonic()
+        delay = 0.0
+        for key in (site_id, 0):
+            bucket = self.throttles.get(key)
+            if bucket is not None:
+                rate, free = bucket
+                free = max(free, now - 1.0)  # at most one second of unused budget is saved
+                free += n / rate
+                bucket[1] = free
+                delay = max(delay, free - now)
+        return delay
 
     def _join_site(self, conn: HttpConnection, site_id: int) -> bool:
         """Count ``conn`` against its site's maxConnections (from its first request to a
