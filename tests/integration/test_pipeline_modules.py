@@ -185,7 +185,7 @@ FILES = {
     "app/app.py": APP,
     "app/timing.py": MODULE,
     "app/web.config": WEB.format("""
-      <modules><add name="Timing" type="timing:TimingModule" /></modules>
+      <modules><add name="Timing" type="timing:TimingModule" /><add name="DynamicCompressionModule" /></modules>
       <handlers><add name="py" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:app" /></handlers>
       <httpErrors errorMode="Detailed" />"""),
 }

@@ -45,7 +45,7 @@ def test_stock_configuration_has_cheap_pipelines() -> None:
     """With the stock configuration, modules whose section does nothing add no hooks."""
     from poolhouse.worker.modules import build_modules
     names = {m.name for m in build_modules(ModuleConfig(_default_web()), WSGI)}
-    assert names == {"RequestFilteringModule", "CustomErrorModule", "DynamicCompressionModule"}
+    assert names == {"RequestFilteringModule", "CustomErrorModule"}
 
 
 # ---------------------------------------------------------------------------- ordering
