@@ -64,7 +64,10 @@ SITES = '''<site name="S" id="1">
 FILES = {
     "app/big_app.py": APP,
     "app/web.config": '<configuration><system.webServer><handlers><add name="app" path="*" verb="*" '
-                      'modules="WsgiModule" scriptProcessor="big_app:app" /></handlers></system.webServer>'
+                      'modules="WsgiModule" scriptProcessor="big_app:app" /></handlers>'
+                      # uploads past request filtering's default 30,000,000 bytes (413.1)
+                      '<security><requestFiltering><requestLimits maxAllowedContentLength="4000000000" />'
+                      '</requestFiltering></security></system.webServer>'
                       '</configuration>',
 }
 
