@@ -38,8 +38,13 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 
 bench-deps: $(BENCH_STAMP)
 
+# The peers side by side (bench/run.py), then each area's own figures.
 bench: bench-deps
 	$(PY) bench/run.py
+	$(PY) bench/config_load.py --output bench/results/config_load.json
+	$(PY) bench/pipeline.py --output bench/results/pipeline.json
+	$(PY) bench/process_model.py --output bench/results/process_model.json
+	$(PY) bench/hosting.py --output bench/results/hosting.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
