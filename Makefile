@@ -45,6 +45,7 @@ bench: bench-deps
 	$(PY) bench/pipeline.py --output bench/results/pipeline.json
 	$(PY) bench/process_model.py --output bench/results/process_model.json
 	$(PY) bench/hosting.py --output bench/results/hosting.json
+	$(PY) bench/listener.py --json bench/results/listener.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

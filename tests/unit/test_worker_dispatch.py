@@ -105,7 +105,7 @@ def test_relative_and_physical(tmp_path: Path) -> None:
 def test_header_block() -> None:
     block, length, close = build_header_block(
         [(b"Content-Type", b"text/plain"), (b"Content-Length", b"5"), (b"Connection", b"close"),
-         (b"Transfer-Encoding", b"chunked"), (b"X-A", b"1")])
+         (b"Transfer-Encoding", b"chunked"), (b"X-Poolhouse-File", b"/etc/passwd"), (b"X-A", b"1")])
     assert block == b"Content-Type: text/plain\r\nX-A: 1\r\n" and length == 5 and close
 
 

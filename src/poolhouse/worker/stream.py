@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from .process import WorkerProcess
 
 _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"upgrade",
-                         b"proxy-connection", b"te", b"trailer"))
+                         b"proxy-connection", b"te", b"trailer",
+                         # the listener's response-cache marker: only the static handler sets it,
+                         # an application must not be able to pin a response to a file
+                         b"x-poolhouse-file"))
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
