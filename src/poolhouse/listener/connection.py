@@ -181,9 +181,13 @@ class HttpConnection(asyncio.Protocol):
             url = self._odd_target(url, method)
         body_length = 0
         expect_continue = False
-        host = b""
-        if (b"content-length" in headers or b"transfer-encoding" in headers
-                or b"expect" in headers or len(headers) > 64):
+        names = headers[::2]
+        hosts = names.count(b"host")
+        if hosts > 1:
+            self.head_error = _BAD_HOST  # RFC 9112 §3.2: exactly one Host
+            raise HeadTooLarge
+        host = headers[names.index(b"host") * 2 + 1] if hosts else b""
+        if b"content-length" in names or b"transfer-encoding" in names or b"expect" in names:
             chunked = False
             for i in range(0, len(headers), 2):
                 name = headers[i]
@@ -191,8 +195,6 @@ class HttpConnection(asyncio.Protocol):
                     body_length = int(headers[i + 1])
                 elif name == b"transfer-encoding":
                     chunked = True
-                elif name == b"host":
-                    host = headers[i + 1]
                 elif name == b"expect":
                     if headers[i + 1].lower() == b"100-continue":
                         expect_continue = True
@@ -201,18 +203,6 @@ class HttpConnection(asyncio.Protocol):
                     self.head_error = _BAD_REQUEST  # RFC 9112 §6.1: no chunked framing in 1.0
                     raise HeadTooLarge
                 body_length = -1
-            if headers[::2].count(b"host") > 1:
-                self.head_error = _BAD_HOST
-                raise HeadTooLarge
-        elif b"host" in headers:
-            if headers.count(b"host") > 1 and headers[::2].count(b"host") > 1:
-                self.head_error = _BAD_HOST  # RFC 9112 §3.2: exactly one Host
-                raise HeadTooLarge
-            i = headers.index(b"host")
-            if i & 1:  # a value that reads "host": look at the names only
-                i = headers[::2].index(b"host") * 2 if b"host" in headers[::2] else -1
-            if i >= 0:
-                host = headers[i + 1]
         version = parser.get_http_version()
         http_minor = 1 if version == "1.1" else _HTTP_MINOR.get(version, -1)
         exch = Exchange(self, method, url, http_minor, tuple(headers), body_length,

@@ -82,15 +82,20 @@ class Exchange:
         self.started_at = started_at
         self.body_done = body_length == 0
 
+    def _head_fields(self) -> tuple[object, ...]:
+        """The request head's fields in ``RequestHead`` order, as a plain tuple (what the
+        REQUEST frame marshals)."""
+        conn = self.conn
+        client = conn.client
+        server = conn.server
+        return (self.route.app_key if self.route is not None else "", self.method, self.target,
+                max(self.http_minor, 0), self.headers, client[0], client[1], server[0], server[1],
+                conn.scheme, self.body_length)
+
     @property
     def head(self) -> q.RequestHead:
         """The request head as the worker receives it."""
-        conn = self.conn
-        return q.RequestHead(
-            self.route.app_key if self.route is not None else "", self.method, self.target,
-            max(self.http_minor, 0), self.headers, conn.client[0], conn.client[1],
-            conn.server[0], conn.server[1], conn.scheme, self.body_length,
-        )
+        return q.RequestHead(*self._head_fields())  # type: ignore[arg-type]
 
     # ---- request side -------------------------------------------------------------
 
@@ -98,14 +103,9 @@ class Exchange:
         """Called by the pool when a worker takes this request."""
         self.worker = worker
         self.stream = stream
-        conn = self.conn
-        client = conn.client
-        server = conn.server
-        assert self.route is not None
         worker.send(_encode_frame(
             q.REQUEST, q.END_STREAM if self.body_done and not self.body_buf else 0, stream,
-            _dumps((self.route.app_key, self.method, self.target, self.http_minor, self.headers,
-                    client[0], client[1], server[0], server[1], conn.scheme, self.body_length), 4),
+            _dumps(self._head_fields(), 4),
         ))
         if self.body_buf:
             buf, self.body_buf = self.body_buf, None

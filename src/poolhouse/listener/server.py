@@ -246,7 +246,7 @@ class Listener:
             elapsed = now - exch.queued_at if exch.queued_at else 0.0
             if exch.done or elapsed < least:
                 return
-            rows.append({"url": exch.head.target.decode("latin-1")[:4096], "method": exch.method,
+            rows.append({"url": exch.target.decode("latin-1")[:4096], "method": exch.method,
                          "apppool": pool, "site_id": exch.route.site_id if exch.route else None,
                          "worker": link.worker_id if link else None, "pid": link.pid if link else None,
                          "stream": sid, "elapsed_ms": round(elapsed * 1000),
@@ -288,7 +288,7 @@ class Listener:
                     link.cancel(sid)
                     if self.control is not None:
                         self.control.send({"op": "request_timeout", "pool": name, "worker_id": link.worker_id,
-                                           "url": exch.head.target.decode("latin-1")[:4096],
+                                           "url": exch.target.decode("latin-1")[:4096],
                                            "elapsed": round(elapsed, 3)})
 
     def ctl_stats(self, msg: Message) -> None:
@@ -498,9 +498,7 @@ class Listener:
         self.counters["requests"] += 1
         route = exch.route
         if route is not None:
-            stats = self.site_stats.get(route.site_id)
-            if stats is None:
-                stats = self.site_stats[route.site_id] = SiteCounters()
+            stats = self._site_counters(route.site_id)
             stats.requests += 1
             stats.bytes_sent += exch.bytes_sent
             stats.bytes_received += exch.body_received
@@ -522,10 +520,14 @@ class Listener:
             queue=route.pool if route is not None else "",
         )
         if route is not None:
-            stats = self.site_stats.get(route.site_id)
-            if stats is None:
-                stats = self.site_stats[route.site_id] = SiteCounters()
+            stats = self._site_counters(route.site_id)
             stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
+
+    def _site_counters(self, site_id: int) -> "SiteCounters":
+        stats = self.site_stats.get(site_id)
+        if stats is None:
+            stats = self.site_stats[site_id] = SiteCounters()
+        return stats
 
     # ---- housekeeping -------------------------------------------------------------
 
