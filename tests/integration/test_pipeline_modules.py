@@ -241,6 +241,8 @@ def test_standard_modules(poolhouse_server) -> None:
         # --- ProtocolSupportModule: customHeaders on success and on errors; OPTIONS, TRACE
         assert c.get("/headers/a.txt").headers["x-custom-header"] == "Poolhouse"
         assert c.get("/headers/nope.txt").headers["x-custom-header"] == "Poolhouse"
+        r = c.get("/headers/web.config")  # refused by a module (RequestFiltering 404.7), not a handler
+        assert r.status_code == 404 and r.headers["x-custom-header"] == "Poolhouse"
         assert "x-custom-header" not in c.get("/index.html").headers
         r = c.options("/index.html")
         assert r.status_code == 200 and "OPTIONS" in r.headers["allow"]

@@ -128,6 +128,7 @@ class Response:
     __slots__ = ("status", "substatus", "headers", "body", "end", "generated", "body_filter", "__dict__")
     detail = ""
     skip_custom_errors = False
+    static_added = False  # the scope's static headers (customHeaders) are in ``headers``
     log_fields: dict[str, str] | None = None
 
     def __init__(self, status: int, substatus: int, headers: Headers, body: bytes | FileBody,
@@ -518,13 +519,20 @@ class HttpContext:
         """Run the SendResponse hooks on a response about to leave (after appending the
         scope's static headers); returns it (changed)."""
         resp = self.response
+        static = self.pipeline.static_headers
         if resp is None or resp.status != status or resp.body is not body:
-            if self.pipeline.static_headers:
-                headers = headers + self.pipeline.static_headers
+            if static:
+                headers = headers + static
             resp = Response(status, substatus, headers, body, end, generated, detail)
+            resp.static_added = True
             if generated and self.response is not None and self.response.generated:
                 resp.detail = resp.detail or self.response.detail
             self.response = resp
+        elif static and not resp.static_added:
+            # a module's own response (ctx.fail/respond/redirect) leaving now: it gets the
+            # scope's customHeaders like any other
+            resp.headers = resp.headers + static
+            resp.static_added = True
         p = self.pipeline
         if status >= 400:
             hooks, names = p.send_error, p.send_error_names
