@@ -50,3 +50,14 @@ def normalize(path: str) -> str:
     if (segments[-1] in ("", ".", "..")) and result != "/":
         result += "/"
     return result
+
+
+def host_name(host: str, default: str = "") -> str:
+    """The name part of a Host header value: ``example.com:8080`` -> ``example.com``,
+    ``[::1]:8080`` -> ``[::1]``, ``[::1]`` -> ``[::1]``; ``default`` when empty."""
+    if not host:
+        return default
+    if host[0] == "[":
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.rsplit(":", 1)[0] or default

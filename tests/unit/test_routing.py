@@ -75,3 +75,13 @@ def test_split_target() -> None:
     assert split_target(b"/a?b=1&c") == ("/a", "b=1&c")
     assert split_target(b"http://h.example/p?q") == ("/p", "q")
     assert split_target(b"*") == ("*", "")
+
+
+@pytest.mark.parametrize("host,name", [
+    ("example.com:8080", "example.com"), ("example.com", "example.com"),
+    ("[::1]:8080", "[::1]"), ("[::1]", "[::1]"), ("", "fallback"), (":80", "fallback"),
+])
+def test_host_name(host: str, name: str) -> None:
+    from poolhouse.urlpath import host_name
+
+    assert host_name(host, "fallback") == name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..urlpath import host_name
 from .. import __version__
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def compute(ctx: "HttpContext") -> dict[str, str]:
         v[key] = value
         all_http.append(f"{key}:{value}")
         all_raw.append(f"{name}: {value}")
-    v["SERVER_NAME"] = ctx.headers.get("host", head.server_addr).rsplit(":", 1)[0] or head.server_addr
+    v["SERVER_NAME"] = host_name(ctx.headers.get("host", ""), head.server_addr)
     v["ALL_HTTP"] = "\n".join(all_http)
     v["ALL_RAW"] = "\n".join(all_raw)
     return v

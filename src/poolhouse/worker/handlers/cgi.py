@@ -14,6 +14,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from ...urlpath import host_name
 from ... import __version__
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def cgi_environ(stream: "Stream", app: "WorkerApplication", sel: "Selection", pa
     env.update({
         "GATEWAY_INTERFACE": "CGI/1.1",
         "SERVER_SOFTWARE": f"Poolhouse/{__version__}",
-        "SERVER_NAME": host.rsplit(":", 1)[0] if host and not host.endswith("]") else (host or head.server_addr),
+        "SERVER_NAME": host_name(host, head.server_addr),
         "SERVER_PORT": str(head.server_port),
         "SERVER_PROTOCOL": "HTTP/1.1" if head.http_minor else "HTTP/1.0",
         "REQUEST_METHOD": head.method,

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ...urlpath import host_name
 from ...ipc.queue import RequestHead
 from ..stream import BadResponseHeader, Stream, build_header_block
 
@@ -378,9 +379,5 @@ def build_environ(base: dict[str, Any], app_base: dict[str, Any], head: RequestH
             env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
             env[key] = value
-    host = env.get("HTTP_HOST")
-    if host:
-        env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    else:
-        env["SERVER_NAME"] = head.server_addr
+    env["SERVER_NAME"] = host_name(env.get("HTTP_HOST", ""), head.server_addr)
     return env

@@ -24,6 +24,7 @@ import os
 import time
 from typing import Any
 
+from ...urlpath import host_name
 from ..pipeline import FINISH, HttpContext
 from .base import LAST, Module, ModuleConfig
 
@@ -194,7 +195,7 @@ class BasicAuthenticationModule(Module):
         resp = ctx.response
         if resp is None or resp.status != 401:
             return None
-        realm = self.realm or ctx.headers.get("host", "").rsplit(":", 1)[0]
+        realm = self.realm or host_name(ctx.headers.get("host", ""))
         resp.add_header(b"WWW-Authenticate", b'Basic realm="%s"' % realm.replace('"', "").encode("latin-1", "replace"))
         return None
 

@@ -24,6 +24,7 @@ import os
 import sys
 from typing import Any
 
+from ...urlpath import host_name
 from ..apps import STATIC, WSGI
 from ..error_pages import detailed_error_page, error_page
 from ..pipeline import HttpContext, Response
@@ -167,7 +168,7 @@ class CustomErrorModule(Module):
         if sel.kind == WSGI:
             environ = {
                 "REQUEST_METHOD": "GET", "SCRIPT_NAME": app.base, "PATH_INFO": path[len(app.base):],
-                "QUERY_STRING": query, "SERVER_NAME": ctx.headers.get("host", "localhost").split(":")[0],
+                "QUERY_STRING": query, "SERVER_NAME": host_name(ctx.headers.get("host", ""), "localhost"),
                 "SERVER_PORT": str(ctx.stream.head.server_port), "SERVER_PROTOCOL": "HTTP/1.1",
                 "REMOTE_ADDR": ctx.client_addr, "wsgi.version": (1, 0), "wsgi.url_scheme": ctx.scheme,
                 "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.multithread": False,
