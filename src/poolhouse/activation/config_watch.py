@@ -34,6 +34,7 @@ from ..config.audit import describe_accepted, describe_refused, section_changes
 from ..config.document import ConfigDocument, read_document
 from ..config.resolver import WEB_CONFIG_NAMES, WebConfigResolver
 from ..config.model import ServerConfig
+from ..config.server import BASE_CONFIG
 
 if TYPE_CHECKING:
     from .service import ActivationService
@@ -104,7 +105,7 @@ class ConfigWatch:
         if self.path is None:
             return []
         extra = [f for f in self.service.config.source_files
-                 if f != self.path and not f.endswith(os.sep + "base.config")]
+                 if f != self.path and f != BASE_CONFIG]
         return [self.path, *sorted(set(extra))]
 
     def _stat(self) -> tuple[tuple[float, int, int] | None, ...] | None:

@@ -59,7 +59,6 @@ class Monitor:
     def __init__(self, service: "ActivationService") -> None:
         self.service = service
         self.last_memory = 0.0
-        self.last_idle_poll: dict[str, float] = {}
 
     async def run(self) -> None:
         svc = self.service
@@ -107,8 +106,8 @@ class Monitor:
                         if cfg.periodic_restart_memory_kb and virtual > cfg.periodic_restart_memory_kb:
                             svc.recycle_worker(pool, w, "memory", virtual_memory_kb=virtual)
                             continue
-                if cfg.idle_timeout > 0 and now - self.last_idle_poll.get(w.id, 0.0) >= min(IDLE_POLL, cfg.idle_timeout / 4):
-                    self.last_idle_poll[w.id] = now
+                if cfg.idle_timeout > 0 and now - w.last_idle_poll >= min(IDLE_POLL, cfg.idle_timeout / 4):
+                    w.last_idle_poll = now
                     svc.loop.create_task(self.check_idle(pool, w))
             if cfg.cpu_limit > 0:
                 self.account_cpu(pool, now)

@@ -626,6 +626,7 @@ class ActivationService:
                 self.pools[name] = PoolRuntime(pool_cfg, self.events)
             elif pool.config != pool_cfg:
                 pool.config = pool_cfg
+                pool.next_schedule = None  # recomputed from the new periodicRestart/schedule
                 if not pool_cfg.disallow_rotation_on_config_change:
                     recycle[name] = pool
         for name in list(self.pools):
@@ -669,6 +670,11 @@ class ActivationService:
         for name, pool in recycle.items():
             if self.pools.get(name) is pool and pool not in gaining:
                 await self.recycle_pool(pool, "configuration change", RECYCLE_CONFIG)
+        for pool in self.pools.values():
+            # a pool added, or turned AlwaysRunning, by this change runs a worker now
+            if (pool.state == STARTED and pool.config.start_mode == "AlwaysRunning"
+                    and not pool.live_workers and not pool.spawning):
+                self.start_worker(pool)
         self.events.emit("config_applied", config=self.config_path or "<embedded>",
                          listening_added=[f"{ip}:{port}" for ip, port in added],
                          listening_removed=[f"{ip}:{port}" for ip, port in removed],

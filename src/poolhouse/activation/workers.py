@@ -77,6 +77,7 @@ class WorkerHandle:
         self.in_flight_seen = 0
         self.last_activity = time.monotonic()
         self.last_ping = 0.0
+        self.last_idle_poll = 0.0  # when the monitor last asked it how long it has been idle
         self.cpu_last = 0.0  # CPU seconds at the last measurement (cpu/@limit)
         self.timed_out_requests = 0
         self.state_before_death = ""  # requests the listener ended by requestTimeout

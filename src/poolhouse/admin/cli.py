@@ -60,11 +60,16 @@ def call(state_dir: str, request: dict[str, Any], timeout: float = 30.0) -> Any:
             if not chunk:
                 break
             buf += chunk
+    except OSError as exc:  # a timeout included: the server took longer than `timeout`
+        raise ServerUnavailable(f"no answer from the server within {timeout:.0f} s ({exc})") from None
     finally:
         sock.close()
     if not buf:
         raise ServerUnavailable("the server closed the connection without answering")
-    answer = json.loads(buf)
+    try:
+        answer = json.loads(buf)
+    except ValueError:
+        raise ServerUnavailable("the server's answer was cut off") from None
     if not answer.get("ok"):
         raise RuntimeError(answer.get("error", "refused"))
     return answer.get("result")
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2) if args.json else
                   " ".join(f"{k}={v}" for k, v in result.items()))
         elif args.command == "reload":
-            call(state_dir, {"op": "reload"})
+            # a reload waits for the replacement workers of changed pools (startupTimeLimit)
+            call(state_dir, {"op": "reload"}, timeout=600.0)
             print("configuration reloaded")
         elif args.command == "counters":
             result = call(state_dir, {"op": "counters"})
