@@ -31,7 +31,6 @@ from .events import (
     ORPHAN_ACTION_FAILED, RECYCLE_ADMIN, RECYCLE_CONFIG, RECYCLE_REASONS, STARTUP_TIMEOUT, WORKER_CRASHED,
     EventLog,
 )
-from .extensions import request_timeouts
 from .identity import Identity, IdentityAllocator, IdentityError, lock_down_state_dir, prepare_pool_dirs, unreadable
 from .limits import CgroupManager, memory_kb
 from .management import ManagementServer
@@ -72,7 +71,6 @@ class ActivationService:
         self.listener_restarts = 0
         self.identities = IdentityAllocator(self.state_dir)
         self.cgroups = CgroupManager()
-        self.request_timeouts: dict[str, float] = {}
         self._identity_warned: set[tuple[str, str]] = set()
         self.monitor = Monitor(self)
 
@@ -167,13 +165,11 @@ class ActivationService:
     def program_listener(self) -> None:
         if self.listener_control is None:
             return
-        self.request_timeouts = request_timeouts(self.config)
         self.listener_control.send({
             "op": "configure",
             "config": self.config.to_dict(),
             "pool_states": {name: p.state for name, p in self.pools.items()},
             "site_states": {str(k): v for k, v in self.site_states.items()},
-            "request_timeouts": self.request_timeouts,
         })
 
     async def _watch_listener(self, proc: asyncio.subprocess.Process) -> None:
@@ -519,7 +515,7 @@ class ActivationService:
         if pool is None or worker is None:
             return
         worker.timed_out_requests += 1
-        timeout = self.request_timeouts.get(pool.name, 0.0)
+        timeout = pool.config.python_request_timeout
         self.events.emit("request_timeout", logging.WARNING, None, apppool=pool.name, worker=worker.id,
                          pid=worker.pid, url=msg.get("url"), elapsed=msg.get("elapsed"), limit=timeout)
 

@@ -164,6 +164,7 @@ class Pool:
     # Poolhouse extension: <python executable="…" threads="…" />
     python_executable: str = ""  # empty: the interpreter Poolhouse runs on
     python_threads: int = 0  # 0: one request at a time, run on the worker's event loop
+    python_request_timeout: float = 0.0  # <python requestTimeout>, seconds; 0: off
     # more of <add>/<processModel>
     enable_configuration_override: bool = True  # false: web.config files are ignored
     environment_variables: dict[str, str] = field(default_factory=dict)

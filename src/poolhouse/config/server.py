@@ -326,6 +326,7 @@ class _Builder:
             cpu_reset_interval=float(get("resetInterval", "cpu")),  # type: ignore[arg-type]
             python_executable=str(get("executable", "python")),
             python_threads=int(get("threads", "python")),  # type: ignore[call-overload]
+            python_request_timeout=float(get("requestTimeout", "python")),  # type: ignore[arg-type]
             enable_configuration_override=bool(get("enableConfigurationOverride")),
             environment_variables=env,
         )

@@ -162,7 +162,8 @@ class Listener:
         for name, state in msg.get("pool_states", {}).items():
             self._set_pool_state(name, state)
         self.site_states = {int(k): v for k, v in msg.get("site_states", {}).items()}
-        self.request_timeouts = {str(k): float(v) for k, v in msg.get("request_timeouts", {}).items()}
+        self.request_timeouts = {name: pool.python_request_timeout for name, pool in config.pools.items()
+                                 if pool.python_request_timeout > 0}
 
     def _configure_cache(self, config: ServerConfig) -> None:
         """Each application's effective caching/serverRuntime settings, resolved once here
