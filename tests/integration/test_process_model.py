@@ -37,6 +37,11 @@ def app(environ, start_response):
     elif path == "/slow":
         time.sleep(float(environ.get("QUERY_STRING") or 0.5))
         body = b"slow"
+    elif path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written ")
+        write(b"first, ")
+        return [b"then returned"]
     elif path == "/raise":
         raise RuntimeError("boom from the application")
     elif path == "/echo":
@@ -242,6 +247,7 @@ app = validator(_inner)
     assert env["REQUEST_METHOD"] == "GET" and env["PATH_INFO"] == "/environ" and env["QUERY_STRING"] == "a=1"
     assert env["SERVER_PROTOCOL"] == "HTTP/1.1" and env["wsgi.url_scheme"] == "http"
     assert env["SCRIPT_NAME"] == "" and env["HTTP_HOST"].startswith("127.0.0.1")
+    assert get(server, "/write").text == "written first, then returned"  # legacy write()
     r = httpx.post(server.url("/echo"), content=b"abc" * 1000, timeout=10)
     assert r.content == b"abc" * 1000
     assert "AssertionError" not in server.stderr() and "WSGIWarning" not in server.stderr()

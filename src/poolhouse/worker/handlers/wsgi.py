@@ -74,12 +74,13 @@ class WsgiInput(io.RawIOBase):
 
 
 class StartResponse:
-    __slots__ = ("status", "headers", "exc_info", "head_sent")
+    __slots__ = ("status", "headers", "exc_info", "head_sent", "written")
 
     def __init__(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] | None = None
         self.head_sent = False
+        self.written: list[bytes] | None = None  # what the legacy write() callable was given
 
     def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:
@@ -102,11 +103,33 @@ class StartResponse:
             self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         except (UnicodeEncodeError, AttributeError) as exc:
             raise ValueError(f"WSGI headers must be latin-1 str pairs: {exc}") from None
-        return _no_write
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's legacy write() callable: the data goes out before the returned
+        iterable's, in order (collected until the application returns)."""
+        if self.headers is None:
+            raise AssertionError("write() before start_response()")
+        if not isinstance(data, bytes):
+            raise TypeError("write() takes bytes")
+        if self.written is None:
+            self.written = []
+        self.written.append(data)
 
 
-def _no_write(data: bytes) -> None:
-    raise NotImplementedError("the write() callable of start_response is not supported; return an iterable")
+class _WrittenFirst:
+    """The write() data, then the application's iterable (whose close() is kept)."""
+
+    def __init__(self, written: list[bytes], result: Iterable[bytes]) -> None:
+        self.written = written
+        self.result = result
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.written
+        yield from self.result
+
+    def close(self) -> None:
+        _close(self.result)
 
 
 class WsgiHandler:
@@ -156,6 +179,8 @@ class WsgiHandler:
         stream.stage = "ExecuteRequestHandler"
         try:
             result = call_sync(app, environ, start)
+            if start.written is not None:
+                result = _WrittenFirst(start.written, result)
         except Exception:
             self._fail(stream, environ, start)
             return
@@ -208,6 +233,8 @@ class WsgiHandler:
         result: Any = None
         try:
             result = app(environ, start)
+            if start.written is not None:
+                result = _WrittenFirst(start.written, result)
             if type(result) is list and len(result) == 1 and start.headers is not None:
                 call(self._respond_whole, stream, environ, start, result[0])
                 return
