@@ -12,6 +12,8 @@ nothing for it.
 
 from __future__ import annotations
 
+import re
+
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -125,3 +127,9 @@ def items(section: dict[str, Any], *path: str) -> list[dict[str, Any]]:
     for p in path:
         node = node.get(p, {}) if isinstance(node, dict) else {}
     return list(node.get("items", [])) if isinstance(node, dict) else []
+
+
+def wildcard_regex(pattern: str) -> "re.Pattern[str]":
+    """IIS's ``*`` wildcards (httpRedirect, traceFailedRequests paths) as a compiled,
+    case-insensitive, whole-string pattern."""
+    return re.compile("^" + ".*".join(re.escape(p) for p in pattern.split("*")) + "$", re.IGNORECASE)

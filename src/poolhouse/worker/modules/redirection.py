@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..pipeline import FINISH, HttpContext
-from .base import Module, ModuleConfig
+from .base import Module, ModuleConfig, wildcard_regex
 
 _STATUS = {"Permanent": 301, "Found": 302, "Temporary": 307, "PermRedirect": 308}
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    return re.compile("^" + ".*".join(re.escape(p) for p in pattern.split("*")) + "$", re.IGNORECASE)
 
 
 class HttpRedirectionModule(Module):
@@ -30,7 +25,7 @@ class HttpRedirectionModule(Module):
         self.exact = bool(sec.get("exactDestination"))
         self.child_only = bool(sec.get("childOnly"))
         self.status = _STATUS.get(str(sec.get("httpResponseStatus", "Found")), 302)
-        self.wildcards = [(_wildcard(w["wildcard"]), w["destination"]) for w in sec.get("items", [])]
+        self.wildcards = [(wildcard_regex(w["wildcard"]), w["destination"]) for w in sec.get("items", [])]
 
     def enabled(self) -> bool:
         return self.on and bool(self.destination or self.wildcards)

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ..pipeline import HttpContext
 from ..tracing import Trace
-from .base import LAST, Module, ModuleConfig
+from .base import LAST, Module, ModuleConfig, wildcard_regex
 
 log = logging.getLogger("poolhouse.worker")
 
@@ -63,7 +63,7 @@ class FailedRequestsTracingModule(Module):
                 log.error("traceFailedRequests: bad statusCodes %r", fd.get("statusCodes"))
                 continue
             taken = float(fd.get("timeTaken", 0) or 0)
-            self.rules.append((path, codes, taken, str(fd.get("verbosity", "Warning"))))
+            self.rules.append((path, codes, taken, wildcard_regex(path) if "/" in path else None))
         state = config.state_dir
         self.directory = os.path.join(state or ".", "logs", "FailedReqLogFiles", f"W3SVC{config.site_id}")
 
@@ -75,13 +75,13 @@ class FailedRequestsTracingModule(Module):
 
     def matches(self, ctx: HttpContext, status: int, substatus: int, taken: float) -> bool:
         last = ctx.path.lower().rsplit("/", 1)[-1]
-        for path, codes, min_time, _ in self.rules:
+        for path, codes, min_time, pattern in self.rules:
             if path not in ("*", "*.*"):
                 if path.startswith("*."):
                     if not last.endswith(path[1:]):
                         continue
-                elif "/" in path:
-                    if not re.fullmatch(re.escape(path).replace(r"\*", ".*"), ctx.path.lower()):
+                elif pattern is not None:
+                    if not pattern.fullmatch(ctx.path):
                         continue
                 elif last != path:
                     continue
