@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
-from ..apps import STATIC
+from ..apps import ASGI, CGI, HTTP_PLATFORM, PROTOCOL, PROXY, STATIC, WSGI
 from ..handlers.static import FileBody
 from ..pipeline import HttpContext, Response
 from .base import Module, ModuleConfig, items
@@ -166,7 +166,7 @@ def _vary(resp: Response) -> None:
 
 class DynamicCompressionModule(_Compression):
     dynamic = True
-    handler_kinds = frozenset(("wsgi", "asgi", "cgi", "protocol"))
+    handler_kinds = frozenset((WSGI, ASGI, CGI, PROTOCOL, PROXY, HTTP_PLATFORM))  # every handler but StaticFile
 
     def send_response(self, ctx: HttpContext) -> Any:
         resp = cast(Response, ctx.response)  # never a static file's: handler_kinds
@@ -192,7 +192,7 @@ class DynamicCompressionModule(_Compression):
 
 
 class StaticCompressionModule(_Compression):
-    handler_kinds = frozenset(("static",))
+    handler_kinds = frozenset((STATIC,))
     MEMORY_LIMIT = 32 * 1024 * 1024
     MAX_SIZE = 64 * 1024 * 1024  # larger files are sent as they are (compressed in one piece on the loop)
 
