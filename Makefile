@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# A second environment with an older Flask and Poolhouse's worker runtime: a pool whose
+# <python executable> points into it (tests/integration/test_hosting_venvs.py).
+ALT_VENV  := .venv-alt
+ALT_STAMP := $(ALT_VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install system-deps run test unit integration bench bench-deps clean
@@ -16,6 +20,13 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The worker runtime is Poolhouse itself, installed editable so it is always the service's
+# own version; Flask 2.x beside the main environment's Flask 3.
+$(ALT_STAMP): pyproject.toml | $(PY)
+	$(PYTHON) -m venv $(ALT_VENV)
+	$(ALT_VENV)/bin/python -m pip install -q 'flask>=2.3,<3' 'werkzeug>=2.3,<3' -e .
+	touch $(ALT_STAMP)
+
 # Programs the tests drive for real (goaccess parses the W3C log), from Debian's packages.
 system-deps:
 	@command -v goaccess >/dev/null 2>&1 || { \
@@ -24,7 +35,7 @@ system-deps:
 	      || echo "warning: could not install goaccess; the W3C log format test will be skipped"; \
 	  else echo "warning: goaccess missing (install it to run the W3C log format test)"; fi; }
 
-install: $(STAMP) system-deps
+install: $(STAMP) $(ALT_STAMP) system-deps
 
 run: install
 	$(VENV)/bin/poolhouse serve --state-dir .poolhouse
@@ -56,4 +67,4 @@ bench: bench-deps
 	$(PY) bench/listener.py --json bench/results/listener.json
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(ALT_VENV) build src/*.egg-info .pytest_cache

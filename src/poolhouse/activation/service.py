@@ -32,6 +32,7 @@ from .events import (
     EventLog,
 )
 from .identity import Identity, IdentityAllocator, IdentityError, lock_down_state_dir, prepare_pool_dirs, unreadable
+from .interpreter import InterpreterCheck, InterpreterError
 from .limits import CgroupManager, memory_kb
 from .management import ManagementServer
 from .monitor import Monitor
@@ -71,6 +72,7 @@ class ActivationService:
         self.listener_restarts = 0
         self.identities = IdentityAllocator(self.state_dir)
         self.cgroups = CgroupManager()
+        self.interpreters = InterpreterCheck()
         self._identity_warned: set[tuple[str, str]] = set()
         self.monitor = Monitor(self)
 
@@ -254,8 +256,13 @@ class ActivationService:
         if identity is not None and identity.switch:
             env["HOME"] = temp_dir  # the service's home is not the pool user's
             env["PYTHONDONTWRITEBYTECODE"] = "1"  # the identity cannot write beside the sources
-        src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if pool.config.python_executable in ("", sys.executable):
+            # our own interpreter: the package as this service runs it.  A pool with its
+            # own Python has the worker runtime installed there; the folder holding our
+            # package (site-packages, for an installed Poolhouse) must not shadow its
+            # environment's packages.
+            src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
     def start_worker(self, pool: PoolRuntime, recycle: bool = False) -> None:
@@ -302,6 +309,20 @@ class ActivationService:
                 self.send_pool_state(pool)
                 self.demand_done(pool, False)
                 return None
+            env = self.worker_env(pool, temp_dir, identity)
+            try:
+                await self.interpreters.check(pool.config.python_executable, env)
+            except InterpreterError as exc:
+                # as an invalid identity: no worker can start until the configuration changes
+                self.events.emit("apppool_python_invalid", logging.ERROR, None, apppool=pool.name,
+                                 executable=pool.config.python_executable, reason=str(exc))
+                if pool.state == STARTED:
+                    pool.set_state(RAPID_FAIL, f"python executable unusable: {exc}")
+                    self.send_pool_state(pool)
+                self.demand_done(pool, False)
+                return None
+            if pool.state != STARTED or self.stopping:
+                return None
             worker = WorkerHandle(pool.config, self.events, self.on_worker_exit, self.on_worker_message, identity)
             pool.workers.append(worker)
             pool.pre_spawn -= 1
@@ -309,7 +330,7 @@ class ActivationService:
             init = {"op": "init", "config": self.config.to_dict(), "recycle": recycle,
                     "recycle_after_requests": worker.recycle_after_requests}
             try:
-                await worker.spawn(self.fd_channel, init, self.worker_env(pool, temp_dir, identity), self.log_level)
+                await worker.spawn(self.fd_channel, init, env, self.log_level)
             except Exception as exc:  # OSError, or a bad argument: the pool must not hang on it
                 self.events.emit("worker_spawn_failed", logging.ERROR, apppool=pool.name, reason=str(exc))
                 pool.workers.remove(worker)
