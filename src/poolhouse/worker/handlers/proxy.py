@@ -1,5 +1,6 @@
 """The reverse proxy (ARR's behaviour): a request a URL Rewrite rule sent to an absolute
-``http://`` URL, or an httpPlatform application's requests, forwarded from the worker.
+``http://`` or ``https://`` URL, or an httpPlatform application's requests, forwarded
+from the worker.
 
 * Streaming both ways: the request body is sent to the upstream as it arrives from the
   listener (Content-Length kept, else chunked); the upstream's response is handed to the
@@ -11,7 +12,10 @@
   server variables a rule set as ``HTTP_X_…`` become request headers; a ``Location``
   pointing at the upstream is turned back to the client's host (ARR's
   reverseRewriteHostInResponseHeaders).
-* Upstream connections are kept alive and reused (per host and port).
+* Upstream connections are kept alive and reused (per host, port and TLS settings).
+* ``https://`` upstreams: TLS with the certificate verified against the system's CAs
+  and the URL's host (also the SNI); a rule can trust a CA file or turn verification
+  off (``upstream_tls.py``).  An untrusted certificate -> 502.3.
 * Errors: the upstream refuses or breaks the connection -> 502.3, it does not answer in
   time -> 504.0 (502.3 and 504.0 are ARR's codes), each with an error log line; after
   the response head was sent, the stream is reset.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -35,6 +40,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..stream import BadResponseHeader, build_header_block
+from .upstream_tls import TlsConfigError, context_for, describe_failure, settings_from
 
 if TYPE_CHECKING:
     from ..pipeline import HttpContext
@@ -77,13 +83,16 @@ class _Conn:
             pass
 
 
+UpstreamKey = tuple[str, int, Any]  # host, port, TLS settings (None: plain http)
+
+
 class ConnectionPool:
-    """Idle keep-alive connections to upstreams, per (host, port)."""
+    """Idle keep-alive connections to upstreams, per (host, port, TLS settings)."""
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, int], deque[_Conn]] = {}
+        self.idle: dict[UpstreamKey, deque[_Conn]] = {}
 
-    def take(self, key: tuple[str, int]) -> _Conn | None:
+    def take(self, key: UpstreamKey) -> _Conn | None:
         q = self.idle.get(key)
         now = time.monotonic()
         while q:
@@ -93,7 +102,7 @@ class ConnectionPool:
             conn.close()
         return None
 
-    def give(self, key: tuple[str, int], conn: _Conn) -> None:
+    def give(self, key: UpstreamKey, conn: _Conn) -> None:
         q = self.idle.setdefault(key, deque())
         if len(q) >= IDLE_KEEP:
             conn.close()
@@ -101,12 +110,18 @@ class ConnectionPool:
         conn.idle_since = time.monotonic()
         q.append(conn)
 
-    async def connect(self, host: str, port: int, timeout: float) -> _Conn:
+    async def connect(self, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None) -> _Conn:
+        """A new connection; with ``tls``, the handshake is done (SNI and the name
+        checked: ``host``) within the same connect timeout."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=READ_SIZE),
-                                                    min(timeout, CONNECT_TIMEOUT))
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=READ_SIZE, ssl=tls,
+                                        server_hostname=host if tls is not None else None),
+                min(timeout, CONNECT_TIMEOUT))
         except asyncio.TimeoutError:
             raise UpstreamError(504, 0, f"connecting to {host}:{port} timed out") from None
+        except ssl.SSLError as exc:
+            raise UpstreamError(502, 3, describe_failure(exc, host, port)) from None
         except OSError as exc:
             raise UpstreamError(502, 3, f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         return _Conn(reader, writer)
@@ -228,17 +243,29 @@ async def proxy_request(worker: Any, stream: "Stream", url: str, ctx: "HttpConte
 
 async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | None", timeout: float) -> None:
     parts = urlsplit(url)
-    if parts.scheme.lower() != "http":
-        raise UpstreamError(502, 3, f"{parts.scheme}:// upstreams are not supported (http:// only)")
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UpstreamError(502, 3, f"{parts.scheme}:// upstreams are not supported (http:// and https:// only)")
     host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        raise UpstreamError(502, 3, f"bad upstream URL {url!r}: {exc}") from None
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     head = stream.head
     host_header = parts.netloc
     extra = ctx.extra_environ if ctx is not None else None
+    tls: ssl.SSLContext | None = None
+    tls_settings = None
+    if scheme == "https":
+        tls_settings = settings_from(extra)
+        try:
+            tls = context_for(tls_settings, host, port)
+        except TlsConfigError as exc:
+            raise UpstreamError(502, 3, str(exc)) from None
     request_head, chunked = build_request(head.headers, head.method, target, host_header, head.client_addr,
                                           head.scheme, head.body_length, extra)
-    key = (host, port)
+    key = (host, port, tls_settings)
     has_body = head.body_length != 0 and not (stream.body_done and not stream.body_chunks)
     conn = POOL.take(key) if not has_body else None
     reused = conn is not None
@@ -246,7 +273,7 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
     deadline = timeout
     while True:
         if conn is None:
-            conn = await POOL.connect(host, port, timeout)
+            conn = await POOL.connect(host, port, timeout, tls)
             reused = False
         try:
             conn.writer.write(request_head)
@@ -267,7 +294,7 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
             raise UpstreamError(502, 3, f"connection to {host}:{port} failed: {exc}") from None
     try:
         await _relay(worker, stream, conn, parser, resp, data, deadline, host, port, ctx,
-                     f"http://{parts.netloc}".encode("latin-1"))
+                     f"{scheme}://{parts.netloc}".encode("latin-1"))
     except BaseException:
         conn.close()
         raise
