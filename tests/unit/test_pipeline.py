@@ -4,6 +4,7 @@ the pure pieces of the modules (preconditions, access, Accept-Encoding, CGI outp
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from types import SimpleNamespace
 from typing import Any
@@ -114,10 +115,16 @@ def ctx_of(stream: Any) -> HttpContext:
 
 
 def _run(modules: list[Module], kind: str = WSGI) -> tuple[FakeWorker, HttpContext]:
+    worker, ctx = _start(modules, kind)
+    ctx.on_end()
+    return worker, ctx
+
+
+def _start(modules: list[Module], kind: str = WSGI) -> tuple[FakeWorker, HttpContext]:
     Recorder.log = []
     pipeline = Pipeline(modules)
     head = RequestHead("1/", "GET", b"/x", 1, (b"host", b"h"), "127.0.0.1", 1, "127.0.0.1", 80, "http", 0)
-    stream = SimpleNamespace(head=head, started_at=0.0, ctx=None, sid=1)
+    stream = SimpleNamespace(head=head, started_at=0.0, ctx=None, sid=1, ended=False, cancelled=False)
     app = SimpleNamespace(physical=lambda rel: "/srv" + rel, site=SimpleNamespace(id=1, name="S"),
                           app=SimpleNamespace(physical_path="/srv", pool="P"), base="")
     mapping = SimpleNamespace(entry=SimpleNamespace(name="py", modules="WsgiModule"))
@@ -126,7 +133,6 @@ def _run(modules: list[Module], kind: str = WSGI) -> tuple[FakeWorker, HttpConte
     ctx = HttpContext(worker, stream, app, sel, pipeline, "/x", "/x", "")  # type: ignore[arg-type]
     stream.ctx = ctx
     ctx.run()
-    ctx.on_end()
     return worker, ctx
 
 
@@ -165,6 +171,61 @@ def test_mapping_error_is_applied_at_map_request_handler() -> None:
     worker, _ = _run([Recorder("A")], kind="")
     assert "A:MapRequestHandler" in Recorder.log and "A:AcquireRequestState" not in Recorder.log
     assert worker.calls == [("error", 404, 4, "", "MapRequestHandler")]
+
+
+class Waiter(Recorder):
+    """Waits for a future at AuthorizeRequest (as Basic authentication does for PAM)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def authorize_request(self, ctx: HttpContext) -> Any:
+        self.log.append(f"{self.name}:AuthorizeRequest")
+        if ctx.waited is None:
+            fut = self.loop.create_future()
+            self.loop.call_later(0.01, fut.set_result, "checked")
+            return ctx.wait_for(fut)
+        self.log.append("waited:" + ctx.waited.result())
+        ctx.waited = None
+        return None
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_hook_that_waits_is_called_again_and_the_request_goes_on(traced: bool) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        waiter = Waiter("W")
+        waiter.loop = loop
+        modules: list[Module] = [Recorder("A"), waiter, Recorder("B")]
+        if traced:
+            from poolhouse.worker.modules.tracing_module import FailedRequestsTracingModule
+            tracer = FailedRequestsTracingModule("FailedRequestsTracingModule", ModuleConfig(_empty_web()))
+            tracer.request_done = lambda ctx, trace: None  # type: ignore[method-assign]
+            modules.append(tracer)
+        worker, ctx = _start(modules)
+        # suspended in AuthorizeRequest: nothing after it ran, nothing was sent
+        assert Recorder.log[-1] == "W:AuthorizeRequest" and worker.calls == [] and not ctx.finished
+        loop.run_until_complete(asyncio.sleep(0.05))
+        ctx.on_end()
+    finally:
+        loop.close()
+    log = Recorder.log
+    i = log.index("waited:checked")
+    assert log[i - 1] == "W:AuthorizeRequest" and log[i + 1] == "B:AuthorizeRequest"
+    assert log.count("A:AuthorizeRequest") == 1 and log.count("A:BeginRequest") == 1
+    assert "handler" in log and log[-1] == "B:EndRequest"
+    assert worker.calls[0][:2] == ("execute", 200)
+    if traced:
+        assert ctx.trace is not None
+        assert any(e[1] == "NOTIFY_MODULE_END" and e[4].get("result") == "PENDING" for e in ctx.trace.events)
+
+
+def test_hooks_after_the_handler_cannot_wait() -> None:
+    class Late(Module):
+        def log_request(self, ctx: HttpContext) -> Any:
+            return ctx.wait_for(None)  # type: ignore[arg-type]
+    worker, ctx = _start([Late("L", ModuleConfig(_empty_web()))])
+    ctx.on_end()  # logged and skipped, not raised
+    assert worker.calls[0][:2] == ("execute", 200)
 
 
 def test_no_hooks_no_pipeline() -> None:

@@ -326,6 +326,9 @@ SECTIONS = [
         S("usersFile", "", "Poolhouse extension: the accounts file (user:bcrypt-or-argon2-hash"
           "[:groups] a line), absolute or relative to the application's folder.",
           expanded=True, extension=True),
+        S("pamService", "", "Poolhouse extension: the PAM service (a file of /etc/pam.d, e.g. "
+          "login) that checks users the usersFile does not list; their roles are their Unix "
+          "groups. Empty: PAM is not used.", extension=True),
         doc="Basic authentication.", **DENY),
     Section(
         WS + "security/authentication/windowsAuthentication",

@@ -13,7 +13,9 @@ Each hook takes the request's :class:`HttpContext` and answers ``None`` (continu
 :data:`FINISH` (the response is complete: skip the remaining notifications and the
 handler, but still run LogRequest and EndRequest), or raises :class:`HttpError` (fail
 with a status: the same, with an error response).  ``ctx.fail(status, substatus)``
-sets an error response and returns FINISH.
+sets an error response and returns FINISH.  A hook before the handler that must block
+(a PAM check, a lookup) returns ``ctx.run_in_thread(fn, *args)``: the request is
+suspended, and the hook is called again with ``ctx.waited`` holding the finished future.
 
 SendResponse hooks run in *reverse* module order, each time a response head is about to
 leave (whole responses: once, with the whole body; streamed responses: with the first
@@ -24,6 +26,7 @@ the listener (its last frame, or a reset) — they observe, they cannot change i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -93,6 +96,19 @@ class _Finish:
 
 FINISH: Final = _Finish()
 """Returned by a hook: the response is complete; skip to LogRequest and EndRequest."""
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING: Final = _Pending()
+"""Returned (through ``ctx.wait_for`` / ``ctx.run_in_thread``) by a hook before the
+handler whose work cannot be done on the event loop: the request waits, the worker goes
+on serving others, and the same hook is called again once the work is done."""
 
 Hook = Callable[["HttpContext"], Any]
 
@@ -242,6 +258,8 @@ class HttpContext:
     _headers: dict[str, str] | None = None
     _vars: dict[str, str] | None = None
     _items: dict[str, Any] | None = None
+    _pending: tuple[str, str] | None = None
+    waited: "asyncio.Future[Any] | None" = None  # see wait_for
 
     def __init__(self, worker: Any, stream: "Stream", app: "WorkerApplication", selection: "Selection",
                  pipeline: Pipeline, path: str, raw_path: str, query: str) -> None:
@@ -376,6 +394,50 @@ class HttpContext:
         self.response = Response(status, 0, hdrs, body, True)
         return FINISH
 
+    def wait_for(self, future: "asyncio.Future[Any]") -> _Pending:
+        """From a hook before the handler: suspend the request until ``future`` (of the
+        worker's event loop) is done, then call the same hook again with ``ctx.waited``
+        set to it (the hook reads ``ctx.waited.result()`` and clears ``ctx.waited``).
+        The hooks and notifications after it run then, and the handler.  Returns
+        PENDING, for the hook to return."""
+        if _ORDER.get(self.notification, 99) > _ORDER[EXECUTE_REQUEST_HANDLER]:
+            raise RuntimeError(f"a hook of {self.notification} cannot wait: only those before the handler can")
+        self._pending = (self.notification, self.module)
+        future.add_done_callback(self._resume)
+        return PENDING
+
+    def run_in_thread(self, fn: Callable[..., Any], *args: Any,
+                      executor: Any = None) -> _Pending:
+        """``wait_for`` a blocking call run on a thread (``executor``, or the loop's
+        default one): ``return ctx.run_in_thread(check, user, password)``."""
+        loop = asyncio.get_running_loop()
+        return self.wait_for(loop.run_in_executor(executor, fn, *args))
+
+    def _resume(self, future: "asyncio.Future[Any]") -> None:
+        notification, module = self._pending
+        self._pending = None
+        stream = self.stream
+        if stream.ended:
+            return
+        if stream.cancelled:  # the client went away while the request waited
+            stream.reset()
+            return
+        self.waited = future
+        p = self.pipeline
+        table = p.before_map if _ORDER[notification] < 4 else p.map if _ORDER[notification] == 4 else p.after_map
+        index = next((names.index(module) for n, _, names in table if n == notification), 0)
+        try:
+            if self.before_handler(_ORDER[notification] - 1, index):
+                return
+            self.worker.execute(stream, self.app, self.selection, self.path, self.raw_path, self.query, self)
+        except Exception:
+            log.exception("resuming the request %s failed", self.path)
+            if not stream.ended:
+                if stream.head_sent:
+                    stream.reset()
+                else:
+                    self.worker.error_response(stream, 500, 0)
+
     # ---- running ------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -385,16 +447,19 @@ class HttpContext:
             self.worker.execute(self.stream, self.app, self.selection, self.path, self.raw_path,
                                 self.query, self)
 
-    def before_handler(self, resume_after: int = -1) -> bool:
+    def before_handler(self, resume_after: int = -1, first_hook: int = 0) -> bool:
         """BeginRequest .. the module hooks of ExecuteRequestHandler, with the handler
         mapping's verdict applied at MapRequestHandler; True when the request was
-        finished (its response is on its way) and the handler must not run.  The
-        dispatcher then runs ``selection``'s handler for ``path`` and ``query``.
+        finished (its response is on its way) or suspended (a hook waits, see
+        ``wait_for``) and the handler must not run now.  Otherwise the dispatcher then
+        runs ``selection``'s handler for ``path`` and ``query``.
 
         A module that moves the request to another URL (URL Rewrite) replaces
         ``selection`` and, when the new URL's configuration differs, ``pipeline``; the
         notifications after the current one then come from the new pipeline
-        (``resume_after``: the index in NOTIFICATIONS of the last one run)."""
+        (``resume_after``: the index in NOTIFICATIONS of the last one run).  A
+        suspended request resumes at the hook that waited (``first_hook``, in the
+        notification after ``resume_after``)."""
         p = self.pipeline
         single = p.single
         if single is not None and resume_after < 0 and self.selection.kind:
@@ -404,7 +469,10 @@ class HttpContext:
             self.notification = notification
             self.module = name
             try:
-                if hook(self) is not None:
+                result = hook(self)
+                if result is not None:
+                    if result is PENDING:
+                        return True
                     self.finished = True
                     self._finish()
                     return True
@@ -428,30 +496,33 @@ class HttpContext:
             self.trace = Trace(self)
         try:
             for notification, hooks, names in p.before_map:
-                if resume_after >= 0 and _ORDER[notification] <= resume_after:
+                order = _ORDER[notification]
+                if order <= resume_after:
                     continue
-                if self._notify(notification, hooks, names):
-                    self._finish()
-                    return True
+                if self._notify(notification, hooks, names, first_hook if order == resume_after + 1 else 0):
+                    return self._finish_unless_pending()
                 if self.pipeline is not p:
-                    return self.before_handler(_ORDER[notification])
-            for notification, hooks, names in p.map:
-                if self._notify(notification, hooks, names):
+                    return self.before_handler(order)
+            if resume_after < _ORDER[MAP_REQUEST_HANDLER]:
+                for notification, hooks, names in p.map:
+                    if self._notify(notification, hooks, names,
+                                    first_hook if resume_after + 1 == _ORDER[MAP_REQUEST_HANDLER] else 0):
+                        return self._finish_unless_pending()
+                sel = self.selection
+                if not sel.kind:
+                    self.notification = MAP_REQUEST_HANDLER
+                    self.module = ""
+                    self.fail(sel.status, sel.substatus, sel.detail)
                     self._finish()
                     return True
-            sel = self.selection
-            if not sel.kind:
-                self.notification = MAP_REQUEST_HANDLER
-                self.module = ""
-                self.fail(sel.status, sel.substatus, sel.detail)
-                self._finish()
-                return True
-            if self.trace is not None:
-                self.trace.event("HANDLER_CHANGED", MAP_REQUEST_HANDLER, "", handler=self.handler)
+                if self.trace is not None:
+                    self.trace.event("HANDLER_CHANGED", MAP_REQUEST_HANDLER, "", handler=self.handler)
             for notification, hooks, names in p.after_map:
-                if self._notify(notification, hooks, names):
-                    self._finish()
-                    return True
+                order = _ORDER[notification]
+                if order <= resume_after:
+                    continue
+                if self._notify(notification, hooks, names, first_hook if order == resume_after + 1 else 0):
+                    return self._finish_unless_pending()
         except HttpError as exc:
             self.fail(exc.status, exc.substatus, exc.detail)
             self._finish()
@@ -470,35 +541,48 @@ class HttpContext:
             self.trace.event("HANDLER_START", EXECUTE_REQUEST_HANDLER, self.module, handler=self.handler)
         return False
 
-    def _notify(self, notification: str, hooks: tuple[Hook, ...], names: tuple[str, ...]) -> bool:
+    def _finish_unless_pending(self) -> bool:
+        if self._pending is None:
+            self._finish()
+        return True
+
+    def _notify(self, notification: str, hooks: tuple[Hook, ...], names: tuple[str, ...],
+                first: int = 0) -> bool:
+        """Runs the hooks of one notification (from the ``first``); True when one
+        finished the request or suspended it (``_pending`` is then set)."""
         self.notification = notification
         trace = self.trace
         if trace is None:
             if len(hooks) == 1:  # the common case: one subscriber
                 self.module = names[0]
-                if hooks[0](self) is not None:
-                    self.finished = True
+                result = hooks[0](self)
+                if result is not None:
+                    if result is not PENDING:
+                        self.finished = True
                     return True
                 return False
-            i = 0
-            for hook in hooks:
+            i = first
+            for hook in hooks[first:] if first else hooks:
                 self.module = names[i]
                 i += 1
-                if hook(self) is not None:
-                    self.finished = True
+                result = hook(self)
+                if result is not None:
+                    if result is not PENDING:
+                        self.finished = True
                     return True
             return False
-        i = 0
-        for hook in hooks:
+        i = first
+        for hook in hooks[first:] if first else hooks:
             self.module = names[i]
             i += 1
             trace.event("NOTIFY_MODULE_START", notification, self.module)
             result = hook(self)
             trace.event("NOTIFY_MODULE_END", notification, self.module,
-                        result="FINISH" if result is FINISH else "CONTINUE",
+                        result="FINISH" if result is FINISH else "PENDING" if result is PENDING else "CONTINUE",
                         status=self.response.status if self.response is not None else 0)
             if result is not None:
-                self.finished = True
+                if result is not PENDING:
+                    self.finished = True
                 return True
         return False
 

@@ -12,16 +12,24 @@ line, ``#`` comments::
 The third field lists the user's groups (roles for URL authorization).  Verified
 credentials are remembered for 15 minutes (IIS's TokenCacheModule does the same for
 logon tokens), so the deliberately slow hash is computed once per user and password.
-PAM is not supported.
+
+Or PAM: the extension ``basicAuthentication/@pamService`` names a PAM service (a file
+of ``/etc/pam.d``, e.g. ``login``); a user the users file does not list (or every user,
+without a users file) is checked by PAM — authentication and account management — on
+a thread of its own, so the worker keeps serving while a check blocks.  A PAM user's
+roles are its Unix groups.
 """
 
 from __future__ import annotations
 
 import base64
+import grp
 import hashlib
 import logging
 import os
+import pwd
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...urlpath import host_name
@@ -101,6 +109,10 @@ class UsersFile:
                 users[name.lower()] = (digest, frozenset(g.strip().lower() for g in groups.split(",") if g.strip()))
         self.users, self.stamp = users, stamp
 
+    def listed(self, user: str) -> bool:
+        self.refresh()
+        return user.lower() in self.users
+
     def roles(self, user: str) -> frozenset[str]:
         self.refresh()
         entry = self.users.get(user.lower())
@@ -142,11 +154,54 @@ def hash_password(password: str, rounds: int = 12) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
 
 
+def unix_groups(user: str) -> frozenset[str]:
+    """The names (lower-case) of the Unix groups of ``user``, its primary group included
+    (empty for an unknown user).  Blocks on NSS: not for the event loop."""
+    try:
+        gid = pwd.getpwnam(user).pw_gid
+        gids = os.getgrouplist(user, gid)
+    except (KeyError, OSError):
+        return frozenset()
+    names = set()
+    for g in gids:
+        try:
+            names.add(grp.getgrgid(g).gr_name.lower())
+        except KeyError:
+            pass
+    return frozenset(names)
+
+
+_pam_threads: ThreadPoolExecutor | None = None
+
+
+def pam_executor() -> ThreadPoolExecutor:
+    """The worker's PAM threads: a few, apart from the application's, so slow PAM
+    checks (pam_unix delays a failure by seconds) never hold up a WSGI request."""
+    global _pam_threads
+    if _pam_threads is None:
+        _pam_threads = ThreadPoolExecutor(4, thread_name_prefix="pam")
+    return _pam_threads
+
+
+def pam_check(service: str, user: str, password: str) -> tuple[bool, frozenset[str], str]:
+    """(verified, the user's Unix groups, why not): PAM authentication and account
+    management for ``service``.  Blocking; runs on a PAM thread."""
+    try:
+        import pamela
+    except ImportError:
+        return False, frozenset(), "the pamela package is not installed"
+    try:
+        pamela.authenticate(user, password, service=service, resetcred=0, check=True)
+    except pamela.PAMError as exc:
+        return False, frozenset(), str(exc)
+    return True, unix_groups(user), ""
+
+
 class BasicAuthenticationModule(Module):
-    """``Authorization: Basic`` against the users file: success sets ``ctx.user``
-    (AUTH_USER/REMOTE_USER, AUTH_TYPE "Basic") and ``ctx.roles``; bad credentials get
-    401.1.  Every 401 carries ``WWW-Authenticate: Basic realm="…"`` (the realm, or
-    the Host)."""
+    """``Authorization: Basic`` against the users file or PAM: success sets
+    ``ctx.user`` (AUTH_USER/REMOTE_USER, AUTH_TYPE "Basic") and ``ctx.roles``; bad
+    credentials get 401.1.  Every 401 carries ``WWW-Authenticate: Basic realm="…"``
+    (the realm, or the Host)."""
 
     send_errors_only = True
 
@@ -159,11 +214,13 @@ class BasicAuthenticationModule(Module):
         if path and not os.path.isabs(path):
             path = os.path.join(config.physical_path, path)
         self.users = UsersFile.get(path) if path else None
+        self.pam_service = str(sec.get("pamService", "") or "").strip()
         self._tokens: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
 
     def enabled(self) -> bool:
-        if self.on and self.users is None:
-            log.warning("basicAuthentication is enabled without a usersFile: no credentials can succeed")
+        if self.on and self.users is None and not self.pam_service:
+            log.warning("basicAuthentication is enabled without a usersFile or pamService: "
+                        "no credentials can succeed")
         return self.on
 
     def authenticate_request(self, ctx: HttpContext) -> Any:
@@ -180,12 +237,27 @@ class BasicAuthenticationModule(Module):
         now = time.monotonic()
         token = self._tokens.get(key)
         if token is None or token[0] < now:
-            if self.users is None or not self.users.verify(user, password):
+            roles: frozenset[str] | None = None
+            if self.users is not None and self.users.listed(user):
+                if self.users.verify(user, password):
+                    roles = self.users.roles(user)
+            elif self.pam_service and "\x00" not in user + password:
+                waited = ctx.waited
+                if waited is None:  # check on a PAM thread; this hook runs again after
+                    return ctx.run_in_thread(pam_check, self.pam_service, user, password,
+                                             executor=pam_executor())
+                ctx.waited = None
+                ok, groups, reason = waited.result()
+                if ok:
+                    roles = groups
+                else:
+                    log.info("PAM service %s refused user %r: %s", self.pam_service, user, reason)
+            if roles is None:
                 self._tokens.pop(key, None)
                 return ctx.fail(401, 1, f"Logon failed for user {user!r}.")
             if len(self._tokens) > 10000:
                 self._tokens.clear()
-            token = self._tokens[key] = (now + TOKEN_TTL, self.users.roles(user))
+            token = self._tokens[key] = (now + TOKEN_TTL, roles)
         ctx.user = user
         ctx.auth_type = "Basic"
         ctx.roles = token[1]
@@ -201,4 +273,4 @@ class BasicAuthenticationModule(Module):
 
 
 __all__ = ["AnonymousAuthenticationModule", "BasicAuthenticationModule", "UsersFile", "check_password",
-           "hash_password", "FINISH"]
+           "hash_password", "pam_check", "unix_groups", "FINISH"]

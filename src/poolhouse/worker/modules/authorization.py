@@ -10,11 +10,11 @@ authenticated one 401.3 (access denied)."""
 
 from __future__ import annotations
 
-import grp
 import time
 from typing import Any
 
 from ..pipeline import HttpContext
+from .authentication import unix_groups as _groups_of
 from .base import Module, ModuleConfig
 
 
@@ -26,14 +26,14 @@ _UNIX: dict[str, tuple[float, frozenset[str]]] = {}
 
 
 def unix_groups(user: str) -> frozenset[str]:
+    """The user's Unix groups (primary included), remembered for a minute."""
     now = time.monotonic()
     hit = _UNIX.get(user)
     if hit is not None and hit[0] > now:
         return hit[1]
-    try:
-        groups = frozenset(g.gr_name.lower() for g in grp.getgrall() if user in g.gr_mem)
-    except OSError:
-        groups = frozenset()
+    groups = _groups_of(user)
+    if len(_UNIX) > 10000:
+        _UNIX.clear()
     _UNIX[user] = (now + 60.0, groups)
     return groups
 
