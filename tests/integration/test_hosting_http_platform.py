@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 
 import httpx
 import psutil
@@ -98,3 +99,36 @@ def test_http_platform_uvicorn(poolhouse_server) -> None:  # type: ignore[no-unt
     server.stop()
     server.wait_for(lambda: not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == psutil.STATUS_ZOMBIE,
                     timeout=5)
+
+
+def test_http_platform_processes_per_application(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    web = WEB.replace('requestTimeout="00:00:02"', 'requestTimeout="00:00:20" processesPerApplication="3"')
+    server = poolhouse_server(apphost(SITE), files={"www/web.config": web, "www/main.py": APP})
+    with httpx.Client(base_url=server.base, timeout=30) as c:
+        ports: dict[int, str] = {}  # pid -> its %HTTP_PLATFORM_PORT%
+        deadline = time.monotonic() + 30
+        while len(ports) < 3 and time.monotonic() < deadline:  # started together, up one by one
+            r = c.get("/who")
+            assert r.status_code == 200, r.text
+            ports[r.json()["pid"]] = r.json()["platform_port"]
+        assert len(ports) == 3 and len(set(ports.values())) == 3  # three processes, three ports
+        worker_pids = {w["pid"] for w in server.workers()}
+        assert all(psutil.Process(pid).ppid() in worker_pids for pid in ports)
+
+        seen = Counter(c.get("/rr").json()["pid"] for _ in range(30))
+        assert seen == {pid: 10 for pid in ports}  # round-robin over the running processes
+
+        victim = next(iter(ports))
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for(lambda: psutil.Process(victim).status() == psutil.STATUS_ZOMBIE, timeout=5)
+        live: set[int] = set()
+        deadline = time.monotonic() + 30
+        while (len(live) < 3 or victim in live) and time.monotonic() < deadline:
+            r = c.get("/after")  # the others serve while the dead one starts again
+            assert r.status_code == 200, r.text
+            live.add(r.json()["pid"])
+        assert len(live) == 3 and victim not in live
+        assert live - set(ports)  # the replacement
+    assert f"process {victim} exited with -9; starting it again" in server.stderr()
+    logs = list((server.root / "www" / "logs").glob("python.log_*.log"))  # one file per process
+    assert {p.name.rsplit("_", 1)[1] for p in logs} == {"1.log", "2.log", "3.log"}

@@ -21,9 +21,14 @@ own HTTP server as a child process and proxies its requests to it.
   (relative paths from the application's folder), else nowhere.
 * ``requestTimeout``: how long the process may stay silent on a request (504 after).
 * Requests are forwarded with the reverse proxy of ``handlers/proxy.py``.
+* ``processesPerApplication`` = N: N processes, each on its own port, started together
+  on the first request; requests go round-robin to the running ones.  One that exits is
+  started again (``startupRetryCount`` attempts) when its turn comes, in the background
+  while others run, so the others keep serving; ``rapidFailsPerMinute`` counts the
+  exits of all N.
 
-Not supported: ``processesPerApplication`` > 1 (one process), ``recycleOnFileChange``,
-``forwardWindowsAuthToken`` (accepted, no effect).
+Not supported: ``recycleOnFileChange``, ``forwardWindowsAuthToken`` (accepted, no
+effect).
 """
 
 from __future__ import annotations
@@ -73,17 +78,23 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 class PlatformProcess:
-    """One application's process: started, watched and restarted on demand."""
+    """One process of an application: started, watched and restarted on demand.
+    ``failures`` (exit times) is shared by the application's processes."""
 
-    def __init__(self, settings: dict[str, Any], folder: str, name: str) -> None:
+    def __init__(self, settings: dict[str, Any], folder: str, name: str, failures: list[float] | None = None,
+                 log_suffix: str = "") -> None:
         self.settings = settings
         self.folder = folder
         self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starting: asyncio.Future[None] | None = None
-        self.failures: list[float] = []
-        self.log_file: Any = None
+        self.failures: list[float] = failures if failures is not None else []
+        self.log_suffix = log_suffix
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.starting is None and self.proc.poll() is None
 
     @property
     def request_timeout(self) -> float:
@@ -114,7 +125,7 @@ class PlatformProcess:
             code = self.proc.poll()
             log.error("%s: the httpPlatform process %d exited with %s; starting it again", self.name,
                       self.proc.pid, code)
-            self.failures = [t for t in self.failures if now - t < 60] + [now]
+            self.failures[:] = [t for t in self.failures if now - t < 60] + [now]
             self.proc = None
         limit = int(self.settings.get("rapidFailsPerMinute", 10))
         if len([t for t in self.failures if now - t < 60]) > limit:
@@ -150,14 +161,17 @@ class PlatformProcess:
             prefix = str(s.get("stdoutLogFile") or "httpplatform-stdout").replace("\\", "/")
             prefix = os.path.normpath(os.path.join(self.folder, prefix))
             os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-            name = f"{prefix}_{time.strftime('%Y%m%d%H%M%S')}_{os.getpid()}.log"
-            out = self.log_file = open(name, "ab")
+            name = f"{prefix}_{time.strftime('%Y%m%d%H%M%S')}_{os.getpid()}{self.log_suffix}.log"
+            out = open(name, "ab")
         try:
             proc = subprocess.Popen(args, cwd=self.folder or None, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else out,
                                     preexec_fn=_die_with_parent)
         except OSError as exc:
             raise RuntimeError(f"cannot start {args[0]}: {exc}") from None
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the process has its own copy
         deadline = time.monotonic() + float(s.get("startupTimeLimit", 10))
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -185,20 +199,81 @@ class PlatformProcess:
         self.proc = None
 
 
-PROCESSES: dict[tuple[str, str], PlatformProcess] = {}
+class PlatformGroup:
+    """An application's ``processesPerApplication`` processes, requests spread
+    round-robin over the running ones."""
+
+    def __init__(self, settings: dict[str, Any], folder: str, name: str) -> None:
+        count = max(1, int(settings.get("processesPerApplication", 1) or 1))
+        failures: list[float] = []
+        self.name = name
+        self.slots = [PlatformProcess(settings, folder, name if count == 1 else f"{name} [{i + 1}/{count}]",
+                                      failures, "" if count == 1 else f"_{i + 1}") for i in range(count)]
+        self._next = 0
+        self._started = False
+        self._background: set[asyncio.Future[int]] = set()
+
+    @property
+    def request_timeout(self) -> float:
+        return self.slots[0].request_timeout
+
+    async def ready(self) -> int:
+        """The port of the process whose turn it is, (re)starting processes as needed;
+        raises RuntimeError when none can serve."""
+        count = len(self.slots)
+        if count == 1:
+            return await self.slots[0].ready()
+        if not self._started:  # the first request brings them all up together
+            self._started = True
+            for slot in self.slots:
+                self._start_in_background(slot)
+        first = self._next
+        self._next = (first + 1) % count
+        turn = [self.slots[(first + k) % count] for k in range(count)]
+        for slot in turn:
+            if slot.running:
+                return slot.port
+            self._start_in_background(slot)  # exited: started again, the others serve meanwhile
+        # none is running yet: wait for the first that comes up
+        error: Exception | None = None
+        for slot in turn:
+            try:
+                return await slot.ready()
+            except RuntimeError as exc:
+                error = exc
+        raise error or RuntimeError("no process could be started")
+
+    def _start_in_background(self, slot: PlatformProcess) -> None:
+        if slot.starting is not None or slot.running:
+            return
+        task = asyncio.ensure_future(slot.ready())
+        self._background.add(task)
+        task.add_done_callback(self._started_one)
+
+    def _started_one(self, task: "asyncio.Future[int]") -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # logged by the attempt; a request waiting on it gets it too
+
+    def stop(self) -> None:
+        for slot in self.slots:
+            slot.stop()
 
 
-def process_for(app: "WorkerApplication", settings: dict[str, Any]) -> PlatformProcess:
+PROCESSES: dict[tuple[str, str], PlatformGroup] = {}
+
+
+def process_for(app: "WorkerApplication", settings: dict[str, Any]) -> PlatformGroup:
     key = (app.key, repr(sorted((k, repr(v)) for k, v in settings.items())))
-    proc = PROCESSES.get(key)
-    if proc is None:
-        proc = PROCESSES[key] = PlatformProcess(settings, app.app.physical_path, f"{app.site.name}{app.app.path}")
-    return proc
+    group = PROCESSES.get(key)
+    if group is None:
+        group = PROCESSES[key] = PlatformGroup(settings, app.app.physical_path, f"{app.site.name}{app.app.path}")
+    return group
 
 
 def stop_all() -> None:
-    for proc in PROCESSES.values():
-        proc.stop()
+    for group in PROCESSES.values():
+        group.stop()
 
 
 async def run_http_platform(worker: Any, stream: "Stream", app: "WorkerApplication", sel: "Selection",
