@@ -241,6 +241,8 @@ class HandlerMapping:
     response_buffer_limit: int = 4194304
     type: str = ""
     allow_path_info: bool = False
+    # Poolhouse extension: <environmentVariables> of a WsgiModule/AsgiModule application
+    environment_variables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

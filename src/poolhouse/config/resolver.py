@@ -313,6 +313,7 @@ def build_web_config(sections: dict[str, Any], warnings: list[str],
             require_access=h["requireAccess"], pre_condition=h["preCondition"],
             response_buffer_limit=h["responseBufferLimit"], type=h["type"],
             allow_path_info=h["allowPathInfo"],
+            environment_variables={v["name"]: v["value"] for v in h["environmentVariables"][ITEMS]},
         )
         for h in handlers_section[ITEMS] if holds(h["preCondition"], pool)
     ]

@@ -115,6 +115,13 @@ SECTIONS = [
           B("allowPathInfo", False, "Pass PATH_INFO to the handler."),
           S("preCondition", "", "Preconditions.", case_sensitive=True),
           U("responseBufferLimit", 4194304, "Bytes buffered before flushing."),
+          E("environmentVariables",
+            C(S("name", "", "Variable name.", required=True, key=True, case_sensitive=True,
+                validator="environmentVariableName"),
+              S("value", "", "Value.", case_sensitive=True)),
+            doc="Poolhouse extension: variables of the WsgiModule/AsgiModule (or wfastcgi) "
+                "application this mapping names: in each request's WSGI environ and ASGI scope, "
+                "and in os.environ when unambiguous (docs/hosting.md).", extension=True),
           merge_append=False),
         doc="Handler mappings: which handler serves a URL, child entries first.",
         override="Deny"),

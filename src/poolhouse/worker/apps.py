@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from ..config import ConfigError
 from ..config.model import Application, HandlerMapping, ServerConfig, Site, WebConfig
+from .app_environment import claim_process_environment, with_environment
 from .handlers.wfastcgi import is_wfastcgi
 
 log = logging.getLogger("poolhouse.worker")
@@ -283,6 +284,20 @@ class WorkerApplication:
         return "".join(c if c.isalnum() else "_" for c in self.key)
 
     def callable_for(self, mapping: Mapping, web: WebConfig | None = None) -> Any:
+        variables = mapping.entry.environment_variables
+        if not variables:
+            return self._callable(mapping, web)
+        # the mapping's <environmentVariables>: in os.environ before the import, and
+        # in each request's environ/scope (app_environment.py)
+        key = f"env:{mapping.kind}:{mapping.entry.script_processor}:{sorted(variables.items())!r}"
+        obj = self.callables.get(key)
+        if obj is None:
+            claim_process_environment(variables, f"{self.site.name}{self.app.path} (handler {mapping.entry.name})")
+            obj = self.callables[key] = with_environment(self._callable(mapping, web), variables,
+                                                         mapping.kind == ASGI)
+        return obj
+
+    def _callable(self, mapping: Mapping, web: WebConfig | None) -> Any:
         spec = mapping.entry.script_processor
         if web is not None and is_wfastcgi(mapping.entry.modules, spec):
             return self._wfastcgi_callable(web)
