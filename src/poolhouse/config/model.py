@@ -87,6 +87,14 @@ class SiteLimits:
 
 
 @dataclass
+class CustomLogField:
+    """``logFile/customFields/add``: a W3C log field from a header or server variable."""
+    log_field_name: str
+    source_name: str
+    source_type: str = "RequestHeader"  # | "ResponseHeader" | "ServerVariable"
+
+
+@dataclass
 class LogFile:
     directory: str = ""  # empty: <state dir>/logs
     enabled: bool = True
@@ -98,6 +106,19 @@ class LogFile:
         "Date, Time, ClientIP, UserName, ServerIP, Method, UriStem, UriQuery, HttpStatus, "
         "Win32Status, TimeTaken, ServerPort, UserAgent, Referer, HttpSubStatus"
     )
+    custom_fields: list[CustomLogField] = field(default_factory=list)
+    max_custom_field_length: int = 4096
+
+    _NESTED = {"custom_fields": [CustomLogField]}
+
+
+@dataclass
+class FailedRequestsLogging:
+    """The site's ``traceFailedRequestsLogging``: where Failed Request Tracing writes."""
+    enabled: bool = False
+    directory: str = ""  # empty: <state dir>/logs/FailedReqLogFiles
+    max_log_files: int = 50
+    max_log_file_size_kb: int = 1024
 
 
 @dataclass
@@ -109,12 +130,14 @@ class Site:
     applications: list[Application] = field(default_factory=list)
     limits: SiteLimits = field(default_factory=SiteLimits)
     log_file: LogFile = field(default_factory=LogFile)
+    trace_failed_requests: FailedRequestsLogging = field(default_factory=FailedRequestsLogging)
 
     _NESTED = {
         "bindings": [Binding],
         "applications": [Application],
         "limits": SiteLimits,
         "log_file": LogFile,
+        "trace_failed_requests": FailedRequestsLogging,
     }
 
 

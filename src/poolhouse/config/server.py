@@ -386,20 +386,45 @@ class _Builder:
         def lfget(n: str) -> object:
             return pick(n, lf, dlf, schema_default=lf_schema[n].default)
 
-        directory = str(lfget("directory"))
-        if directory:
-            if windows_path_problem(directory):
-                directory = ""  # already warned about when read; use <state dir>/logs
-            elif not os.path.isabs(directory):
-                directory = os.path.normpath(os.path.join(self.dir, directory))
+        def folder(value: object) -> str:
+            directory = str(value)
+            if directory:
+                if windows_path_problem(directory):
+                    directory = ""  # already warned about when read; use the state dir's
+                elif not os.path.isabs(directory):
+                    directory = os.path.normpath(os.path.join(self.dir, directory))
+            return directory
+
+        # custom fields: the site's own collection, else siteDefaults' (like bindings)
+        cf, dcf = child(lf, "customFields"), child(dlf, "customFields")
+        csrc = cf if cf is not None and cf.items else dcf
+        cf_schema = s.schema.children["logFile"].children["customFields"].attrs
         log_file = model.LogFile(
-            directory=directory,
+            directory=folder(lfget("directory")),
             enabled=bool(lfget("enabled")),
             log_format=str(lfget("logFormat")),
             period=str(lfget("period")),
             truncate_size=int(lfget("truncateSize")),  # type: ignore[call-overload]
             local_time_rollover=bool(lfget("localTimeRollover")),
             log_ext_file_flags=str(lfget("logExtFileFlags")),
+            custom_fields=[
+                model.CustomLogField(str(it.value.get("logFieldName")), str(it.value.get("sourceName")),
+                                     str(it.value.get("sourceType") or "RequestHeader"))
+                for it in (csrc.items if csrc is not None else [])],
+            max_custom_field_length=int(pick(  # type: ignore[call-overload]
+                "maxCustomFieldLength", cf, dcf, schema_default=cf_schema["maxCustomFieldLength"].default)),
+        )
+        tf, dtf = child(s, "traceFailedRequestsLogging"), child(sd, "traceFailedRequestsLogging")
+        tf_schema = s.schema.children["traceFailedRequestsLogging"].attrs
+
+        def tfget(n: str) -> object:
+            return pick(n, tf, dtf, schema_default=tf_schema[n].default)
+
+        tracing = model.FailedRequestsLogging(
+            enabled=bool(tfget("enabled")),
+            directory=folder(tfget("directory")),
+            max_log_files=int(tfget("maxLogFiles")),  # type: ignore[call-overload]
+            max_log_file_size_kb=int(tfget("maxLogFileSizeKB")),  # type: ignore[call-overload]
         )
         bindings: list[model.Binding] = []
         bsrc = child(s, "bindings")
@@ -458,6 +483,7 @@ class _Builder:
             id=int(s.get("id")), name=name,
             server_auto_start=True if auto is None else bool(auto),
             bindings=bindings, applications=apps, limits=limits, log_file=log_file,
+            trace_failed_requests=tracing,
         )
 
     def binding(self, b: Merged, site: str) -> model.Binding | None:

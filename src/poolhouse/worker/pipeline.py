@@ -394,6 +394,20 @@ class HttpContext:
         self.response = Response(status, 0, hdrs, body, True)
         return FINISH
 
+    def trace_event(self, name: str, level: int | None = None, area: str | None = None, **data: Any) -> None:
+        """Record an event in the request's failed-request trace, if one is recorded at
+        this URL (otherwise this costs one attribute test).  A built-in event name
+        (``tracing.EVENTS``) has its own area and level; any other is area ``Module``,
+        level Information (4) unless given (1 CriticalError .. 5 Verbose)."""
+        trace = self.trace
+        if trace is None:
+            return
+        if level is None and area is None:
+            trace.event(name, self.notification, self.module, **data)
+        else:
+            trace.add(name, self.notification, self.module, data, area or "Module",
+                      4 if level is None else level)
+
     def wait_for(self, future: "asyncio.Future[Any]") -> _Pending:
         """From a hook before the handler: suspend the request until ``future`` (of the
         worker's event loop) is done, then call the same hook again with ``ctx.waited``
@@ -603,6 +617,10 @@ class HttpContext:
         """Run the SendResponse hooks on a response about to leave (after appending the
         scope's static headers); returns it (changed)."""
         resp = self.response
+        if generated and self.trace is not None and (resp is None or not resp.generated or resp.status != status):
+            # an error set by the handler (or the dispatcher), not through ctx.fail
+            self.trace.event("MODULE_SET_RESPONSE_ERROR_STATUS", self.notification, self.module,
+                             status=status, substatus=substatus, detail=detail[:500])
         static = self.pipeline.static_headers
         if resp is None or resp.status != status or resp.body is not body:
             if static:

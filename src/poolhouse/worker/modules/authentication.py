@@ -233,15 +233,19 @@ class BasicAuthenticationModule(Module):
             return ctx.fail(401, 1, "Malformed Basic credentials.")
         if not sep or not user:
             return ctx.fail(401, 1, "Malformed Basic credentials.")
+        if ctx.trace is not None and ctx.waited is None:
+            ctx.trace_event("AUTH_START", authType="Basic", user=user)
         key = (user.lower(), hashlib.sha256(password.encode()).hexdigest())
         now = time.monotonic()
         token = self._tokens.get(key)
         if token is None or token[0] < now:
             roles: frozenset[str] | None = None
+            source = "usersFile"
             if self.users is not None and self.users.listed(user):
                 if self.users.verify(user, password):
                     roles = self.users.roles(user)
             elif self.pam_service and "\x00" not in user + password:
+                source = "PAM"
                 waited = ctx.waited
                 if waited is None:  # check on a PAM thread; this hook runs again after
                     return ctx.run_in_thread(pam_check, self.pam_service, user, password,
@@ -254,6 +258,7 @@ class BasicAuthenticationModule(Module):
                     log.info("PAM service %s refused user %r: %s", self.pam_service, user, reason)
             if roles is None:
                 self._tokens.pop(key, None)
+                ctx.trace_event("AUTH_FAILED", authType="Basic", user=user, source=source)
                 return ctx.fail(401, 1, f"Logon failed for user {user!r}.")
             if len(self._tokens) > 10000:
                 self._tokens.clear()
@@ -261,6 +266,8 @@ class BasicAuthenticationModule(Module):
         ctx.user = user
         ctx.auth_type = "Basic"
         ctx.roles = token[1]
+        if ctx.trace is not None:
+            ctx.trace_event("AUTH_SUCCEEDED", authType="Basic", user=user, roles=",".join(sorted(token[1])))
         return None
 
     def send_response(self, ctx: HttpContext) -> Any:

@@ -70,6 +70,7 @@ class UrlAuthorizationModule(Module):
                 if allow:
                     return None
                 break
+        ctx.trace_event("URL_AUTHORIZATION_DENIED", user=ctx.user, verb=method)
         if not user:
             return ctx.fail(401, 2, "Access is denied by URL authorization rules to anonymous requests.")
         return ctx.fail(401, 3, f"Access is denied by URL authorization rules to user {ctx.user!r}.")
