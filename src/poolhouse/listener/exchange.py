@@ -15,7 +15,7 @@ from marshal import dumps as _dumps
 
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
-from .response_cache import FILE_MARKER, PROFILED, strip_file_marker
+from .response_cache import FILE_MARKER, MARKER, PROFILED, UPSTREAM_MARKER, strip_file_marker
 from .responses import DATE, STATUS_LINE_11, status_line
 
 _encode_frame = encode_frame
@@ -56,6 +56,8 @@ class Exchange:
     owed_window = 0
     queued_at = 0.0
     finished_at = 0.0
+    revalidating = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
+    client_headers: tuple[bytes, ...] = ()  # the request's own headers, when revalidating
 
     def __init__(
         self,
@@ -184,9 +186,8 @@ class Exchange:
             # the common case: a whole response on a keep-alive HTTP/1.1 connection
             body = head[3]
             block = head[1]
-            if status == 200 and (b"-maxage" in block or FILE_MARKER in block
-                                  or (PROFILED and self.cache_profiled)):
-                block = self._cacheable(block, body)
+            if MARKER in block or (status == 200 and (b"-maxage" in block or (PROFILED and self.cache_profiled))):
+                block = self._cacheable(block, body, status)
             data = b"".join((
                 STATUS_LINE_11.get(status) or status_line(status, 1), DATE.get(), block,
                 b"Content-Length: %d\r\n\r\n" % len(body), body,
@@ -199,11 +200,10 @@ class Exchange:
             self.keep_alive = False
         http_minor = self.http_minor
         block = head[1]
-        if FILE_MARKER in block:
-            if status == 200 and flags & q.END_STREAM:
-                block = self._cacheable(block, head[3])
-            else:
-                block = strip_file_marker(block)[0]
+        if MARKER in block:
+            block = self._cacheable(block, head[3], status, bool(flags & q.END_STREAM))
+            if self.done:
+                return  # answered from a revalidated cache entry
         elif status == 200 and flags & q.END_STREAM and (b"-maxage" in block or self.cache_profiled):
             block = self._cacheable(block, head[3])
         parts = [status_line(status, http_minor), DATE.get(), block]
@@ -251,13 +251,15 @@ class Exchange:
         route = self.route
         return route is not None and route.app_key in self.conn.listener.cache.profiled
 
-    def _cacheable(self, block: bytes, body: bytes) -> bytes:
-        """Offer a whole 200 response to the response cache; returns the header block to
-        send (without the worker's file marker)."""
+    def _cacheable(self, block: bytes, body: bytes, status: int = 200, end: bool = True) -> bytes:
+        """Offer a response to the response cache; returns the header block to send
+        (without the worker's markers; b"" when the cache answered the client itself)."""
+        if UPSTREAM_MARKER in block:
+            return self.conn.listener.cache.upstream_response(self, status, block, body, end)
         file = ""
         if FILE_MARKER in block:
             block, file = strip_file_marker(block)
-        if self.method == "GET":
+        if self.method == "GET" and status == 200 and end:
             self.conn.listener.cache.consider(self, block, body, file)
         return block
 

@@ -36,17 +36,23 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import shared_cache as sc
+
 if TYPE_CHECKING:
     from .exchange import Exchange
 
 log = logging.getLogger("poolhouse.listener")
 
 FILE_MARKER = b"X-Poolhouse-File"
+MARKER = b"X-Poolhouse-"  # what both markers start with: one membership test on the hot path
 # app keys of the applications with a kernelCachePolicy profile (one listener per process)
 PROFILED: set[str] = set()
 DEFAULT_MAX_CACHE = 64 * 1024 * 1024
 MAX_HEADER_BLOCK = 4096
 _REQUEST_EXCLUDED = (b"authorization", b"range", b"if-range")
+_CONDITIONAL = frozenset((b"if-none-match", b"if-modified-since"))
+UPSTREAM_MARKER = b"X-Poolhouse-Upstream"  # the worker's proxy relayed this response
+_UPSTREAM_LINE = UPSTREAM_MARKER + b": 1\r\n"
 _S_MAXAGE = re.compile(rb"s-maxage\s*=\s*\"?(\d+)", re.I)
 _MAX_AGE = re.compile(rb"(?<![-\w])max-age\s*=\s*\"?(\d+)", re.I)
 
@@ -95,14 +101,18 @@ class AppCachePolicy:
 
 class Entry:
     __slots__ = ("key", "vary_key", "app_key", "url", "status", "block", "body", "size",
-                 "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified", "tail")
+                 "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified", "tail",
+                 "rfc")
 
     def __init__(self, key: tuple[int, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
-                 body: bytes, expires: float, shared_age: bool, file: str) -> None:
+                 body: bytes, expires: float, shared_age: bool, file: str, status: int = 200) -> None:
         self.key = key
         self.vary_key = vary_key
         self.app_key = app_key
         self.url = key[1].decode("latin-1")
+        self.status = status
+        # an upstream's response under RFC 9111 rules (its freshness; None: IIS's rules)
+        self.rfc: Rfc | None = None
         self.block = block
         self.body = body
         self.size = 2 * (len(block) + len(body)) + 300
@@ -117,14 +127,30 @@ class Entry:
         self.tail = b"%sContent-Length: %d\r\n\r\n%s" % (block, len(body), body)
 
 
+class Rfc:
+    """The RFC 9111 side of an entry stored from an upstream's response."""
+
+    __slots__ = ("lines", "fresh", "revalidations")
+
+    def __init__(self, lines: sc.Fields, fresh: sc.Freshness) -> None:
+        self.lines = lines  # the stored header fields, the origin's Date included
+        self.fresh = fresh
+        self.revalidations = 0
+
+    def age(self, entry: Entry, now: float) -> float:
+        """§4.2.3 current_age (``now`` monotonic)."""
+        return self.fresh.initial_age + (now - entry.stored)
+
+
 class Slot:
     """The variants of one URL and the request headers that select them."""
 
-    __slots__ = ("vary", "variants")
+    __slots__ = ("vary", "variants", "rfc")
 
-    def __init__(self, vary: tuple[bytes, ...]) -> None:
+    def __init__(self, vary: tuple[bytes, ...], rfc: bool = False) -> None:
         self.vary = vary
         self.variants: dict[tuple[bytes, ...], Entry] = {}
+        self.rfc = rfc  # variants keyed by RFC 9111's Vary matching (all lines of a name)
 
 
 _MARKER_LINE = re.compile(rb"(?im)^X-Poolhouse-File:[ \t]*([^\r\n]*)\r\n")
@@ -167,6 +193,7 @@ class ResponseCache:
         self.stores = 0
         self.evictions = 0
         self.invalidations = 0
+        self.revalidated = 0
         self.watcher: FileWatcher | None = None
 
     # ---- configuration and management -------------------------------------------------
@@ -196,7 +223,9 @@ class ResponseCache:
         return [
             {"site_id": e.key[0], "url": e.url, "application": e.app_key, "size": e.size, "hits": e.hits,
              "vary": [v.decode("latin-1") for v in e.vary_key],
-             "expires_in": round(e.expires - now, 1) if e.expires else None,
+             "expires_in": round(e.expires - now, 1) if e.expires else (
+                 round(e.rfc.fresh.lifetime - e.rfc.age(e, now), 1) if e.rfc is not None else None),
+             "status": e.status, "rfc9111": e.rfc is not None,
              "file": e.file or None}
             for e in reversed(self.lru.values())
         ]
@@ -204,7 +233,7 @@ class ResponseCache:
     def stats(self) -> dict[str, int]:
         return {"count": len(self.lru), "size": self.size, "max_size": self.max_size, "hits": self.hits,
                 "misses": self.misses, "stores": self.stores, "evictions": self.evictions,
-                "invalidations": self.invalidations}
+                "invalidations": self.invalidations, "revalidated": self.revalidated}
 
     # ---- the request side -------------------------------------------------------------
 
@@ -220,6 +249,8 @@ class ResponseCache:
                                               and _request_header(headers, b"translate").lower() == b"f")):
             self.misses += 1
             return None
+        if slot.rfc:
+            return self._lookup_rfc(slot, exch)
         vary_key = tuple(_request_header(headers, n) for n in slot.vary) if slot.vary else ()
         entry = slot.variants.get(vary_key)
         if entry is None:
@@ -233,6 +264,56 @@ class ResponseCache:
         self.hits += 1
         self.lru.move_to_end(id(entry))
         return entry
+
+    def _lookup_rfc(self, slot: Slot, exch: "Exchange") -> Entry | None:
+        """A stored upstream response (RFC 9111 §4): the entry when it may be sent as is;
+        None otherwise — after turning the request into a revalidation of a stale entry
+        that has a validator (``exch.revalidating``; the worker's proxy sends the
+        conditional request, ``upstream_response`` freshens the entry on 304)."""
+        headers = exch.headers
+        entry = slot.variants.get(sc.vary_key(headers, slot.vary) if slot.vary else ())
+        if entry is None or entry.rfc is None:
+            self.misses += 1
+            return None
+        rfc = entry.rfc
+        fresh = rfc.fresh
+        req = sc.request_directives(headers) if b"cache-control" in headers or b"pragma" in headers else None
+        age = rfc.age(entry, time.monotonic())
+        if sc.usable(fresh.lifetime, age, fresh.no_cache, fresh.no_stale, req):
+            entry.hits += 1
+            self.hits += 1
+            self.lru.move_to_end(id(entry))
+            return entry
+        self.misses += 1
+        if req is not None and b"only-if-cached" in req:
+            return None  # the caller answers 504
+        if not entry.etag and not entry.last_modified:
+            self._remove(entry)  # stale, and nothing to revalidate it with
+            return None
+        conditional = [b"if-none-match", entry.etag] if entry.etag else [b"if-modified-since", entry.last_modified]
+        if entry.etag and entry.last_modified:
+            conditional += [b"if-modified-since", entry.last_modified]
+        exch.headers = tuple(h for i in range(0, len(headers), 2) if headers[i] not in _CONDITIONAL
+                             for h in (headers[i], headers[i + 1])) + tuple(conditional)
+        exch.revalidating = entry
+        exch.client_headers = headers  # the client's own conditionals, for the answer
+        return None
+
+    def only_if_cached(self, exch: "Exchange") -> bool:
+        """§5.2.1.7: nothing usable is stored for a request with ``only-if-cached``
+        (it gets a 504 rather than going to the application)."""
+        req = sc.request_directives(exch.headers)
+        return req is not None and b"only-if-cached" in req
+
+    def stored_not_modified(self, entry: Entry, headers: tuple[bytes, ...]) -> bool:
+        """``not_modified`` for an upstream's stored response: If-Modified-Since compared
+        as a date (RFC 9110 §13.1.3), the ``Date`` standing in for ``Last-Modified``."""
+        if b"if-none-match" in headers:
+            return self.not_modified(entry, headers)
+        if b"if-modified-since" in headers:
+            return sc.not_modified_since(entry.last_modified, _header(entry.block, b"date"),
+                                         _request_header(headers, b"if-modified-since"))
+        return False
 
     def not_modified(self, entry: Entry, headers: tuple[bytes, ...]) -> bool:
         """RFC 9110 §13.1.2/13.1.3 for a cached GET: If-None-Match wins over
@@ -316,22 +397,117 @@ class ResponseCache:
             self.candidates.pop(key, None)
         self._store(route.site_id, exch, block, body, vary, expires, shared, file)
 
+    def upstream_response(self, exch: "Exchange", status: int, block: bytes, body: bytes, end: bool) -> bytes:
+        """A response the worker's proxy relayed (``block`` carries the marker): RFC 9111
+        storing, freshening and invalidation.  Returns the header block for the client,
+        without the marker and the origin's ``Date`` (the listener writes its own) — or
+        b"" after answering the client from a freshened entry itself."""
+        block = block.replace(_UPSTREAM_LINE, b"")
+        lines = sc.fields(block)
+        client_block = b"".join(line for n, line in lines if n != b"date")
+        route = exch.route
+        policy = self.policies.get(route.app_key) if route is not None else None
+        if route is None or policy is None or not policy.enabled:
+            return client_block
+        method = exch.method
+        if method not in sc.SAFE_METHODS:
+            if 200 <= status < 400:
+                self._invalidate(route.site_id, exch, lines)
+            return client_block
+        entry: Entry | None = exch.revalidating
+        if entry is not None and status == 304 and end:
+            self._freshen(exch, entry, lines)
+            exch.headers = exch.client_headers
+            exch.conn.listener.serve_cached(exch.conn, exch, entry)
+            return b""
+        if method != "GET":
+            return client_block
+        if entry is not None:
+            self._remove(entry)  # replaced by this answer, or no longer right
+        if not end or len(body) > policy.max_response_size or len(block) > MAX_HEADER_BLOCK:
+            return client_block
+        headers = exch.client_headers if entry is not None else exch.headers
+        cc = sc.directives(sc.values(lines, b"cache-control"))
+        req = sc.request_directives(headers) if b"cache-control" in headers or b"pragma" in headers else None
+        if exch.body_length != 0 or not sc.storable(method, status, cc, lines, headers, req):
+            return client_block
+        omitted = sc.omitted_fields(cc)
+        stored = [(n, line) for n, line in lines if n not in sc.NOT_STORED and n not in omitted]
+        now = time.time()
+        fresh = sc.freshness(lines, cc, status, now - (time.monotonic() - exch.started_at), now)
+        vary = sc.vary_names(stored)
+        key = (route.site_id, exch.target)
+        slot = self.slots.get(key)
+        if slot is None or slot.vary != vary or not slot.rfc:
+            if slot is not None:
+                for old in list(slot.variants.values()):
+                    self._remove(old)
+            slot = Slot(vary, rfc=True)
+        new = Entry(key, sc.vary_key(headers, vary) if vary else (), route.app_key,
+                    b"".join(line for _, line in stored), body, 0.0, True, "", status)
+        new.rfc = Rfc(stored, fresh)
+        self._insert(slot, new)
+        return client_block
+
+    def _freshen(self, exch: "Exchange", entry: Entry, lines: sc.Fields) -> None:
+        """§4.3.4: a 304 to our conditional request; the stored fields take the 304's."""
+        assert entry.rfc is not None
+        etags = sc.values(lines, b"etag")
+        if etags and entry.etag and etags[0].removeprefix(b"W/") != entry.etag.removeprefix(b"W/"):
+            return  # a 304 for another representation: the stored one is sent unchanged
+        stored = sc.freshen(entry.rfc.lines, lines)
+        if not sc.values(lines, b"date"):
+            stored = [(n, line) for n, line in stored if n != b"date"]  # the origin's Date is now stale
+        cc = sc.directives(sc.values(stored, b"cache-control"))
+        omitted = sc.omitted_fields(cc)
+        stored = [(n, line) for n, line in stored if n not in omitted]
+        now = time.time()
+        entry.rfc.lines = stored
+        with_age = stored + [(n, line) for n, line in lines if n == b"age"]
+        entry.rfc.fresh = sc.freshness(with_age, cc, entry.status, now - (time.monotonic() - exch.started_at), now)
+        entry.rfc.revalidations += 1
+        entry.block = b"".join(line for _, line in stored)
+        entry.etag = _header(entry.block, b"etag")
+        entry.last_modified = _header(entry.block, b"last-modified")
+        entry.stored = time.monotonic()
+        self.revalidated += 1
+
+    def _invalidate(self, site_id: int, exch: "Exchange", lines: sc.Fields) -> None:
+        """§4.4: an unsafe method's non-error answer invalidates the target URI and the
+        same-origin ``Location``/``Content-Location``."""
+        targets = {exch.target}
+        for name in (b"location", b"content-location"):
+            for value in sc.values(lines, name):
+                target = sc.same_origin_target(value, exch.host, exch.conn.scheme)
+                if target is not None:
+                    targets.add(target)
+        for target in targets:
+            slot = self.slots.get((site_id, target))
+            if slot is not None:
+                for entry in list(slot.variants.values()):
+                    self._remove(entry)
+                    self.invalidations += 1
+
     def _store(self, site_id: int, exch: "Exchange", block: bytes, body: bytes, vary: tuple[bytes, ...],
                expires: float, shared: bool, file: str) -> None:
         assert exch.route is not None
         key = (site_id, exch.target)
         slot = self.slots.get(key)
-        if slot is None or slot.vary != vary:
+        if slot is None or slot.vary != vary or slot.rfc:
             if slot is not None:
                 for old in list(slot.variants.values()):
                     self._remove(old)
             slot = self.slots[key] = Slot(vary)
         vary_key = tuple(_request_header(exch.headers, n) for n in vary) if vary else ()
-        old = slot.variants.get(vary_key)
+        entry = Entry(key, vary_key, exch.route.app_key, block, body, expires, shared, file)
+        self._insert(slot, entry)
+
+    def _insert(self, slot: Slot, entry: Entry) -> None:
+        """``entry`` into ``slot`` (replacing its variant), within the memory bound."""
+        key = entry.key
+        old = slot.variants.get(entry.vary_key)
         if old is not None:
             self._remove(old)
-            slot = self.slots.setdefault(key, slot)
-        entry = Entry(key, vary_key, exch.route.app_key, block, body, expires, shared, file)
         if entry.size > self.max_size:
             return
         while self.size + entry.size > self.max_size and self.lru:
@@ -339,13 +515,13 @@ class ResponseCache:
             self.lru[id(victim)] = victim
             self._remove(victim)
             self.evictions += 1
-        slot.variants[vary_key] = entry
+        slot.variants[entry.vary_key] = entry
         self.slots[key] = slot
         self.lru[id(entry)] = entry
         self.size += entry.size
         self.stores += 1
-        if file and self.watcher is not None:
-            self.watcher.watch(file, entry)
+        if entry.file and self.watcher is not None:
+            self.watcher.watch(entry.file, entry)
 
     def _remove(self, entry: Entry) -> None:
         if self.lru.pop(id(entry), None) is None:

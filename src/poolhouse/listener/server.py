@@ -24,7 +24,7 @@ from .httperr_log import HttpErrLog
 from .request_queue import STARTED, STOPPED_REASONS, PoolQueue
 from .response_cache import AppCachePolicy, FileWatcher, ResponseCache
 from .response_cache import Entry as CacheEntry
-from .responses import DATE, status_line
+from .responses import DATE, SERVER, error_response, status_line
 from .routing import Route, RoutingTable, app_key
 from .tls import TlsStore
 from .w3c_log import W3CLogs
@@ -34,6 +34,7 @@ log = logging.getLogger("poolhouse.listener")
 
 DEFAULT_HEADER_WAIT = 120.0
 _STATUS_200 = status_line(200, 1)
+_SERVER = b"Server: %s\r\n" % SERVER
 ROUTE_CACHE_SIZE = 8192
 MIN_RATE_WINDOW = 5.0  # (local address, Host, target) -> route; cleared when full
 
@@ -378,10 +379,13 @@ class Listener:
             if cache.slots:
                 entry = cache.lookup(route.site_id, exch)
                 if entry is not None:  # answered here, whatever the pool's state
-                    self._serve_cached(conn, exch, entry)
+                    self.serve_cached(conn, exch, entry)
                     return
             else:
                 cache.misses += 1
+            if b"cache-control" in exch.headers and cache.only_if_cached(exch):
+                self._not_cached(conn, exch)
+                return
         queue = self.pools.get(route.pool)
         if queue is None:
             conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
@@ -424,10 +428,25 @@ class Listener:
             self.site_connections[conn.site_id] -= 1
             conn.site_id = None
 
-    def _serve_cached(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
+    def _not_cached(self, conn: HttpConnection, exch: Exchange) -> None:
+        """RFC 9111 §5.2.1.7: ``only-if-cached`` and nothing usable stored: 504, from the
+        cache, without asking the application (not an HTTPERR case: nothing failed)."""
+        exch.status = 504
+        exch.cache_hit = True
+        exch.response_started = True
+        data = error_response(504, max(exch.http_minor, 0), exch.method == "HEAD", not exch.keep_alive,
+                              "The request asked for a cached response only (only-if-cached) and none is stored.")
+        exch.bytes_sent = len(data)
+        conn.write(data)
+        exch.finish()
+
+    def serve_cached(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
         exch.cache_hit = True
         exch.response_started = True
         headers = exch.headers
+        if entry.rfc is not None:
+            self._serve_stored(conn, exch, entry)
+            return
         if (exch.keep_alive and exch.http_minor == 1 and exch.method == "GET" and not entry.shared_age
                 and b"if-none-match" not in headers and b"if-modified-since" not in headers):
             # the common hit: everything but the Date line was prepared when it was stored
@@ -452,6 +471,32 @@ class Listener:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if status == 200 and exch.method == "GET":
+            parts.append(entry.body)
+        data = b"".join(parts)
+        exch.bytes_sent = len(data)
+        conn.write(data)
+        exch.finish()
+
+    def _serve_stored(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
+        """An upstream's stored response (RFC 9111 §4): its own status and header fields
+        (the origin's ``Date`` included: a cache does not update it) and ``Age``."""
+        assert entry.rfc is not None
+        minor = max(exch.http_minor, 0)
+        status = entry.status
+        if status == 200 and self.cache.stored_not_modified(entry, exch.headers):
+            status = 304
+        exch.status = status
+        age = entry.rfc.age(entry, time.monotonic())
+        parts = [status_line(status, minor), _SERVER, entry.block, b"Age: %d\r\n" % min(int(age), 2147483648)]
+        has_body = status != 304 and status != 204 and not 100 <= status < 200
+        if has_body:
+            parts.append(b"Content-Length: %d\r\n" % len(entry.body))
+        if not exch.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif minor == 0:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if has_body and exch.method == "GET":
             parts.append(entry.body)
         data = b"".join(parts)
         exch.bytes_sent = len(data)

@@ -24,7 +24,7 @@ _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"u
                          b"proxy-connection", b"te", b"trailer",
                          # the listener's response-cache marker: only the static handler sets it,
                          # an application must not be able to pin a response to a file
-                         b"x-poolhouse-file"))
+                         b"x-poolhouse-file", b"x-poolhouse-upstream"))
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 

@@ -22,8 +22,10 @@ from the worker.
 * The response passes through the pipeline's SendResponse hooks (outbound rules,
   custom headers, compression) like any handler's.
 
-Not done here (the listener's side, owned elsewhere): WebSocket upgrade passthrough and
-caching of proxied responses.
+Not done here (the listener's side, owned elsewhere): WebSocket upgrade passthrough.
+Every relayed response is marked ``X-Poolhouse-Upstream`` (an upstream or application
+cannot set it): the listener's response cache stores, freshens and invalidates these
+under RFC 9111's shared-cache rules (listener/shared_cache.py) and strips the mark.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ READ_SIZE = 256 * 1024
 
 _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
                   b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
+UPSTREAM_MARK = b"X-Poolhouse-Upstream: 1\r\n"
 _SKIP_REQUEST = _HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
                         b"x-forwarded-host"}
 
@@ -371,6 +374,7 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
         block, length, close = build_header_block(headers)
     except BadResponseHeader as exc:
         raise UpstreamError(502, 3, f"{host}:{port} sent a bad header: {exc}") from None
+    block += UPSTREAM_MARK  # the listener's response cache applies RFC 9111 to it (and strips this)
     if changed or stream.body_filter is not None:
         length = len(body) if end else -1
     if no_body:
