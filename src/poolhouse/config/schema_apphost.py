@@ -128,7 +128,8 @@ def _pool_members(is_default: bool) -> list[Member]:
             S("value", "", "Value.", case_sensitive=True)),
           doc="Environment variables set in the pool's workers (IIS 10)."),
         E("python",
-          S("executable", "", "Python interpreter the workers run on; empty: the "
+          S("executable", "", "Python interpreter the workers run on (a virtualenv's, with "
+            "Poolhouse's worker runtime installed: docs/hosting.md); empty: the "
             "interpreter Poolhouse runs on.", expanded=True, path=True, extension=True),
           U("threads", 0, "Threads per worker for WSGI applications; 0: one request at a "
             "time on the worker's event loop.", range=(0, 1024), extension=True),
