@@ -116,6 +116,25 @@ class WebConfigResolver:
             raise result
         return result
 
+    def location_targets(self, sections: frozenset[str]) -> list[str]:
+        """The URL paths (lower case) inside this application, below its root, where
+        ``<location>`` tags of applicationHost.config — or of the web.config files read
+        so far by ``for_path`` — place one of ``sections``: where the effective settings
+        may differ from the application root's.  Folders' own web.config files that no
+        ``for_path`` call has read are not known here."""
+        app = self.app.path.lower()
+        with self._lock:
+            sources = list(self._sources)
+            for url, st in self._stats.items():
+                cached = self._files.get(st.path) if st.path is not None else None
+                if cached is not None and isinstance(cached[1], ConfigDocument):
+                    folder = url.lower()
+                    sources.extend(web_sources(cached[1], folder, 2, folder in self._app_paths))
+        found = {s.target for s in sources
+                 if s.target is not None and s.section in sections and s.target != app
+                 and self.app_of(s.target) == app}
+        return sorted(t for t in found if t is not None)
+
     # -- internals -------------------------------------------------------------------
 
     def app_of(self, url_lower: str) -> str:

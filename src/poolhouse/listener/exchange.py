@@ -56,6 +56,7 @@ class Exchange:
     owed_window = 0
     queued_at = 0.0
     finished_at = 0.0
+    body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
     revalidating = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
     client_headers: tuple[bytes, ...] = ()  # the request's own headers, when revalidating
 
@@ -134,6 +135,8 @@ class Exchange:
         self.body_received += len(chunk)
         if self.done:
             return  # the response is complete; the rest of the body is discarded
+        if self.body_received > self.body_limit and self.conn.listener.body_over_limit(self):
+            return  # refused by request filtering (listener/request_filtering.py)
         if self.worker is not None:
             self._send_body(chunk, False)
         else:

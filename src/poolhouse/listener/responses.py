@@ -73,19 +73,21 @@ _MESSAGES = {
 }
 
 
-def error_body(status: int, detail: str = "") -> bytes:
+def error_body(status: int, detail: str = "", substatus: int = 0) -> bytes:
     title = _TITLES.get(status, REASONS.get(status, b"Error").decode())
     message = detail or _MESSAGES.get(status, title + ".")
+    code = f"{status}.{substatus}" if substatus else str(status)
     return (
         '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN""http://www.w3.org/TR/html4/strict.dtd">\r\n'
         f"<HTML><HEAD><TITLE>{title}</TITLE>\r\n"
         '<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii"></HEAD>\r\n'
-        f"<BODY><h2>{title}</h2>\r\n<hr><p>HTTP Error {status}. {message}</p>\r\n</BODY></HTML>\r\n"
+        f"<BODY><h2>{title}</h2>\r\n<hr><p>HTTP Error {code}. {message}</p>\r\n</BODY></HTML>\r\n"
     ).encode()
 
 
-def error_response(status: int, http_minor: int, head_only: bool, close: bool, detail: str = "") -> bytes:
-    body = error_body(status, detail)
+def error_response(status: int, http_minor: int, head_only: bool, close: bool, detail: str = "",
+                   substatus: int = 0) -> bytes:
+    body = error_body(status, detail, substatus)
     out = [
         status_line(status, http_minor),
         DATE.get(),

@@ -22,6 +22,7 @@ from .connection import HttpConnection
 from .exchange import Exchange
 from .httperr_log import HttpErrLog
 from .request_queue import STARTED, STOPPED_REASONS, PoolQueue
+from . import request_filtering
 from .response_cache import AppCachePolicy, FileWatcher, ResponseCache
 from .response_cache import Entry as CacheEntry
 from .responses import DATE, SERVER, error_response, status_line
@@ -90,6 +91,8 @@ class Listener:
         except OSError as exc:  # no inotify: static files are then not cached
             log.warning("response cache: no file change notification (%s)", exc)
         self.request_timeouts: dict[str, float] = {}  # pool -> <python requestTimeout> seconds
+        # app key -> requestFiltering/requestLimits checked before queueing (none: not checked)
+        self.request_limits: dict[str, request_filtering.AppLimits] = {}
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class Listener:
         self.w3c_sites = {s.id for s in config.sites if s.log_file.enabled and s.log_file.log_format.upper() == "W3C"}
         self.tls.configure(config.sites)
         self._configure_cache(config)
+        self.request_limits = request_filtering.build(config)
         for name, pool in config.pools.items():
             queue = self.pools.get(name)
             if queue is None:
@@ -386,6 +390,11 @@ class Listener:
             if b"cache-control" in exch.headers and cache.only_if_cached(exch):
                 self._not_cached(conn, exch)
                 return
+        limits = self.request_limits.get(route.app_key)
+        if limits is not None and (len(exch.target) > limits.short_target
+                                   or not 0 <= exch.body_length <= limits.max_content or limits.headers):
+            if request_filtering.check(conn, exch, limits):
+                return
         queue = self.pools.get(route.pool)
         if queue is None:
             conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
@@ -394,6 +403,11 @@ class Listener:
         reason = queue.submit(exch)
         if reason is not None:
             self.refuse(exch, queue, reason)
+
+    def body_over_limit(self, exch: Exchange) -> bool:
+        """A chunked body passed its URL's maxAllowedContentLength (counted by the
+        exchange): refused (413.1); True."""
+        return request_filtering.body_over_limit(exch.conn, exch)
 
     def throttle_delay(self, site_id: int, n: int) -> float:
         """Account ``n`` response bytes to the site's and the server's bandwidth; how long

@@ -17,6 +17,12 @@ BeginRequest, with IIS's sub-statuses.
 
 ``alwaysAllowedUrls`` (exact URL paths) skip the URL checks, ``alwaysAllowedQueryStrings``
 the query-string checks.
+
+The statuses are IIS 10's (its requestLimits reference; IIS 7–8.5 answered 404.13 for the
+content length and 404.10 for a header).  The listener refuses requests over the
+application's requestLimits before they are queued (``poolhouse.listener.request_filtering``);
+this module still enforces the limits of each URL, which a ``<location>`` or a folder's
+web.config may set tighter.  A chunked body has no length here: the listener counts it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from ...config.request_limits import RequestLimits
 from ..pipeline import HttpContext
 from .base import HIGH, Module, ModuleConfig, items
 
@@ -37,11 +44,12 @@ class RequestFilteringModule(Module):
         self.double_escaping = bool(sec.get("allowDoubleEscaping", False))
         self.high_bit = bool(sec.get("allowHighBitCharacters", True))
         self.unescape_query = bool(sec.get("unescapeQueryString", True))
-        limits = sec.get("requestLimits", {})
-        self.max_content = int(limits.get("maxAllowedContentLength", 30000000))
-        self.max_url = int(limits.get("maxUrl", 4096))
-        self.max_query = int(limits.get("maxQueryString", 2048))
-        self.header_limits = [(h["header"].lower(), int(h["sizeLimit"])) for h in items(limits, "headerLimits")]
+        # the same reading of requestLimits as the listener's early check
+        limits = RequestLimits.from_section(sec)
+        self.max_content = limits.max_content
+        self.max_url = limits.max_url
+        self.max_query = limits.max_query
+        self.header_limits = [(name.decode("latin-1"), size) for name, size in limits.headers]
         ext = sec.get("fileExtensions", {})
         self.ext_unlisted = bool(ext.get("allowUnlisted", True))
         self.extensions = {e["fileExtension"].lower(): bool(e["allowed"]) for e in items(sec, "fileExtensions")}
