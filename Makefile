@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The worker runtime is Poolhouse itself, installed editable so it is always the service's
 # own version; Flask 2.x beside the main environment's Flask 3.
-$(ALT_STAMP): pyproject.toml | $(PY)
+$(ALT_STAMP): pyproject.toml | $(STAMP)
 	$(PYTHON) -m venv $(ALT_VENV)
 	$(ALT_VENV)/bin/python -m pip install -q 'flask>=2.3,<3' 'werkzeug>=2.3,<3' -e .
 	touch $(ALT_STAMP)
