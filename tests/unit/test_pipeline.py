@@ -269,6 +269,10 @@ def test_cgi_output() -> None:
     assert parse_output(b"Status: 404 Not Found\nContent-Type: text/plain\n\nx")[0] == 404  # type: ignore[index]
     assert parse_output(b"Location: /else\n\n")[0] == 302  # type: ignore[index]
     assert parse_output(b"no header block") is None
+    # the first blank line ends the header block, whichever line ends it uses
+    assert parse_output(b"Content-Type: a/b\n\nbody\r\n\r\nmore") == (200, [(b"Content-Type", b"a/b")],
+                                                                          b"body\r\n\r\nmore")
+    assert parse_output(b"Content-Type: a/b\r\n\r\nx\n\ny")[2] == b"x\n\ny"  # type: ignore[index]
 
 
 def test_ip_restriction_first_match_in_order() -> None:

@@ -1,10 +1,16 @@
 """IIS's CgiModule as a handler: runs the mapped script (or the mapping's
 ``scriptProcessor`` with the script as its argument) with an RFC 3875 environment,
-feeds it the request body, and answers with what it writes.
+feeds it the request body as it arrives, and streams what it writes.
 
-The script's output is collected whole before the response is sent (CGI output is
-not streamed).  ``system.webServer/cgi/@timeout`` bounds a run: past it the process is
-killed and the client gets 502.1; output without a valid header block gets 502.2.
+The response head leaves as soon as the script's header block ends; the body follows
+as the script produces it, under the stream's response window (a script that writes
+faster than the client reads waits on its full pipe).  A script that has finished by
+the time its header block is read is answered as a whole response (Content-Length,
+custom errors, the response cache).  ``system.webServer/cgi/@timeout`` bounds a run:
+past it the process is killed — 502.1 before the head was sent, a reset stream after.
+Output without a valid header block gets 502.2; a script killed mid-body, or one that
+writes less than its Content-Length, resets the stream (the client sees an incomplete
+response, never a truncated one that looks whole).
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from ...urlpath import host_name
 from ... import __version__
+from ..stream import BadResponseHeader, build_header_block
 
 if TYPE_CHECKING:
     from ..apps import Selection, WorkerApplication
@@ -24,7 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("poolhouse.worker")
 
-MAX_OUTPUT = 64 * 1024 * 1024
+MAX_HEADER_BLOCK = 64 * 1024
+SETTLE = 0.01
+"""How long, once the header block has ended, to wait for the script's end before
+streaming: a script that writes its whole answer at once is sent as a whole response."""
+READ_SIZE = 64 * 1024
 
 
 def cgi_environ(stream: "Stream", app: "WorkerApplication", sel: "Selection", path: str, query: str,
@@ -78,15 +90,21 @@ def cgi_environ(stream: "Stream", app: "WorkerApplication", sel: "Selection", pa
     return env
 
 
+def header_end(out: bytes) -> tuple[int, int]:
+    """(index, separator length) of the blank line ending the header block, or (-1, 0)."""
+    crlf, lf = out.find(b"\r\n\r\n"), out.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf <= lf):
+        return crlf, 4
+    return (lf, 2) if lf >= 0 else (-1, 0)
+
+
 def parse_output(out: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-    """(status, headers, body) of CGI output; None if it has no valid header block."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        idx = out.find(sep)
-        if idx >= 0:
-            break
-    else:
+    """(status, headers, body so far) of CGI output; None if it has no valid header
+    block."""
+    idx, seplen = header_end(out)
+    if idx < 0:
         return None
-    head, body = out[:idx], out[idx + len(sep):]
+    head, body = out[:idx], out[idx + seplen:]
     status = 200
     headers: list[tuple[bytes, bytes]] = []
     location = False
@@ -114,6 +132,208 @@ def parse_output(out: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | N
     return status, headers, body
 
 
+class CgiTimeout(Exception):
+    pass
+
+
+class CgiRun:
+    """One run of a CGI program for one request stream."""
+
+    def __init__(self, worker: Any, stream: "Stream", ctx: "HttpContext | None", argv: list[str],
+                 proc: asyncio.subprocess.Process, timeout: float) -> None:
+        self.worker = worker
+        self.stream = stream
+        self.ctx = ctx
+        self.argv = argv
+        self.proc = proc
+        self.timeout = timeout
+        self.deadline = asyncio.get_running_loop().time() + timeout
+        self.eof = False
+
+    def trace(self, name: str, **data: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.trace_event(name, **data)
+
+    async def read(self) -> bytes:
+        """The next piece of the script's output (b"" at its end); CgiTimeout past the
+        deadline."""
+        assert self.proc.stdout is not None
+        left = self.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise CgiTimeout
+        try:
+            data = await asyncio.wait_for(self.proc.stdout.read(READ_SIZE), left)
+        except asyncio.TimeoutError:
+            raise CgiTimeout from None
+        if not data:
+            self.eof = True
+        return data
+
+    async def settle(self, buf: bytes) -> bytes:
+        """More output, until the script's end or a short quiet moment."""
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        until = min(loop.time() + SETTLE, self.deadline)
+        while len(buf) < READ_SIZE:
+            left = until - loop.time()
+            if left <= 0:
+                break
+            try:
+                data = await asyncio.wait_for(self.proc.stdout.read(READ_SIZE), left)
+            except asyncio.TimeoutError:
+                break
+            if not data:
+                self.eof = True
+                break
+            buf += data
+        return buf
+
+    async def wait_exit(self) -> int:
+        left = max(0.0, self.deadline - asyncio.get_running_loop().time())
+        try:
+            return await asyncio.wait_for(self.proc.wait(), left)
+        except asyncio.TimeoutError:
+            raise CgiTimeout from None
+
+    def kill(self) -> None:
+        """The script and whatever it started (its own process group)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def drain(self) -> None:
+        """Read and drop the rest of the output (HEAD, a response a module replaced)."""
+        try:
+            while not self.eof:
+                await self.read()
+            await self.wait_exit()
+        except CgiTimeout:
+            self.kill()
+            self.trace("CGI_TIMEOUT", script=self.argv[-1], timeout=self.timeout)
+
+    async def run(self) -> None:
+        stream, worker, script = self.stream, self.worker, self.argv[-1]
+        buf = b""
+        try:
+            while True:
+                data = await self.read()
+                if stream.cancelled:
+                    self.kill()
+                    stream.reset()
+                    return
+                buf += data
+                if header_end(buf)[0] >= 0 or not data:
+                    break
+                if len(buf) > MAX_HEADER_BLOCK:
+                    break
+            parsed = parse_output(buf) if header_end(buf)[0] >= 0 else None
+            if parsed is None:
+                self.kill()
+                code = await self.proc.wait()
+                worker.error_response(stream, 502, 2, f"The CGI application {script} returned an incomplete set "
+                                      f"of HTTP headers (exit status {code}).")
+                return
+            status, headers, body = parsed
+            self.trace("CGI_HEADERS", status=status)
+            if not self.eof:
+                body = await self.settle(body)
+            if self.eof:
+                code = await self.wait_exit()
+                self.trace("CGI_END", script=script, exit_code=code)
+                if code < 0:  # killed by a signal: whatever it wrote is not its answer
+                    self.trace("CGI_PREMATURE_TERMINATION", script=script, signal=-code)
+                    worker.error_response(stream, 502, 2, f"The CGI application {script} was killed by "
+                                          f"signal {-code}.")
+                    return
+                self.whole(status, headers, body)
+                return
+            await self.stream_body(status, headers, body)
+        except CgiTimeout:
+            self.kill()
+            self.trace("CGI_TIMEOUT", script=script, timeout=self.timeout)
+            if stream.head_sent:
+                stream.reset()
+            else:
+                worker.error_response(stream, 502, 1, f"The CGI application {script} did not finish within "
+                                      f"{self.timeout:.0f} s.")
+        finally:
+            if self.proc.returncode is None:
+                self.kill()
+
+    def whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        stream = self.stream
+        if self.ctx is not None:
+            self.worker.send_whole(stream, status, headers, body, self.ctx)
+            return
+        try:
+            block, _, close = build_header_block(headers)
+        except BadResponseHeader as exc:
+            self.worker.error_response(stream, 502, 2, str(exc))
+            return
+        stream.respond(status, block, len(body), b"" if stream.head.method == "HEAD" else body, True, close)
+
+    async def stream_body(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The head (with what came so far), then the body as the script writes it."""
+        stream, ctx, script = self.stream, self.ctx, self.argv[-1]
+        end = False
+        try:
+            if ctx is not None and ctx.pipeline.has_send:
+                out = ctx.send_response(status, 0, headers, body, False)
+                if out.generated:
+                    self.worker.error_response(stream, out.status, out.substatus, out.detail)
+                    await self.drain()
+                    return
+                changed = out.body is not body or out.end
+                status, headers, body, end = out.status, out.headers, out.body, out.end  # type: ignore[assignment]
+                if out.body_filter is not None:
+                    stream.body_filter = out.body_filter
+                block, length, close = build_header_block(headers)
+                if changed or stream.body_filter is not None:
+                    length = len(body) if end else -1
+            else:
+                block, length, close = build_header_block(headers)
+        except BadResponseHeader as exc:
+            self.worker.error_response(stream, 502, 2, str(exc))
+            await self.drain()
+            return
+        if stream.head.method == "HEAD" or end:
+            stream.respond(status, block, length if length >= 0 else len(body),
+                           b"" if stream.head.method == "HEAD" else body, True, close)
+            await self.drain()
+            return
+        if length >= 0 and len(body) > length:
+            body = body[:length]
+        stream.respond(status, block, length, body, False, close)
+        sent = len(body)
+        while True:
+            data = await self.read()
+            if stream.cancelled:
+                stream.reset()
+                return
+            if not data:
+                break
+            if length >= 0 and sent + len(data) > length:
+                data = data[:length - sent]
+            if data:
+                if stream.window <= 0:
+                    await stream.wait_window()
+                    if stream.cancelled:
+                        stream.reset()
+                        return
+                stream.send_body(data)
+                sent += len(data)
+        code = await self.wait_exit()
+        self.trace("CGI_END", script=script, exit_code=code)
+        if code < 0 or (length >= 0 and sent < length):
+            self.trace("CGI_PREMATURE_TERMINATION", script=script, exit_code=code, bytes=sent)
+            log.warning("CGI %s ended mid-body (exit status %d, %d bytes sent): the stream is reset",
+                        script, code, sent)
+            stream.reset()
+            return
+        stream.send_body(b"", end=True)
+
+
 async def run_cgi(worker: Any, stream: "Stream", app: "WorkerApplication", sel: "Selection", path: str,
                   query: str, ctx: "HttpContext | None") -> None:
     script = app.physical(sel.rel)
@@ -129,15 +349,19 @@ async def run_cgi(worker: Any, stream: "Stream", app: "WorkerApplication", sel: 
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=os.path.dirname(script) or None)
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=os.path.dirname(script) or None,
+            start_new_session=True)  # a process group: a timeout kills what the script started too
     except PermissionError:
         worker.error_response(stream, 403, 1, f"{argv[0]} is not executable.")
         return
     except OSError as exc:
         worker.error_response(stream, 502, 2, f"CGI application {argv[0]} could not start: {exc}")
         return
+    if ctx is not None:
+        ctx.trace_event("CGI_LAUNCH", script=script, pid=proc.pid)
 
     async def feed() -> None:
+        """The request body, to stdin as it arrives (read_chunk returns the window)."""
         assert proc.stdin is not None
         try:
             while True:
@@ -154,34 +378,28 @@ async def run_cgi(worker: Any, stream: "Stream", app: "WorkerApplication", sel: 
             except OSError:
                 pass
 
+    async def errors() -> None:
+        assert proc.stderr is not None
+        kept = b""
+        while True:
+            data = await proc.stderr.read(READ_SIZE)
+            if not data:
+                break
+            if len(kept) < 2000:
+                kept += data[:2000 - len(kept)]
+        if kept:
+            log.warning("CGI %s wrote to stderr: %s", script, kept.decode("utf-8", "replace"))
+
+    feeding = asyncio.ensure_future(feed())
+    stderr = asyncio.ensure_future(errors())
     try:
-        _, (out, err) = await asyncio.wait_for(asyncio.gather(feed(), proc.communicate()), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        worker.error_response(stream, 502, 1, f"The CGI application {argv[-1]} did not finish within {timeout:.0f} s.")
-        return
-    if err:
-        log.warning("CGI %s wrote to stderr: %s", script, err[:2000].decode("utf-8", "replace"))
-    if stream.cancelled:
-        stream.reset()
-        return
-    parsed = parse_output(out[:MAX_OUTPUT])
-    if parsed is None:
-        worker.error_response(stream, 502, 2, f"The CGI application {argv[-1]} returned an incomplete set of "
-                              f"HTTP headers (exit status {proc.returncode}).")
-        return
-    status, headers, body = parsed
-    if ctx is not None:
-        worker.send_whole(stream, status, headers, body, ctx)
-        return
-    from ..stream import BadResponseHeader, build_header_block
-    try:
-        block, _, close = build_header_block(headers)
-    except BadResponseHeader as exc:
-        worker.error_response(stream, 502, 2, str(exc))
-        return
-    if stream.head.method == "HEAD":
-        stream.respond(status, block, len(body), b"", True, close)
-    else:
-        stream.respond(status, block, len(body), body, True, close)
+        await CgiRun(worker, stream, ctx, argv, proc, timeout).run()
+    finally:
+        if not feeding.done():
+            feeding.cancel()
+        try:
+            await asyncio.wait_for(stderr, 5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        if proc.returncode is None:
+            await proc.wait()
