@@ -9,7 +9,7 @@ ALT_VENV  := .venv-alt
 ALT_STAMP := $(ALT_VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install system-deps run test unit integration bench bench-deps clean
+.PHONY: install system-deps run test unit integration bench bench-deps cache-tests clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench: bench-deps
 	$(PY) bench/process_model.py --output bench/results/process_model.json
 	$(PY) bench/hosting.py --output bench/results/hosting.json
 	$(PY) bench/listener.py --json bench/results/listener.json
+	$(PY) bench/http_cache_tests.py --output bench/results/http_cache_tests.json
+
+# The HTTP cache test suite (http-cache-tests, npm) against Poolhouse and nginx proxy_cache.
+cache-tests: bench-deps
+	$(PY) bench/http_cache_tests.py --output bench/results/http_cache_tests.json
 
 clean:
 	rm -rf $(VENV) $(ALT_VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,181 @@
+"""The listener's response cache in front of the reverse proxy (RFC 9111 shared-cache
+rules for what the worker relays from an upstream): a fresh ``max-age`` response served
+with the upstream gone, ``Age``, ``no-store``, ``Vary``, revalidation answered 304 by the
+upstream, invalidation by a POST, ``only-if-cached``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from .conftest import apphost
+
+
+class Origin(BaseHTTPRequestHandler):
+    """An upstream whose answers are chosen by path; it counts and records requests."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    lock = threading.Lock()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        self.answer()
+
+    def answer(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with self.lock:
+            self.seen.append((self.command, self.path, headers))
+            n = sum(1 for _, p, _ in self.seen if p == self.path)
+        path = self.path
+        status = 200
+        extra: list[tuple[str, str]] = []
+        if path.startswith("/fresh"):
+            extra.append(("Cache-Control", "max-age=60"))
+        elif path.startswith("/nostore"):
+            extra.append(("Cache-Control", "no-store, max-age=60"))
+        elif path.startswith("/vary"):
+            extra += [("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")]
+            path = f"{path} {headers.get('accept-language', '-')}"
+        elif path.startswith("/etag"):
+            extra += [("Cache-Control", "max-age=1"), ("ETag", '"v1"')]
+            if headers.get("if-none-match") == '"v1"':
+                status = 304
+                extra.append(("X-Revalidated", str(n)))
+        elif path.startswith("/item") and self.command == "GET":
+            extra.append(("Cache-Control", "max-age=60"))
+        body = b"" if status == 304 else f"{path} #{n}".encode()
+        self.send_response(status)  # with the origin's Date
+        for k, v in extra:
+            self.send_header(k, v)
+        if status != 304:
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    @classmethod
+    def requests(cls, path: str) -> list[tuple[str, dict[str, str]]]:
+        with cls.lock:
+            return [(m, h) for m, p, h in cls.seen if p == path]
+
+
+@pytest.fixture
+def origin() -> Iterator[ThreadingHTTPServer]:
+    Origin.seen = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+SITE = """
+<site name="S" id="1">
+  <application path="/" applicationPool="DefaultAppPool">
+    <virtualDirectory path="/" physicalPath="{root}/www" />
+  </application>
+  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+</site>"""
+
+WEB = """<configuration><system.webServer><rewrite><rules>
+  <rule name="origin" stopProcessing="true">
+    <match url=".*" />
+    <action type="Rewrite" url="http://127.0.0.1:UPSTREAM/{R:0}" />
+  </rule>
+</rules></rewrite></system.webServer></configuration>"""
+
+
+def start(poolhouse_server, origin: ThreadingHTTPServer):  # type: ignore[no-untyped-def]
+    web = WEB.replace("UPSTREAM", str(origin.server_address[1]))
+    return poolhouse_server(apphost(SITE), files={"www/web.config": web})
+
+
+def test_fresh_response_served_with_upstream_stopped_and_aged(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]
+    server = start(poolhouse_server, origin)
+    with httpx.Client(base_url=server.base, timeout=20) as c:
+        first = c.get("/fresh")
+        assert first.status_code == 200 and first.text == "/fresh #1"
+        assert first.headers.get_list("date") == [first.headers["date"]]  # one Date, not two
+        origin.shutdown()
+        origin.server_close()  # the upstream is gone: only the cache can answer now
+        time.sleep(1.2)
+        hit = c.get("/fresh")
+        assert hit.status_code == 200 and hit.text == "/fresh #1"
+        assert int(hit.headers["age"]) >= 1
+        assert hit.headers["cache-control"] == "max-age=60"
+        assert hit.headers.get_list("date") == [first.headers["date"]]  # the origin's Date, kept
+        head = c.head("/fresh")
+        assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "9"
+    assert len(Origin.requests("/fresh")) == 1
+    listing = server.cli("list", "cache", "--json")
+    assert '"rfc9111": true' in listing.stdout
+
+
+def test_no_store_is_not_stored_and_vary_keys_variants(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]
+    server = start(poolhouse_server, origin)
+    with httpx.Client(base_url=server.base, timeout=20) as c:
+        assert c.get("/nostore").text == "/nostore #1"
+        assert c.get("/nostore").text == "/nostore #2"
+        assert "age" not in c.get("/nostore").headers
+
+        en = c.get("/vary", headers={"Accept-Language": "en"})
+        fr = c.get("/vary", headers={"Accept-Language": "fr"})
+        assert (en.text, fr.text) == ("/vary en #1", "/vary fr #2")
+        again_en = c.get("/vary", headers={"Accept-Language": "en"})
+        again_fr = c.get("/vary", headers={"Accept-Language": "fr"})
+        assert (again_en.text, again_fr.text) == ("/vary en #1", "/vary fr #2")
+        assert "age" in again_en.headers and "age" in again_fr.headers
+        assert c.get("/vary", headers={"Accept-Language": "de"}).text == "/vary de #3"
+    assert len(Origin.requests("/nostore")) == 3
+    assert len(Origin.requests("/vary")) == 3
+
+
+def test_stale_entry_revalidated_with_304(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]
+    server = start(poolhouse_server, origin)
+    with httpx.Client(base_url=server.base, timeout=20) as c:
+        first = c.get("/etag")
+        assert first.text == "/etag #1" and first.headers["etag"] == '"v1"'
+        assert c.get("/etag").text == "/etag #1"  # fresh: from the cache
+        assert len(Origin.requests("/etag")) == 1
+        time.sleep(1.3)
+        revalidated = c.get("/etag")  # stale: the upstream is asked, conditionally
+        assert revalidated.status_code == 200 and revalidated.text == "/etag #1"
+        assert revalidated.headers["x-revalidated"] == "2"  # the 304's fields freshen the entry
+        requests = Origin.requests("/etag")
+        assert len(requests) == 2 and requests[1][1]["if-none-match"] == '"v1"'
+        assert c.get("/etag").headers["x-revalidated"] == "2"  # fresh again: from the cache
+        assert len(Origin.requests("/etag")) == 2
+        not_modified = c.get("/etag", headers={"If-None-Match": '"v1"'})
+        assert not_modified.status_code == 304  # the client's own conditional, from the cache
+    assert len(Origin.requests("/etag")) == 2
+
+
+def test_post_invalidates_and_only_if_cached(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]
+    server = start(poolhouse_server, origin)
+    with httpx.Client(base_url=server.base, timeout=20) as c:
+        assert c.get("/item").text == "/item #1"
+        assert c.get("/item").text == "/item #1"
+        assert c.post("/item", content=b"x").status_code == 200
+        assert c.get("/item").text == "/item #3"  # the POST invalidated the stored response
+        assert c.get("/item").text == "/item #3"
+
+        oic = c.get("/never-stored", headers={"Cache-Control": "only-if-cached"})
+        assert oic.status_code == 504
+        assert c.get("/item", headers={"Cache-Control": "only-if-cached"}).text == "/item #3"
+        assert c.get("/item", headers={"Cache-Control": "no-cache"}).text == "/item #4"
+    assert Origin.requests("/never-stored") == []
+    assert [m for m, _ in Origin.requests("/item")] == ["GET", "POST", "GET", "GET"]
