@@ -18,6 +18,8 @@ import httpx
 import psutil
 import pytest
 
+import poolhouse
+
 from .conftest import apphost
 from .test_process_model import WSGI_WEBCONFIG
 
@@ -194,7 +196,8 @@ def test_always_running_preloads_and_warms_up(poolhouse_server) -> None:
 def test_pool_identities_as_root(poolhouse_server, tmp_path: Path) -> None:
     """ApplicationPoolIdentity gets a uid of its own, SpecificUser the named user; no
     supplementary groups.  The interpreter must be reachable by those users: here the
-    system Python 3.11 with the venv's packages (the venv's own lives under /root)."""
+    system Python 3.11 with the venv's packages and Poolhouse's source as its worker
+    runtime (the venv's own interpreter lives under /root)."""
     python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin")
     if python is None or sys.version_info[:2] != (3, 11):
         pytest.skip("no system python3.11 to run unprivileged workers with")
@@ -212,8 +215,10 @@ def test_pool_identities_as_root(poolhouse_server, tmp_path: Path) -> None:
 
 def _identities(poolhouse_server, python: str) -> None:
     purelib = sysconfig.get_paths()["purelib"]
+    src = Path(poolhouse.__file__).resolve().parents[1]  # an editable install's .pth is not read from PYTHONPATH
     inner = (f'<python executable="{python}" />'
-             f'<environmentVariables><add name="PYTHONPATH" value="{purelib}" /></environmentVariables>')
+             f'<environmentVariables><add name="PYTHONPATH" value="{src}{os.pathsep}{purelib}" />'
+             '</environmentVariables>')
     config = apphost(
         sites="""
         <site name="Main" id="1">
