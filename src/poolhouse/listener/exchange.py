@@ -23,6 +23,7 @@ _encode_frame = encode_frame
 if TYPE_CHECKING:
     from .connection import HttpConnection
     from .request_queue import PoolQueue
+    from .response_cache import Entry
     from .routing import Route
     from .worker_link import WorkerLink
 
@@ -57,7 +58,7 @@ class Exchange:
     queued_at = 0.0
     finished_at = 0.0
     body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
-    revalidating = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
+    revalidating: "Entry | None" = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
     client_headers: tuple[bytes, ...] = ()  # the request's own headers, when revalidating
 
     def __init__(
