@@ -14,10 +14,10 @@ all — where RequestFilteringModule is not among the modules (removed, typed as
 module, a preCondition that does not always hold, not in globalModules) at the root or
 at any of those locations.
 
-On the hot path a request costs one dict lookup and two comparisons (the target's length
-against the shorter of ``maxUrl`` and ``maxQueryString``; ``0 <= Content-Length <=
-maxAllowedContentLength``), plus the header scan when the application has
-``headerLimits``.  A request that breaks the loosest limits is checked once more against
+On the hot path a request costs one dict lookup and a chained comparison or two (the
+target's length against the shorter of ``maxUrl`` and ``maxQueryString``; ``0 <=
+Content-Length <= maxAllowedContentLength``); an application with ``headerLimits`` has
+every request checked in full.  A request that breaks the loosest limits is checked once more against
 the exact configuration at its URL (what the worker would compute: web.config files of
 sub-folders included, changed ones re-read within a second) before it is refused, so a
 folder's web.config that loosens a limit is honoured too.  For a URL deeper than
@@ -85,10 +85,11 @@ class AppLimits:
     def __init__(self, limits: RequestLimits, resolver: WebConfigResolver, pool: Pool | None) -> None:
         self.limits = limits
         shortest = min(limits.max_url, limits.max_query)
-        # the listener refuses targets over MaxFieldLength itself (414): past that, no check
-        self.short_target = shortest if shortest < MAX_FIELD_LENGTH else NO_LIMIT
-        self.max_content = limits.max_content
+        # the listener refuses targets over MaxFieldLength itself (414): past that, no check;
+        # with headerLimits every request is looked at (-1: any target length triggers)
         self.headers = bool(limits.headers)
+        self.short_target = -1 if self.headers else shortest if shortest < MAX_FIELD_LENGTH else NO_LIMIT
+        self.max_content = limits.max_content
         self.resolver = resolver
         self.pool = pool
         self._exact: dict[int, tuple[WebConfig, RequestLimits | None]] = {}

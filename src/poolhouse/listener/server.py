@@ -392,7 +392,7 @@ class Listener:
                 return
         limits = self.request_limits.get(route.app_key)
         if limits is not None and (len(exch.target) > limits.short_target
-                                   or not 0 <= exch.body_length <= limits.max_content or limits.headers):
+                                   or not 0 <= exch.body_length <= limits.max_content):
             if request_filtering.check(conn, exch, limits):
                 return
         queue = self.pools.get(route.pool)
