@@ -148,11 +148,11 @@ def validate_string(kind: str, value: str) -> None:
             raise ValueError(f"'{value}' is longer than 64 characters")
     elif kind == "environmentVariableName":
         # a handler's environmentVariables also reach the WSGI environ, where HTTP_* and
-        # CONTENT_* are the client's headers: such a name could be supplied by a client
+        # CONTENT_* are the client's headers: such a name could be supplied by a client.
+        # Environ keys are case-sensitive: http_proxy is not a header's key, HTTP_PROXY is.
         if not value or "=" in value or "\0" in value or "." in value:
             raise ValueError(f"'{value}' is not a valid environment variable name")
-        upper = value.upper()
-        if upper.startswith("HTTP_") or upper in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if value.startswith("HTTP_") or value in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             raise ValueError(f"'{value}' is the name of a request header in the WSGI environ")
     elif kind == "siteName":
         if "/" in value or "?" in value:
