@@ -21,6 +21,11 @@ other than a whole 200 in one frame, empty or larger than ``maxResponseSize``, w
 ``Content-Encoding`` their ``Vary`` does not cover; default documents (a URL ending in
 ``/``).  ``Vary`` (and a profile's ``varyByHeaders``) key the variants.  Memory is bounded
 by ``maxCacheSize`` (MB; 0: 64 MB) with LRU eviction.
+
+Responses the worker's reverse proxy relays (marked ``X-Poolhouse-Upstream``) follow RFC
+9111's shared-cache rules instead (``shared_cache.py``; ``upstream_response`` and
+``_lookup_rfc`` here): any storable status, query strings, revalidation of stale entries
+through the worker, request directives, invalidation by unsafe methods.
 """
 
 from __future__ import annotations
