@@ -84,6 +84,31 @@ def test_response_head_is_checked() -> None:
             q.decode_response(bad)
 
 
+def test_response_head_carries_custom_log_fields() -> None:
+    import marshal
+
+    # no extra fields: the four-element head (the fast path)
+    assert marshal.loads(q.marshal_response(200, b"", 0, b"x")) == (200, b"", 0, b"x")
+    assert marshal.loads(q.marshal_response(200, b"", 0, b"x", 0, "", ())) == (200, b"", 0, b"x")
+    assert len(marshal.loads(q.marshal_response(404, b"", 0, b"", 2, "bob"))) == 6
+    fields = (("Tenant", "acme"), ("X-Cache", ""))
+    head = q.decode_response(q.marshal_response(200, b"A: b\r\n", 1, b"a", 0, "", fields))
+    assert head == q.ResponseHead(200, b"A: b\r\n", 1, b"a", 0, "", fields)
+    assert head.log_fields == fields and q.decode_response(q.marshal_response(200, b"", 0, b"")).log_fields == ()
+
+    def seven(extra: object) -> bytes:
+        return marshal.dumps((200, b"", 0, b"", 0, "", extra), 4)
+
+    for bad in (["a", "b"], (("a",),), (("a", "b", "c"),), (("a", 1),), ((b"a", "b"),), [("a", "b")],
+                (["a", "b"],), tuple(("f%d" % i, "v") for i in range(q.MAX_LOG_FIELDS + 1)),
+                (("n" * (q.MAX_LOG_FIELD_NAME + 1), "v"),), (("n", "v" * (q.MAX_LOG_FIELD_VALUE + 1)),)):
+        with pytest.raises(ValueError):
+            q.decode_response(seven(bad))
+    with pytest.raises(ValueError):  # eight elements
+        q.decode_response(marshal.dumps((200, b"", 0, b"", 0, "", (), 1), 4))
+    assert q.decode_response(seven(tuple(("f%d" % i, "v") for i in range(q.MAX_LOG_FIELDS)))).log_fields
+
+
 def test_ready_and_window() -> None:
     frame = FrameDecoder().feed(q.encode_ready(1234, 8))[0]
     assert q.decode_ready(frame.payload) == (1234, 8)

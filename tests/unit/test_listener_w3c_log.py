@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from poolhouse.config.model import LogFile, Site
+from poolhouse.config.model import CustomLogField, LogFile, Site
 from poolhouse.listener.w3c_log import W3CLogs, fields_for, file_name
 
 
@@ -33,6 +33,10 @@ def test_file_names_per_period() -> None:
     assert file_name("Weekly", t, False) == "u_ex260301.log"
     assert file_name("Weekly", when("2026-03-08 00:00:00"), False) == "u_ex260302.log"
     assert file_name("MaxSize", t, False, 3) == "u_extend3.log"
+    # a log with custom fields: "_x" before ".log", as IIS names it
+    assert file_name("Daily", t, False, custom=True) == "u_ex260304_x.log"
+    assert file_name("Weekly", t, False, custom=True) == "u_ex260301_x.log"
+    assert file_name("MaxSize", t, False, 2, True) == "u_extend2_x.log"
 
 
 def test_fields_follow_iis_order_not_flag_order() -> None:
@@ -71,3 +75,24 @@ def test_maxsize_rolls_to_the_next_file(tmp_path: Path) -> None:
     assert all(s < 1048576 + 4096 for s in sizes)
     total = sum(len([x for x in (d / n).read_text().splitlines() if not x.startswith("#")]) for n in names)
     assert total == 1200
+
+
+def test_custom_fields_follow_the_standard_ones(tmp_path: Path) -> None:
+    log_file = LogFile(log_ext_file_flags="Date, Time, HttpStatus", max_custom_field_length=8, custom_fields=[
+        CustomLogField("X-Forwarded-For", "X-Forwarded-For", "RequestHeader"),
+        CustomLogField("Tenant", "TENANT", "ServerVariable"),
+        CustomLogField("Cache Status", "X-Cache", "ResponseHeader"),
+        CustomLogField("Missing", "NOPE", "ServerVariable"),
+    ])
+    plain = exchange()
+    plain.log_fields = ()
+    rich = exchange()
+    rich.headers = (b"host", b"h", b"x-forwarded-for", b"203.0.113.9, 10.0.0.1")
+    rich.log_fields = (("Tenant", "acme corp"), ("Cache Status", "HIT"))
+    d = write(tmp_path, log_file, [(when("2026-03-04 10:00:00"), plain), (when("2026-03-04 10:00:01"), rich)])
+    assert [p.name for p in d.iterdir()] == ["u_ex260304_x.log"]
+    lines = (d / "u_ex260304_x.log").read_text().splitlines()
+    assert lines[3] == "#Fields: date time sc-status X-Forwarded-For Tenant Cache-Status Missing"
+    assert lines[4] == "2026-03-04 10:00:00 200 - - - -"
+    # values escaped like the standard ones and cut at maxCustomFieldLength (8)
+    assert lines[5] == "2026-03-04 10:00:01 200 203.0.11 acme+cor HIT -"

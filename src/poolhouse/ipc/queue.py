@@ -81,6 +81,15 @@ class ResponseHead(NamedTuple):
     # elements means (0, ""), so workers that predate them stay compatible.
     substatus: int = 0
     username: str = ""
+    # For the W3C log's custom fields (logFile/customFields): (logFieldName, value) pairs
+    # the worker computed (response headers, server variables).  Optional: a seventh
+    # element, sent only when there are some.
+    log_fields: tuple[tuple[str, str], ...] = ()
+
+
+MAX_LOG_FIELDS = 64
+MAX_LOG_FIELD_NAME = 256
+MAX_LOG_FIELD_VALUE = 65536
 
 
 def encode_request(stream: int, head: RequestHead, end_stream: bool) -> bytes:
@@ -96,12 +105,22 @@ def encode_response(stream: int, head: ResponseHead, end_stream: bool) -> bytes:
 
 
 def marshal_response(status: int, header_block: bytes, content_length: int, body: bytes,
-                     substatus: int = 0, username: str = "") -> bytes:
-    """The payload of a RESPONSE frame (see ``ResponseHead``): four elements, or six when
-    there is a substatus or a user name to log."""
+                     substatus: int = 0, username: str = "",
+                     log_fields: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The payload of a RESPONSE frame (see ``ResponseHead``): four elements, six when
+    there is a substatus or a user name to log, seven when there are custom log fields."""
+    if log_fields:
+        return marshal.dumps((status, header_block, content_length, body, substatus, username, log_fields), 4)
     if substatus or username:
         return marshal.dumps((status, header_block, content_length, body, substatus, username), 4)
     return marshal.dumps((status, header_block, content_length, body), 4)
+
+
+def _log_fields_ok(fields: object) -> bool:
+    return (type(fields) is tuple and len(fields) <= MAX_LOG_FIELDS
+            and all(type(f) is tuple and len(f) == 2 and type(f[0]) is str and type(f[1]) is str
+                    and len(f[0]) <= MAX_LOG_FIELD_NAME and len(f[1]) <= MAX_LOG_FIELD_VALUE
+                    for f in fields))
 
 
 def decode_response(payload: bytes) -> ResponseHead:
@@ -113,8 +132,9 @@ def decode_response(payload: bytes) -> ResponseHead:
     if (
         type(value) is not tuple
         or not (len(value) == 4 or (
-            len(value) == 6 and type(value[4]) is int and type(value[5]) is str
-            and 0 <= value[4] <= 999 and len(value[5]) <= 512))
+            6 <= len(value) <= 7 and type(value[4]) is int and type(value[5]) is str
+            and 0 <= value[4] <= 999 and len(value[5]) <= 512
+            and (len(value) == 6 or _log_fields_ok(value[6]))))
         or type(value[0]) is not int
         or type(value[1]) is not bytes
         or type(value[2]) is not int

@@ -47,6 +47,7 @@ class Exchange:
     status = 0
     substatus = 0
     username = ""
+    log_fields: tuple[tuple[str, str], ...] = ()  # custom W3C log fields the worker computed
     response_started = False
     chunked = False
     done = False
@@ -185,6 +186,8 @@ class Exchange:
         if len(head) > 4:
             self.substatus = head[4]
             self.username = head[5]
+            if len(head) > 6:
+                self.log_fields = head[6]
         if (flags == q.END_STREAM and self.keep_alive and self.http_minor == 1
                 and self.method != "HEAD" and 200 <= status != 204 and status != 304):
             # the common case: a whole response on a keep-alive HTTP/1.1 connection

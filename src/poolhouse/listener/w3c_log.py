@@ -7,6 +7,12 @@ formatting nor disk I/O ever blocks a request.  Fields follow ``logExtFileFlags`
 IIS's fixed order; times are UTC; files roll over per ``period`` (Daily, Hourly, Weekly,
 Monthly, or MaxSize at ``truncateSize``), on UTC boundaries unless ``localTimeRollover``.
 Requests the listener refuses itself are not here: they are in the HTTPERR log.
+
+Custom fields (``logFile/customFields``, IIS 8.5+) follow the standard ones, named by
+their ``logFieldName`` in the ``#Fields`` line, in files named ``u_ex…_x.log``: request
+headers are read here; response headers and server variables are computed by the worker
+(its HttpLoggingModule) and arrive with the response head.  Each value is cut at
+``maxCustomFieldLength`` bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config.model import LogFile, Site
+from ..config.model import CustomLogField, LogFile, Site
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -63,23 +69,24 @@ def _esc(value: str) -> str:
     return value
 
 
-def file_name(period: str, when: float, local: bool, index: int = 1) -> str:
+def file_name(period: str, when: float, local: bool, index: int = 1, custom: bool = False) -> str:
     """``u_ex`` + the period's stamp: YYMMDD (daily), YYMMDDHH (hourly), YYMMWW (weekly,
     week of the month, weeks starting on Sunday), YYMM (monthly), or ``u_extend<N>`` for
-    MaxSize."""
+    MaxSize; ``_x`` before ``.log`` when the log has custom fields (as IIS names them)."""
+    ext = "_x.log" if custom else ".log"
     if period == "MaxSize":
-        return f"u_extend{index}.log"
+        return f"u_extend{index}{ext}"
     t = time.localtime(when) if local else time.gmtime(when)
     if period == "Hourly":
-        return time.strftime("u_ex%y%m%d%H.log", t)
+        return time.strftime("u_ex%y%m%d%H", t) + ext
     if period == "Monthly":
-        return time.strftime("u_ex%y%m.log", t)
+        return time.strftime("u_ex%y%m", t) + ext
     if period == "Weekly":
         first_weekday = (t.tm_wday - (t.tm_mday - 1)) % 7  # Monday 0 .. Sunday 6
         offset = (first_weekday + 1) % 7  # days of the first week before the 1st (Sunday start)
         week = (t.tm_mday - 1 + offset) // 7 + 1
-        return time.strftime("u_ex%y%m", t) + f"{week:02d}.log"
-    return time.strftime("u_ex%y%m%d.log", t)
+        return time.strftime("u_ex%y%m", t) + f"{week:02d}" + ext
+    return time.strftime("u_ex%y%m%d", t) + ext
 
 
 @dataclass
@@ -95,10 +102,16 @@ class SiteLog:
     fh: Any = None
     checked: int = -1  # the second the file choice was last made for
     formatter: Any = None
+    custom: tuple[CustomLogField, ...] = ()
 
     @property
     def header_fields(self) -> str:
-        return " ".join(self.fields)
+        return " ".join(self.fields + [_field_name(c.log_field_name) for c in self.custom])
+
+
+def _field_name(name: str) -> str:
+    """A custom field's name as the #Fields line can hold it (no spaces)."""
+    return _UNSAFE.sub("-", name) or "-"
 
 
 class W3CLogs:
@@ -164,15 +177,17 @@ class W3CLogs:
             root = settings.directory or self.logs_root
             directory = os.path.join(os.path.expandvars(root), f"W3SVC{site.id}")
             fields = fields_for(settings.log_ext_file_flags)
+            custom = tuple(settings.custom_fields)
             old = self._sites.get(site.id)
             if (old is not None and old.directory == directory and old.fields == fields
-                    and old.settings.period == settings.period):
+                    and old.settings.period == settings.period and old.custom == custom
+                    and old.settings.max_custom_field_length == settings.max_custom_field_length):
                 old.settings = settings
                 new[site.id] = old
                 continue
             if old is not None:
                 self._close_file(old)
-            new[site.id] = SiteLog(site.id, site.name, directory, settings, fields)
+            new[site.id] = SiteLog(site.id, site.name, directory, settings, fields, custom=custom)
         for site_id, old in self._sites.items():
             if site_id not in new:
                 self._close_file(old)
@@ -190,18 +205,20 @@ class W3CLogs:
         os.makedirs(log.directory, exist_ok=True)
         if period == "MaxSize":
             limit = max(settings.truncate_size, MIN_TRUNCATE_SIZE)
+            suffix = r"_x\.log" if log.custom else r"\.log"
             if not log.path:
                 indices = [int(m.group(1)) for n in os.listdir(log.directory)
-                           if (m := re.fullmatch(r"u_extend(\d+)\.log", n))]
+                           if (m := re.fullmatch(r"u_extend(\d+)" + suffix, n))]
                 log.index = max(indices, default=1)
-            path = os.path.join(log.directory, file_name(period, when, False, log.index))
+            path = os.path.join(log.directory, file_name(period, when, False, log.index, bool(log.custom)))
             if path == log.path and log.size < limit:
                 return
             if path == log.path or (os.path.exists(path) and os.path.getsize(path) >= limit):
                 log.index += 1
-                path = os.path.join(log.directory, file_name(period, when, False, log.index))
+                path = os.path.join(log.directory, file_name(period, when, False, log.index, bool(log.custom)))
         else:
-            path = os.path.join(log.directory, file_name(period, when, settings.local_time_rollover))
+            path = os.path.join(log.directory, file_name(period, when, settings.local_time_rollover,
+                                                         custom=bool(log.custom)))
             if path == log.path:
                 return
         self._close_file(log)
@@ -247,7 +264,8 @@ class W3CLogs:
 
     def format(self, log: SiteLog, when: float, exch: "Exchange") -> bytes:
         if log.formatter is None:
-            log.formatter = compile_formatter(log.fields, log.site_id, self.computer)
+            log.formatter = compile_formatter(log.fields, log.site_id, self.computer, log.custom,
+                                              log.settings.max_custom_field_length)
         second = int(when)
         if second != self._stamp_second:
             self._stamp_second = second
@@ -303,22 +321,40 @@ def _request_bytes(e: "Exchange") -> int:
     return len(e.method) + len(e.target) + 12 + sum(map(len, h)) + 4 * (len(h) // 2) + 2 + e.body_received
 
 
-def compile_formatter(fields: list[str], site_id: int, computer: str) -> Any:
+def _custom_value(fields: tuple[tuple[str, str], ...], name: str, limit: int) -> bytes:
+    """A custom field the worker computed, escaped and cut at maxCustomFieldLength."""
+    for key, value in fields:
+        if key == name:
+            if not value:
+                return b"-"
+            return value.encode("utf-8", "surrogateescape")[:limit].translate(ESC)
+    return b"-"
+
+
+def compile_formatter(fields: list[str], site_id: int, computer: str,
+                      custom: tuple[CustomLogField, ...] = (), max_custom: int = 4096) -> Any:
     """A function (exchange, date, time) -> the log line as bytes, made for one field
-    list (the field choice is made once, not per line)."""
+    list and its custom fields (the field choice is made once, not per line)."""
     exprs = [_EXPR.get(name, "b'-'") for name in fields]
+    for c in custom:
+        if c.source_type == "RequestHeader":
+            exprs.append(f"(h.get({c.source_name.lower().encode('latin-1', 'replace')!r}) or b'-')"
+                         f"[:{max_custom}].translate(ESC)")
+        else:
+            exprs.append(f"custom(e.log_fields, {c.log_field_name!r}, {max_custom})")
     src = ["def fmt(e, d, t):", "    c = e.conn"]
     if any(n in ("cs-uri-stem", "cs-uri-query") for n in fields):
         src.append("    target = e.target")
         src.append("    q = target.find(b'?')")
         src.append("    stem, query = (target, b'-') if q < 0 else (target[:q], target[q + 1:] or b'-')")
-    if any(n in _REQUEST_HEADERS for n in fields):
+    if any(n in _REQUEST_HEADERS for n in fields) or any(c.source_type == "RequestHeader" for c in custom):
         src.append("    hl = e.headers")
         src.append("    h = dict(zip(hl[::2], hl[1::2]))")
-    template = " ".join("%d" if n in _INT_FIELDS else "%s" for n in fields) + "\\r\\n"
+    kinds = ["%d" if n in _INT_FIELDS else "%s" for n in fields] + ["%s"] * len(custom)
+    template = " ".join(kinds) + "\\r\\n"
     src.append(f"    return b'{template}' % ({', '.join(exprs)},)")
     namespace: dict[str, Any] = {
-        "ESC": ESC, "ip": _ip, "request_bytes": _request_bytes,
+        "ESC": ESC, "ip": _ip, "request_bytes": _request_bytes, "custom": _custom_value,
         "SITENAME": f"W3SVC{site_id}".encode(), "COMPUTER": _ip(computer),
     }
     exec("\n".join(src), namespace)

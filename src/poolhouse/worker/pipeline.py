@@ -134,9 +134,8 @@ class Response:
     body (then ``body_filter``, if a hook sets one, is applied to every later piece and
     called once more with ``b"", True`` at the end).  ``body`` may be a ``FileBody`` (a
     static file sent in slices).  ``generated`` marks a server-generated error (no body
-    from a handler): CustomErrorModule renders it.  ``log_fields`` is where a module
-    puts extra fields for the access log (see docs/pipeline.md: not yet carried to the
-    listener).
+    from a handler): CustomErrorModule renders it.  ``log_fields`` holds a module's
+    values for the access log (``add_log_field``; see docs/pipeline.md, "Log fields").
     """
 
     # the five fields every response sets are slots; the rarely-set ones are class
@@ -177,6 +176,13 @@ class Response:
     def add_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
+    def add_log_field(self, name: str, value: str) -> None:
+        """A value for the W3C log: logged by a ``logFile/customFields`` entry with
+        ``sourceType="ServerVariable"`` and this ``sourceName`` (see docs/pipeline.md)."""
+        if self.log_fields is None:
+            self.log_fields = {}
+        self.log_fields[name] = value
+
 
 class Pipeline:
     """The bound hooks of one application's configuration, per notification.
@@ -189,7 +195,7 @@ class Pipeline:
     __slots__ = ("modules", "before_map", "map", "after_map", "post", "post_finished",
                  "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send", "pre", "single",
                  "send_gates", "send_ok_plain", "send_ok_plain_names", "static_headers",
-                 "traced", "tracer", "empty")
+                 "traced", "tracer", "empty", "log_values")
 
     def __init__(self, modules: list["Module"]) -> None:
         self.modules = modules
@@ -224,11 +230,15 @@ class Pipeline:
         self.pre = bool(self.before_map or self.map or self.after_map)
         self.tracer = next((m for m in modules if getattr(m, "traces", False)), None)
         self.traced = self.tracer is not None
+        # the W3C log's worker-side custom fields: (ctx, header block, content length) ->
+        # (name, value) pairs for the RESPONSE head (HttpLoggingModule)
+        self.log_values: Callable[[HttpContext, bytes, int], tuple[tuple[str, str], ...]] | None = next(
+            (m.log_values for m in modules if m.logs), None)  # type: ignore[attr-defined]
         pre_hooks = [(n, h, m) for table in (self.before_map, self.map, self.after_map)
                      for n, hooks, names in table for h, m in zip(hooks, names)]
         self.single = pre_hooks[0] if len(pre_hooks) == 1 and not self.traced else None
         self.empty = not (self.before_map or self.map or self.after_map or self.post
-                          or self.has_send or self.traced)
+                          or self.has_send or self.traced or self.log_values is not None)
 
 
 class HttpContext:

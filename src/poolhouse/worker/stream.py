@@ -161,16 +161,19 @@ class Stream:
             return
         flags = (q.END_STREAM if end else 0) | (q.CLOSE if close else 0)
         self.head_sent = True
-        substatus, username = 0, ""
+        substatus, username, fields = 0, "", ()
         ctx = self.ctx
-        if ctx is not None:  # for the listener's W3C log: sc-substatus, cs-username
+        if ctx is not None:  # for the listener's W3C log: sc-substatus, cs-username, custom fields
             username = ctx.user
             resp = ctx.response
             if resp is not None:
                 substatus = resp.substatus
+            log_values = ctx.pipeline.log_values
+            if log_values is not None:
+                fields = log_values(ctx, header_block, content_length)
         self.worker.send(
             encode(q.RESPONSE, flags, self.sid,
-                   q.marshal_response(status, header_block, content_length, body, substatus, username))
+                   q.marshal_response(status, header_block, content_length, body, substatus, username, fields))
         )
         if end:
             self._end()

@@ -64,6 +64,7 @@ class Module:
     priority: ClassVar[int] = MEDIUM
     send_errors_only: ClassVar[bool] = False  # SendResponse only for statuses >= 400
     traces: ClassVar[bool] = False  # FailedRequestsTracingModule: the pipeline records events
+    logs: ClassVar[bool] = False  # HttpLoggingModule: has log_values() for the W3C log's custom fields
     # the handler kinds (apps.WSGI, apps.STATIC, …; "" = an error before any handler) the
     # module can act on; None = all.  The pipeline is built per configuration and kind,
     # so e.g. static compression costs a WSGI request nothing.
