@@ -177,6 +177,19 @@ def _header(block: bytes, name: bytes) -> bytes:
     return b""
 
 
+def _drop_field(block: bytes, lower: bytes, name: bytes) -> bytes:
+    """``block`` without its ``name:`` lines (``lower``: the block in lower case)."""
+    while True:
+        if lower.startswith(name):
+            start = 0
+        else:
+            start = lower.find(b"\n" + name) + 1
+            if start == 0:
+                return block
+        end = lower.find(b"\n", start) + 1 or len(lower)
+        block, lower = block[:start] + block[end:], lower[:start] + lower[end:]
+
+
 def _request_header(headers: tuple[bytes, ...], name: bytes) -> bytes:
     for i in range(0, len(headers), 2):
         if headers[i] == name:
@@ -407,9 +420,10 @@ class ResponseCache:
         storing, freshening and invalidation.  Returns the header block for the client,
         without the marker and the origin's ``Date`` (the listener writes its own) — or
         b"" after answering the client from a freshened entry itself."""
-        block = block.replace(_UPSTREAM_LINE, b"")
-        lines = sc.fields(block)
-        client_block = b"".join(line for n, line in lines if n != b"date")
+        # the proxy appends the marker last
+        block = block[:-len(_UPSTREAM_LINE)] if block.endswith(_UPSTREAM_LINE) else block.replace(_UPSTREAM_LINE, b"")
+        lower = block.lower()
+        client_block = _drop_field(block, lower, b"date:")
         route = exch.route
         policy = self.policies.get(route.app_key) if route is not None else None
         if route is None or policy is None or not policy.enabled:
@@ -417,11 +431,11 @@ class ResponseCache:
         method = exch.method
         if method not in sc.SAFE_METHODS:
             if 200 <= status < 400:
-                self._invalidate(route.site_id, exch, lines)
+                self._invalidate(route.site_id, exch, sc.fields(block))
             return client_block
         entry: Entry | None = exch.revalidating
         if entry is not None and status == 304 and end:
-            self._freshen(exch, entry, lines)
+            self._freshen(exch, entry, sc.fields(block))
             exch.headers = exch.client_headers
             exch.conn.listener.serve_cached(exch.conn, exch, entry)
             return b""
@@ -429,8 +443,12 @@ class ResponseCache:
             return client_block
         if entry is not None:
             self._remove(entry)  # replaced by this answer, or no longer right
-        if not end or len(body) > policy.max_response_size or len(block) > MAX_HEADER_BLOCK:
+        if (not end or len(body) > policy.max_response_size or len(block) > MAX_HEADER_BLOCK
+                or not (b"cache-control" in lower or b"expires" in lower or b"last-modified" in lower
+                        or b"etag" in lower)):
+            # nothing to store: neither freshness nor a validator (the usual proxied answer)
             return client_block
+        lines = sc.fields(block)
         headers = exch.client_headers if entry is not None else exch.headers
         cc = sc.directives(sc.values(lines, b"cache-control"))
         req = sc.request_directives(headers) if b"cache-control" in headers or b"pragma" in headers else None
@@ -440,6 +458,9 @@ class ResponseCache:
         stored = [(n, line) for n, line in lines if n not in sc.NOT_STORED and n not in omitted]
         now = time.time()
         fresh = sc.freshness(lines, cc, status, now - (time.monotonic() - exch.started_at), now)
+        if ((fresh.no_cache or fresh.lifetime <= 0)
+                and not any(n == b"etag" or n == b"last-modified" for n, _ in stored)):
+            return client_block  # never fresh and nothing to revalidate it with
         vary = sc.vary_names(stored)
         key = (route.site_id, exch.target)
         slot = self.slots.get(key)
