@@ -26,9 +26,15 @@ from .frames import END_STREAM, encode, header
 
 # RESPONSE flag: close the client connection after this response
 CLOSE = 0x02
+# REQUEST flag: the client asked to switch protocols (a WebSocket handshake).  If the
+# worker answers 101, the stream becomes a byte tunnel both ways: REQUEST_BODY frames then
+# carry what the client sends, RESPONSE_BODY frames what goes back, END_STREAM either way
+# ends it.  Any other answer is an ordinary response, after which the listener closes the
+# connection.
+UPGRADE = 0x04
 
 __all__ = [
-    "END_STREAM", "CLOSE", "BODY_WINDOW",
+    "END_STREAM", "CLOSE", "UPGRADE", "BODY_WINDOW",
     "REQUEST", "REQUEST_BODY", "CANCEL", "WINDOW", "PING", "PONG",
     "READY", "RESPONSE", "RESPONSE_BODY", "RESET", "CREDIT", "DRAINING",
     "RequestHead", "encode_request", "decode_request",

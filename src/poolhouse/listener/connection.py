@@ -48,7 +48,7 @@ class HttpConnection(asyncio.Protocol):
         "listener", "transport", "parser", "client", "server", "scheme", "pipeline",
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
         "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
-        "deferred_error", "site_id", "bytes_written", "drain_mark",
+        "deferred_error", "site_id", "bytes_written", "drain_mark", "tunnel", "tunnel_held",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -75,6 +75,10 @@ class HttpConnection(asyncio.Protocol):
         self.site_id: int | None = None  # the site this connection counts against (maxConnections)
         self.bytes_written = 0  # for minBytesPerSecond
         self.drain_mark: tuple[float, int] | None = None
+        # An upgrade request (WebSocket): the exchange whose stream carries the connection's
+        # bytes from now on, and what the client sent before the worker agreed (101).
+        self.tunnel: Exchange | None = None
+        self.tunnel_held: list[bytes] | None = None
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -106,17 +110,17 @@ class HttpConnection(asyncio.Protocol):
         if self.deferred_error or self.closed:
             return  # past a parse error nothing is HTTP any more (reads already under way)
         self.last_activity = time.monotonic()
+        if self.tunnel_held is not None:
+            self._hold(data)
+            return
+        if self.tunnel is not None:
+            self.tunnel.body(data)
+            return
         in_head = self.parser_busy
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrades (WebSocket) are not served yet: the request is answered normally
-            # and the connection closed afterwards.
-            if self.parsing is not None:
-                self.parsing.keep_alive = False
-                if not self.parsing.body_done:
-                    self.on_message_complete()
-            self.pause_for(self.parser)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0]:] if exc.args else b"")
             return
         except httptools.HttpParserError:
             self.bad_request(*(self.head_error or _BAD_REQUEST))
@@ -129,6 +133,38 @@ class HttpConnection(asyncio.Protocol):
             if self.head_raw > 2 * MAX_REQUEST_BYTES:
                 self.bad_request(*_HEAD_TOO_LONG)
 
+    def _upgrade(self, tail: bytes) -> None:
+        """The request just parsed asked to switch protocols.  Nothing after it is HTTP:
+        for a WebSocket handshake the bytes are held until the worker answers (101 opens
+        the tunnel, anything else closes the connection); other upgrades (h2c, CONNECT)
+        are answered as ordinary requests, then the connection closes."""
+        if self.parsing is not None and not self.parsing.body_done:
+            self.on_message_complete()
+        exch = self.pipeline[-1] if self.pipeline else None
+        if exch is None or not exch.upgrade:
+            if exch is not None:
+                exch.keep_alive = False
+            self.pause_for(self.parser)
+            return
+        self.tunnel_held = []
+        if tail:
+            self._hold(tail)
+
+    def _hold(self, data: bytes) -> None:
+        held = self.tunnel_held
+        assert held is not None
+        held.append(data)
+        if sum(map(len, held)) >= 65536:
+            self.pause_for(self.parser)  # until the worker answers the handshake
+
+    def open_tunnel(self, exch: Exchange) -> None:
+        """The worker accepted the upgrade: from now on the client's bytes go to it."""
+        held, self.tunnel_held = self.tunnel_held or [], None
+        self.tunnel = exch
+        for data in held:
+            exch.body(data)
+        self.unpause_for(self.parser)
+
     def pause_writing(self) -> None:
         self.write_paused = True
 
@@ -140,6 +176,9 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client half-closed: finish what it asked for, then close.  A request still
         # being received can never complete: that is a client gone (connection_lost logs it).
+        if self.tunnel is not None:
+            self.tunnel.body_complete()  # the worker ends its side (WebSocket: close frame)
+            return True
         if self.pipeline and self.parsing is None and not self.parser_busy:
             self.pipeline[-1].keep_alive = False
             return True
@@ -207,6 +246,10 @@ class HttpConnection(asyncio.Protocol):
         http_minor = 1 if version == "1.1" else _HTTP_MINOR.get(version, -1)
         exch = Exchange(self, method, url, http_minor, tuple(headers), body_length,
                         bool(parser.should_keep_alive()), expect_continue, host, self.last_activity)
+        if b"upgrade" in names and parser.should_upgrade():
+            exch.keep_alive = False  # whatever the answer, nothing after it is HTTP/1.1
+            if method == "GET" and http_minor == 1 and not body_length:
+                exch.upgrade = headers[names.index(b"upgrade") * 2 + 1]
         if http_minor < 0:
             exch.keep_alive = False
             exch.status = 505  # answered when its turn comes

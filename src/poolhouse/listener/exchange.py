@@ -58,9 +58,11 @@ class Exchange:
     owed_window = 0
     queued_at = 0.0
     finished_at = 0.0
-    body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
     revalidating: "Entry | None" = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
     client_headers: tuple[bytes, ...] = ()  # the request's own headers, when revalidating
+    body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
+    upgrade = b""  # the Upgrade header of a WebSocket handshake
+    tunnel = False  # the worker answered 101: the stream carries raw bytes both ways
 
     def __init__(
         self,
@@ -109,7 +111,8 @@ class Exchange:
         self.worker = worker
         self.stream = stream
         worker.send(_encode_frame(
-            q.REQUEST, q.END_STREAM if self.body_done and not self.body_buf else 0, stream,
+            q.REQUEST, (q.END_STREAM if self.body_done and not self.body_buf else 0)
+            | (q.UPGRADE if self.upgrade else 0), stream,
             _dumps(self._head_fields(), 4),
         ))
         if self.body_buf:
@@ -203,6 +206,9 @@ class Exchange:
             self.conn.write(data)
             self.finish()
             return
+        if status == 101:
+            self._switch_protocols(head[1], flags)
+            return
         if flags & q.CLOSE:
             self.keep_alive = False
         http_minor = self.http_minor
@@ -252,6 +258,23 @@ class Exchange:
             self.conn.write(data)
             if body:
                 self._ack(len(body))
+
+    def _switch_protocols(self, block: bytes, flags: int) -> None:
+        """101: the worker accepted the upgrade.  The listener writes the hop-by-hop
+        headers itself (a worker cannot set them) and turns the connection into a tunnel."""
+        if not self.upgrade or flags & q.END_STREAM:
+            if self.worker is not None:
+                self.worker.cancel(self.stream)
+            self.status = 502
+            self.reset()
+            return
+        data = b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", self.upgrade,
+                         b"\r\nConnection: Upgrade\r\n", block, b"\r\n"))
+        self.bytes_sent += len(data)
+        self.conn.write(data)
+        self.tunnel = True
+        self.body_done = False  # the client's side of the tunnel is open until it closes
+        self.conn.open_tunnel(self)
 
     @property
     def cache_profiled(self) -> bool:

@@ -282,7 +282,7 @@ class Listener:
                 if link.pool is not queue:
                     continue
                 for sid, exch in list(link.streams.items()):
-                    if exch.done or not exch.queued_at or now - exch.queued_at <= limit:
+                    if exch.done or exch.tunnel or not exch.queued_at or now - exch.queued_at <= limit:
                         continue
                     elapsed = now - exch.queued_at
                     if exch.response_started:

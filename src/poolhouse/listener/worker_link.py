@@ -33,6 +33,7 @@ class WorkerLink(asyncio.Protocol):
         self.ready = False
         self.draining = False
         self.streams: dict[int, Exchange] = {}
+        self.tunnels: set[int] = set()  # streams that became tunnels (their credit is back)
         self.requests = 0
         self._next_stream = 1
         self._decoder = FrameDecoder()
@@ -69,6 +70,8 @@ class WorkerLink(asyncio.Protocol):
                     continue
                 if flags & q.END_STREAM:
                     self._terminal(sid)
+                elif head[0] == 101 and sid in streams:
+                    self._tunnel(sid)
                 if exch is not None:
                     exch.response(head, flags)
             elif ftype == q.RESPONSE_BODY:
@@ -116,7 +119,23 @@ class WorkerLink(asyncio.Protocol):
 
     # ---- used by the pool and exchanges -------------------------------------------
 
+    def _tunnel(self, sid: int) -> None:
+        """A stream became a tunnel (WebSocket): it may live for hours, so its credit is
+        given back now rather than at its end — a worker's credits bound the requests it
+        works on, not the sockets it holds open."""
+        if sid not in self.tunnels:
+            self.tunnels.add(sid)
+            self.credits += 1
+            if not self.draining:
+                self.pool.worker_free(self)
+
     def _terminal(self, sid: int) -> None:
+        if self.tunnels and sid in self.tunnels:
+            self.tunnels.discard(sid)
+            if self.streams.pop(sid, None) is not None:
+                self.requests += 1
+                self.pool.requests += 1
+            return
         if self.streams.pop(sid, None) is not None:
             self.credits += 1
             self.requests += 1

@@ -82,6 +82,7 @@ class WorkerProcess:
         self.static: dict[int, tuple[Any, StaticFileHandler]] = {}
         self.environ_base: dict[str, Any] = {}
         self.draining = False
+        self.websockets: set[Any] = set()  # open WebSocketSessions (closed with 1012 on drain)
         self.done = asyncio.Event()
         self.exit_code = exit_codes.STOPPED
         self.requests = 0
@@ -225,6 +226,8 @@ class WorkerProcess:
         self.draining = True
         if self.transport is not None:
             self.send(encode(q.DRAINING, 0, 0))
+        for session in list(self.websockets):
+            session.going_away()
         if not self.streams:
             self.exit(exit_codes.STOPPED)
 
@@ -270,7 +273,8 @@ class WorkerProcess:
         streams = self.streams
         for ftype, flags, sid, payload in frames:
             if ftype == q.REQUEST:
-                self.on_request(sid, q.decode_request(payload), bool(flags & q.END_STREAM))
+                self.on_request(sid, q.decode_request(payload), bool(flags & q.END_STREAM),
+                                bool(flags & q.UPGRADE))
             elif ftype == q.REQUEST_BODY:
                 stream = streams.get(sid)
                 if stream is not None:
@@ -306,8 +310,10 @@ class WorkerProcess:
 
     # ---- dispatch -----------------------------------------------------------------
 
-    def on_request(self, sid: int, head: q.RequestHead, end: bool) -> None:
+    def on_request(self, sid: int, head: q.RequestHead, end: bool, upgrade: bool = False) -> None:
         stream = Stream(self, sid, head, end)
+        if upgrade:
+            stream.upgrade = True
         self.streams[sid] = stream
         stream.started_at = time.monotonic()
         try:
@@ -378,6 +384,11 @@ class WorkerProcess:
                 extra = ctx.extra_environ
                 if extra:
                     scope["extensions"] = {"poolhouse.server_variables": extra}
+            if stream.upgrade:
+                from .handlers import websocket
+                if websocket.wants_websocket(stream) and websocket.settings(sel.web)[0]:
+                    self.loop.create_task(websocket.run_websocket(self, sel.target, scope, stream, sel.web))
+                    return
             self.loop.create_task(run_asgi(sel.target, scope, stream))
         elif kind == STATIC:
             self.run_static(stream, app, sel.web, sel.rel, query)

@@ -79,7 +79,7 @@ class Stream:
     __slots__ = (
         "worker", "sid", "head", "body_chunks", "body_done", "body_event", "cancelled",
         "window", "window_event", "ended", "head_sent", "on_body", "_tlock", "_tcond",
-        "app", "started_at", "stage", "ctx", "body_filter",
+        "app", "started_at", "stage", "ctx", "body_filter", "upgrade",
     )
 
     def __init__(self, worker: "WorkerProcess", sid: int, head: q.RequestHead, body_done: bool) -> None:
@@ -103,6 +103,7 @@ class Stream:
         self.ctx: Any = None  # the pipeline's HttpContext, when the URL has module hooks
         # set by a SendResponse hook (compression): applied to every later body piece
         self.body_filter: Callable[[bytes, bool], bytes] | None = None
+        self.upgrade = False  # the client asked to switch protocols (q.UPGRADE)
 
     # ---- request body (frames from the listener) ----------------------------------
 
@@ -179,6 +180,12 @@ class Stream:
             self._end()
         elif body:
             self.window -= len(body)
+
+    def open_tunnel(self, header_block: bytes) -> None:
+        """Answer 101: the stream becomes a byte tunnel (q.UPGRADE).  The request side
+        opens again: what the client sends next arrives as body chunks."""
+        self.respond(101, header_block, -1, b"", False)
+        self.body_done = False
 
     def send_body(self, data: bytes, end: bool = False, account: bool = True) -> None:
         """``account=False``: the window was already taken (``take_window_threadsafe``)."""
