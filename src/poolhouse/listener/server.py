@@ -458,9 +458,6 @@ class Listener:
         exch.cache_hit = True
         exch.response_started = True
         headers = exch.headers
-        if entry.rfc is not None:
-            self._serve_stored(conn, exch, entry)
-            return
         if (exch.keep_alive and exch.http_minor == 1 and exch.method == "GET" and not entry.shared_age
                 and b"if-none-match" not in headers and b"if-modified-since" not in headers):
             # the common hit: everything but the Date line was prepared when it was stored
@@ -469,6 +466,9 @@ class Listener:
             exch.bytes_sent = len(data)
             conn.write(data)
             exch.finish()
+            return
+        if entry.rfc is not None:  # (shared_age is set for these: never the common hit above)
+            self._serve_stored(conn, exch, entry)
             return
         minor = max(exch.http_minor, 0)
         not_modified = entry.etag or entry.last_modified
