@@ -77,6 +77,9 @@ FILES = {
         <add path="*"><failureDefinitions statusCodes="400-599" /></add>
       </traceFailedRequests></tracing>"""),
     "small/web.config": rule("*", "Verbose", "404"),
+    "www/gz/web.config": rule("Compression", "Information", "200").replace(
+        "<tracing>", '<httpCompression staticCompressionIgnoreHitFrequency="true" /><tracing>'),
+    "www/gz/big.txt": "static text that compresses well " * 200,
 }
 
 
@@ -97,7 +100,7 @@ def test_trace_areas_verbosity_and_the_file_cap(poolhouse_server) -> None:
         before = len(list(folder.glob("fr*.xml"))) if folder.exists() else 0
         newest = traces(folder)[-1].name if before else ""
         r = httpx.get(server.url(path), timeout=20, **kw)  # type: ignore[arg-type]
-        assert r.status_code in (401, 404)
+        assert r.status_code in (200, 401, 404)
         server.wait_for(lambda: folder.exists() and traces(folder) and traces(folder)[-1].name != newest)
         return traces(folder)[-1].read_text()
 
@@ -130,6 +133,10 @@ def test_trace_areas_verbosity_and_the_file_cap(poolhouse_server) -> None:
     assert [f.name for f in traces(folder)] == ["fr000003.xml", "fr000004.xml", "fr000005.xml"]
     assert "NOTIFY_MODULE_START" in events(traces(folder)[-1].read_text())
     assert "<th>area</th>" in (folder / "fr000005.htm").read_text()
+
+    # a 200 traced for its compression: only the Compression area's event
+    names = events(one_more("/gz/big.txt", headers={"Accept-Encoding": "gzip"}))
+    assert names == ["GENERAL_REQUEST_START", "STATIC_COMPRESSION_SUCCESS", "GENERAL_REQUEST_END"]
 
     # site 2: maxLogFileSizeKB="1" cuts a verbose trace, which says so and keeps its end
     small = server.state_dir / "logs" / "FailedReqLogFiles" / "W3SVC2"

@@ -188,6 +188,9 @@ class DynamicCompressionModule(_Compression):
         resp.remove_header(b"Content-Length")
         resp.set_header(b"Content-Encoding", name.encode())
         _vary(resp)
+        if ctx.trace is not None:
+            ctx.trace_event("DYNAMIC_COMPRESSION_SUCCESS", scheme=name, streamed=not resp.end,
+                            original=len(body), compressed=len(resp.body))  # type: ignore[arg-type]
         return None
 
 
@@ -259,6 +262,8 @@ class StaticCompressionModule(_Compression):
         if etag.endswith('"'):
             resp.set_header(b"ETag", (etag[:-1] + "-" + name + '"').encode("latin-1"))
         _vary(resp)
+        if ctx.trace is not None:
+            ctx.trace_event("STATIC_COMPRESSION_SUCCESS", scheme=name, original=size, compressed=len(data))
         return None
 
     def _path(self, key: str, scheme: str) -> str:
