@@ -130,6 +130,12 @@ def test_application_opt_in_with_s_maxage(server: Server) -> None:
     assert get(server, "/dyn/short")[2].startswith(b"/dyn/short")
 
 
+def test_only_if_cached_is_not_for_an_origin_application(server: Server) -> None:
+    # the application is the origin (no upstream): HTTP.sys's rules, the directive is ignored
+    status, _, body = get(server, "/dyn/plain", {"Cache-Control": "only-if-cached"})
+    assert status == 200 and body.startswith(b"/dyn/plain")
+
+
 def test_vary_keys_the_variants(server: Server) -> None:
     en1 = get(server, "/dyn/vary", {"Accept-Language": "en"})[2]
     fr1 = get(server, "/dyn/vary", {"Accept-Language": "fr"})[2]

@@ -212,6 +212,7 @@ class ResponseCache:
         self.evictions = 0
         self.invalidations = 0
         self.revalidated = 0
+        self.upstream_apps: set[str] = set()  # applications seen relaying upstream responses
         self.watcher: FileWatcher | None = None
 
     # ---- configuration and management -------------------------------------------------
@@ -224,6 +225,7 @@ class ResponseCache:
         self.profiled.update(k for k, p in policies.items() if p.enabled and any(
             pr.policy in ("CacheUntilChange", "CacheForTimePeriod") for pr in p.profiles.values()))
         self.max_size = max_size or DEFAULT_MAX_CACHE
+        self.upstream_apps.clear()
         self.flush()
 
     def flush(self, site_id: int | None = None, url: str | None = None) -> int:
@@ -318,8 +320,13 @@ class ResponseCache:
         return None
 
     def only_if_cached(self, exch: "Exchange") -> bool:
-        """§5.2.1.7: nothing usable is stored for a request with ``only-if-cached``
-        (it gets a 504 rather than going to the application)."""
+        """§5.2.1.7: nothing usable is stored for a request with ``only-if-cached`` to an
+        application whose responses come from an upstream (it gets a 504 rather than
+        going to the upstream).  Other applications are origins: the directive is not
+        addressed to them (HTTP.sys ignores it)."""
+        route = exch.route
+        if route is None or route.app_key not in self.upstream_apps:
+            return False
         req = sc.request_directives(exch.headers)
         return req is not None and b"only-if-cached" in req
 
@@ -428,6 +435,8 @@ class ResponseCache:
         policy = self.policies.get(route.app_key) if route is not None else None
         if route is None or policy is None or not policy.enabled:
             return client_block
+        if route.app_key not in self.upstream_apps:
+            self.upstream_apps.add(route.app_key)
         method = exch.method
         if method not in sc.SAFE_METHODS:
             if 200 <= status < 400:
