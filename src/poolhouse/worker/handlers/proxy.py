@@ -374,7 +374,8 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
         block, length, close = build_header_block(headers)
     except BadResponseHeader as exc:
         raise UpstreamError(502, 3, f"{host}:{port} sent a bad header: {exc}") from None
-    block += UPSTREAM_MARK  # the listener's response cache applies RFC 9111 to it (and strips this)
+    if status >= 200:  # (an interim or 101 head is not the cache's: it would keep the mark)
+        block += UPSTREAM_MARK  # the listener's response cache applies RFC 9111 to it (and strips this)
     if changed or stream.body_filter is not None:
         length = len(body) if end else -1
     if no_body:
