@@ -38,6 +38,7 @@ SCRIPTS = {
     "short.cgi": "#!/bin/sh\nprintf 'Content-Length: 100\\r\\n\\r\\n'\nprintf 'only ten..'\nsleep 0.3\n",
     "late.cgi": "#!/bin/sh\nsleep 10\n" + HEAD[len("#!/bin/sh\n"):],
     "stalls.cgi": HEAD + "printf 'started'\nsleep 10\nprintf 'never'\n",
+    "noheaders.cgi": "#!/bin/sh\nprintf 'just text'\nexit 3\n",
 }
 
 FILES = {
@@ -119,6 +120,8 @@ def test_timeout_and_programs_that_die(server) -> None:
         with pytest.raises(httpx.RemoteProtocolError):
             c.get("/stalls.cgi")  # streaming when the timeout strikes: reset
         assert time.monotonic() - t0 < 6
+        r = c.get("/noheaders.cgi")
+        assert r.status_code == 502 and "502.2" in r.text and "exit status 3" in r.text
         assert c.get("/fast.cgi").text == "all at once"  # the worker is fine
 
     # failureDefinitions verbosity="Error": the premature end is an Error event

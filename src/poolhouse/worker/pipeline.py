@@ -448,10 +448,11 @@ class HttpContext:
             return
         self.waited = future
         p = self.pipeline
-        table = p.before_map if _ORDER[notification] < 4 else p.map if _ORDER[notification] == 4 else p.after_map
+        order, map_order = _ORDER[notification], _ORDER[MAP_REQUEST_HANDLER]
+        table = p.before_map if order < map_order else p.map if order == map_order else p.after_map
         index = next((names.index(module) for n, _, names in table if n == notification), 0)
         try:
-            if self.before_handler(_ORDER[notification] - 1, index):
+            if self.before_handler(order - 1, index):
                 return
             self.worker.execute(stream, self.app, self.selection, self.path, self.raw_path, self.query, self)
         except Exception:

@@ -227,10 +227,11 @@ class CgiRun:
                     break
                 if len(buf) > MAX_HEADER_BLOCK:
                     break
-            parsed = parse_output(buf) if header_end(buf)[0] >= 0 else None
+            parsed = parse_output(buf)
             if parsed is None:
-                self.kill()
-                code = await self.proc.wait()
+                if not self.eof:  # a header block past MAX_HEADER_BLOCK
+                    self.kill()
+                code = await self.wait_exit()
                 worker.error_response(stream, 502, 2, f"The CGI application {script} returned an incomplete set "
                                       f"of HTTP headers (exit status {code}).")
                 return
