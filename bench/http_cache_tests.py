@@ -131,12 +131,16 @@ def metadata(pkg: Path) -> list[dict[str, object]]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def run_client(pkg: Path, base: str, timeout: float) -> dict[str, object]:
-    """The suite's command-line client against ``base``: {test id: true | [kind, message]}."""
+def run_client(pkg: Path, base: str, timeout: float, test_id: str = "") -> dict[str, object]:
+    """The suite's command-line client against ``base``: {test id: true | [kind, message]}
+    (with ``test_id``: that test only, its requests and responses printed)."""
     env = {**os.environ, "npm_config_base": base, "npm_package_config_base": base,
-           "npm_config_id": "", "npm_package_config_id": ""}
+           "npm_config_id": test_id, "npm_package_config_id": test_id}
     out = subprocess.run(["node", "--no-warnings", "cli.mjs"], cwd=pkg, env=env, capture_output=True, text=True,
                          timeout=timeout)
+    if test_id:
+        print(out.stdout + out.stderr)
+        return {}
     start = out.stdout.find("{")
     if out.returncode != 0 or start < 0:
         raise RuntimeError(f"cache-tests client failed ({out.returncode}): {out.stderr[-500:]}")
@@ -201,6 +205,7 @@ def main() -> int:
     parser.add_argument("--output", default="", help="results JSON")
     parser.add_argument("--only", default="poolhouse,nginx", help="poolhouse, nginx (comma list)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per client run, seconds")
+    parser.add_argument("--id", default="", help="run this one test and print its exchanges")
     args = parser.parse_args()
     if shutil.which("node") is None:
         print("node is needed for http-cache-tests", file=sys.stderr)
@@ -245,7 +250,11 @@ def main() -> int:
                 server.start()
                 wait_port(port, 30)
                 started = time.monotonic()
-                results = run_client(pkg, f"http://127.0.0.1:{port}", args.timeout)
+                results = run_client(pkg, f"http://127.0.0.1:{port}", args.timeout, args.id)
+                if args.id:
+                    server.stop()
+                    del caches[name]
+                    continue
                 kinds = classify(tests, results)
                 table = counts(tests, kinds)
                 report["caches"][name] = {  # type: ignore[index]
@@ -266,6 +275,8 @@ def main() -> int:
             for server in caches.values():
                 server.stop()
             origin.stop()
+    if args.id:
+        return 0
     print_table(report)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
