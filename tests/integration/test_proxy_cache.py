@@ -29,6 +29,9 @@ class Origin(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.answer()
 
+    def do_HEAD(self) -> None:
+        self.answer()
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
         self.answer()
@@ -53,6 +56,14 @@ class Origin(BaseHTTPRequestHandler):
             if headers.get("if-none-match") == '"v1"':
                 status = 304
                 extra.append(("X-Revalidated", str(n)))
+        elif path.startswith("/auth-public"):
+            extra.append(("Cache-Control", "public, max-age=60"))
+        elif path.startswith("/auth"):
+            extra.append(("Cache-Control", "max-age=60"))
+        elif path.startswith("/lm"):
+            extra += [("Cache-Control", "max-age=0, must-revalidate"), ("Last-Modified", "Wed, 01 Jan 2020 00:00:00 GMT")]
+            if headers.get("if-modified-since") == "Wed, 01 Jan 2020 00:00:00 GMT":
+                status = 304
         elif path.startswith("/item") and self.command == "GET":
             extra.append(("Cache-Control", "max-age=60"))
         body = b"" if status == 304 else f"{path} #{n}".encode()
@@ -63,7 +74,8 @@ class Origin(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     @classmethod
     def requests(cls, path: str) -> list[tuple[str, dict[str, str]]]:
@@ -179,3 +191,24 @@ def test_post_invalidates_and_only_if_cached(poolhouse_server, origin) -> None: 
         assert c.get("/item", headers={"Cache-Control": "no-cache"}).text == "/item #4"
     assert Origin.requests("/never-stored") == []
     assert [m for m, _ in Origin.requests("/item")] == ["GET", "POST", "GET", "GET"]
+
+
+def test_authorization_and_last_modified_revalidation(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]
+    server = start(poolhouse_server, origin)
+    auth = {"Authorization": "Basic dTpw"}
+    with httpx.Client(base_url=server.base, timeout=20) as c:
+        # §3.5: a response to a request with Authorization is stored only if it says public
+        assert c.get("/auth", headers=auth).text == "/auth #1"
+        assert c.get("/auth").text == "/auth #2"
+        assert c.get("/auth-public", headers=auth).text == "/auth-public #1"
+        assert c.get("/auth-public").text == "/auth-public #1"
+        # must-revalidate, max-age=0: every use asks the upstream with If-Modified-Since
+        assert c.get("/lm").text == "/lm #1"
+        again = c.get("/lm")
+        assert again.status_code == 200 and again.text == "/lm #1"
+        head = c.head("/lm")
+        assert head.status_code == 200 and head.headers["last-modified"] == "Wed, 01 Jan 2020 00:00:00 GMT"
+    requests = Origin.requests("/lm")
+    assert [m for m, _ in requests] == ["GET", "GET", "HEAD"]
+    assert "if-modified-since" not in requests[0][1]
+    assert all(h["if-modified-since"] == "Wed, 01 Jan 2020 00:00:00 GMT" for _, h in requests[1:])
