@@ -291,8 +291,8 @@ def print_table(report: dict[str, object]) -> None:
     print(f"{report['suite']}: " + ", ".join(f"{n} {caches[n]['seconds']} s" for n in names))
     print(f"{'suite':16s}" + "".join(f"  {n:>42s}" for n in names))
     print(f"{'':16s}" + "".join("  " + " ".join(f"{k[:6]:>5s}" for k in shown) for _ in names))
-    suites = [s for s in next(iter(caches.values()))["counts"] if s != "total"] if caches else []  # type: ignore[call-overload]
-    suites += ["total"] if caches else []
+    first: dict[str, object] = next(iter(caches.values()))["counts"] if caches else {}  # type: ignore[assignment]
+    suites = [s for s in first if s != "total"] + (["total"] if first else [])
     for suite in suites:
         row = f"{suite:16s}"
         for n in names:
