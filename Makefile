@@ -9,7 +9,7 @@ ALT_VENV  := .venv-alt
 ALT_STAMP := $(ALT_VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install system-deps run test unit integration bench bench-deps cache-tests clean
+.PHONY: install system-deps run test unit integration bench bench-deps bench-websocket cache-tests clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ bench: bench-deps
 	$(PY) bench/hosting.py --output bench/results/hosting.json
 	$(PY) bench/listener.py --json bench/results/listener.json
 	$(PY) bench/http_cache_tests.py --output bench/results/http_cache_tests.json
+	$(PY) bench/websocket.py --exclude '12.*' --exclude '13.*' --output bench/results/websocket.json
+
+# ASGI WebSocket against uvicorn and granian: echo throughput and all the Autobahn cases,
+# the permessage-deflate ones (12.*, 13.*) too, which take ~40 min over four servers;
+# `make bench` runs the same without those.
+bench-websocket: bench-deps
+	$(PY) bench/websocket.py --output bench/results/websocket.json
 
 # The HTTP cache test suite (http-cache-tests, npm) against Poolhouse and nginx proxy_cache.
 cache-tests: bench-deps

@@ -377,7 +377,7 @@ def test_fastapi_websocket_route(poolhouse_server) -> None:  # type: ignore[no-u
 def test_autobahn_conformance(poolhouse_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The Autobahn fuzzing-client cases (kosoku) against the echo application: no case
     may fail; compression cases run too (permessage-deflate is negotiated).  The counts
-    are written to bench/results/autobahn.json by bench/websocket.py."""
+    are written to bench/results/websocket.json by bench/websocket.py."""
     server = serve(poolhouse_server, '<webSocket receiveBufferLimit="67108864" />')
     out = tmp_path / "reports"
     kosoku = str(Path(sys.executable).parent / "kosoku")
