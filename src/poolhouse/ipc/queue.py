@@ -36,7 +36,7 @@ UPGRADE = 0x04
 __all__ = [
     "END_STREAM", "CLOSE", "UPGRADE", "BODY_WINDOW",
     "REQUEST", "REQUEST_BODY", "CANCEL", "WINDOW", "PING", "PONG",
-    "READY", "RESPONSE", "RESPONSE_BODY", "RESET", "CREDIT", "DRAINING",
+    "READY", "RESPONSE", "RESPONSE_BODY", "RESET", "CREDIT", "DRAINING", "RESPONSE_FILE",
     "RequestHead", "encode_request", "decode_request",
     "ResponseHead", "encode_response", "decode_response",
     "encode_window", "decode_window", "encode_ready", "decode_ready",
@@ -57,6 +57,9 @@ RESPONSE_BODY = 18
 RESET = 19         # the worker abandons the stream (the response cannot be completed)
 CREDIT = 20        # stream 0; payload: i32 change in credits
 DRAINING = 21      # stream 0; the worker takes no new requests (recycle); in-flight go on
+RESPONSE_FILE = 22  # a piece of the response body that is a file range, sent by the listener
+                    # itself (sendfile): payload (path, offset, length, size, mtime_ns), the
+                    # last two the file's as the worker saw them; END_STREAM on the last piece
 
 BODY_WINDOW = 1 << 20
 
@@ -91,11 +94,18 @@ class ResponseHead(NamedTuple):
     # the worker computed (response headers, server variables).  Optional: a seventh
     # element, sent only when there are some.
     log_fields: tuple[tuple[str, str], ...] = ()
+    # An HTTPERR reason for a response the worker produced on the listener's behalf (the
+    # reverse proxy's 502/504: ``Connection_Refused_By_Upstream``, ``Timer_UpstreamResponse``,
+    # ...): the listener writes an HTTPERR line with it when the exchange finishes.
+    # Optional: an eighth element (the seventh then present, possibly empty), sent only
+    # with a reason; a word of letters, digits and ``_``, at most ``MAX_HTTPERR_REASON``.
+    httperr_reason: str = ""
 
 
 MAX_LOG_FIELDS = 64
 MAX_LOG_FIELD_NAME = 256
 MAX_LOG_FIELD_VALUE = 65536
+MAX_HTTPERR_REASON = 64
 
 
 def encode_request(stream: int, head: RequestHead, end_stream: bool) -> bytes:
@@ -112,9 +122,13 @@ def encode_response(stream: int, head: ResponseHead, end_stream: bool) -> bytes:
 
 def marshal_response(status: int, header_block: bytes, content_length: int, body: bytes,
                      substatus: int = 0, username: str = "",
-                     log_fields: tuple[tuple[str, str], ...] = ()) -> bytes:
+                     log_fields: tuple[tuple[str, str], ...] = (), httperr_reason: str = "") -> bytes:
     """The payload of a RESPONSE frame (see ``ResponseHead``): four elements, six when
-    there is a substatus or a user name to log, seven when there are custom log fields."""
+    there is a substatus or a user name to log, seven when there are custom log fields,
+    eight when the listener is asked for an HTTPERR line."""
+    if httperr_reason:
+        return marshal.dumps((status, header_block, content_length, body, substatus, username, log_fields,
+                              httperr_reason), 4)
     if log_fields:
         return marshal.dumps((status, header_block, content_length, body, substatus, username, log_fields), 4)
     if substatus or username:
@@ -129,6 +143,11 @@ def _log_fields_ok(fields: object) -> bool:
                     for f in fields))
 
 
+def _httperr_reason_ok(reason: object) -> bool:
+    return (type(reason) is str and 0 < len(reason) <= MAX_HTTPERR_REASON
+            and reason.replace("_", "").isalnum() and reason.isascii())
+
+
 def decode_response(payload: bytes) -> ResponseHead:
     """Decodes and type-checks a worker's response head (raises ValueError if malformed)."""
     try:
@@ -138,9 +157,10 @@ def decode_response(payload: bytes) -> ResponseHead:
     if (
         type(value) is not tuple
         or not (len(value) == 4 or (
-            6 <= len(value) <= 7 and type(value[4]) is int and type(value[5]) is str
+            6 <= len(value) <= 8 and type(value[4]) is int and type(value[5]) is str
             and 0 <= value[4] <= 999 and len(value[5]) <= 512
-            and (len(value) == 6 or _log_fields_ok(value[6]))))
+            and (len(value) == 6 or _log_fields_ok(value[6]))
+            and (len(value) < 8 or _httperr_reason_ok(value[7]))))
         or type(value[0]) is not int
         or type(value[1]) is not bytes
         or type(value[2]) is not int
@@ -180,3 +200,28 @@ def decode_ready(payload: bytes) -> tuple[int, int]:
     if type(value) is not tuple or len(value) != 2 or not all(type(v) is int for v in value):
         raise ValueError("malformed READY")
     return value[0], value[1]
+
+
+class FileRange(NamedTuple):
+    path: str
+    offset: int
+    length: int
+    size: int       # the file's size and modification time when the worker built the
+    mtime_ns: int   # response head: the listener refuses to send a file that changed since
+
+
+def encode_file(stream: int, ref: FileRange, end_stream: bool) -> bytes:
+    return encode(RESPONSE_FILE, END_STREAM if end_stream else 0, stream, marshal.dumps(tuple(ref), 4))
+
+
+def decode_file(payload: bytes) -> FileRange:
+    """Decodes and type-checks a RESPONSE_FILE payload (raises ValueError if malformed)."""
+    try:
+        value = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"undecodable file reference: {exc}") from None
+    if (type(value) is not tuple or len(value) != 5 or type(value[0]) is not str
+            or not all(type(v) is int for v in value[1:]) or not value[0].startswith("/")
+            or "\x00" in value[0] or value[1] < 0 or value[2] < 0 or value[1] + value[2] > value[3]):
+        raise ValueError("malformed file reference")
+    return FileRange(*value)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from .exchange import Exchange
+from .file_send import FileSender
 from .responses import error_response
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class HttpConnection(asyncio.Protocol):
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
         "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
         "deferred_error", "site_id", "bytes_written", "drain_mark", "tunnel", "tunnel_held",
+        "sender",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -79,6 +81,7 @@ class HttpConnection(asyncio.Protocol):
         # bytes from now on, and what the client sent before the worker agreed (101).
         self.tunnel: Exchange | None = None
         self.tunnel_held: list[bytes] | None = None
+        self.sender: FileSender | None = None  # a file range being sent (file_send.py)
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -95,6 +98,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.sender is not None:
+            self.sender.stop()
         self.listener.connections.discard(self)
         if self.site_id is not None:
             self.listener.connection_closed(self)
@@ -170,6 +175,8 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.sender is not None:
+            self.sender.pump()  # the transport's buffer is empty: sendfile may go on
         for exch in self.pipeline:
             exch.return_owed_window()
 
@@ -312,6 +319,14 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed:
             self.bytes_written += len(data)
             self.transport.write(data)
+
+    def sendfile_fd(self) -> int:
+        """The socket's descriptor for os.sendfile, or -1 where the bytes must pass
+        through the transport (TLS)."""
+        if self.scheme != "http":
+            return -1
+        sock = self.transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else -1
 
     def pause_for(self, who: object) -> None:
         if not self.read_paused_by and not self.closed:

@@ -8,6 +8,7 @@ transport, returning window to the worker as the client drains it.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -15,13 +16,16 @@ from marshal import dumps as _dumps
 
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
+from .file_send import FileChanged, FileSender, open_range
 from .response_cache import FILE_MARKER, MARKER, PROFILED, UPSTREAM_MARKER, strip_file_marker
 from .responses import DATE, STATUS_LINE_11, status_line
 
 _encode_frame = encode_frame
+log = logging.getLogger("poolhouse.listener")
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
+    from .file_send import Reader
     from .request_queue import PoolQueue
     from .response_cache import Entry
     from .routing import Route
@@ -48,6 +52,7 @@ class Exchange:
     substatus = 0
     username = ""
     log_fields: tuple[tuple[str, str], ...] = ()  # custom W3C log fields the worker computed
+    httperr_reason = ""  # the worker asked for an HTTPERR line with this reason (proxy 502/504)
     response_started = False
     chunked = False
     done = False
@@ -61,6 +66,8 @@ class Exchange:
     revalidating: "Entry | None" = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
     client_headers: tuple[bytes, ...] = ()  # the request's own headers, when revalidating
     body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
+    sending: "list[tuple[object, ...]] | None" = None  # a file range is being sent; what waits behind it
+    file_end = False  # that range ends the response
     upgrade = b""  # the Upgrade header of a WebSocket handshake
     tunnel = False  # the worker answered 101: the stream carries raw bytes both ways
 
@@ -191,6 +198,8 @@ class Exchange:
             self.username = head[5]
             if len(head) > 6:
                 self.log_fields = head[6]
+                if len(head) > 7:
+                    self.httperr_reason = head[7]
         if (flags == q.END_STREAM and self.keep_alive and self.http_minor == 1
                 and self.method != "HEAD" and 200 <= status != 204 and status != 304):
             # the common case: a whole response on a keep-alive HTTP/1.1 connection
@@ -296,6 +305,9 @@ class Exchange:
     def response_body(self, data: bytes, flags: int) -> None:
         if self.done or self.conn.closed:
             return
+        if self.sending is not None:  # behind a file range still being sent
+            self.sending.append((data, flags))
+            return
         if data and self.method != "HEAD":
             if self.chunked:
                 self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -308,6 +320,52 @@ class Exchange:
             self.finish()
         elif data:
             self._ack(len(data))
+
+    def response_file(self, ref: q.FileRange, flags: int, reader: "Reader") -> None:
+        """A piece of the body that is a file range (q.RESPONSE_FILE): the listener opens
+        and sends it itself (file_send.py).  Pieces behind it wait their turn."""
+        if self.done or self.conn.closed:
+            return
+        if self.sending is not None:
+            self.sending.append((ref, flags, reader))
+            return
+        if self.method == "HEAD":
+            if flags & q.END_STREAM:
+                self.response_body(b"", flags)
+            return
+        try:
+            fd = open_range(ref, reader)
+        except (FileChanged, OSError) as exc:
+            self.file_failed(str(exc))
+            return
+        self.sending = []
+        self.file_end = bool(flags & q.END_STREAM)
+        FileSender(self, fd, ref, self.chunked).pump()
+
+    def file_sent(self) -> None:
+        """The file range went out: go on with what queued behind it."""
+        queued, self.sending = self.sending or [], None
+        if self.file_end:
+            self.response_body(b"", q.END_STREAM)
+            return
+        for i, item in enumerate(queued):
+            if len(item) == 3:
+                self.response_file(*item)  # type: ignore[arg-type]
+            else:
+                self.response_body(*item)  # type: ignore[arg-type]
+            if self.sending is not None:  # another file: the rest waits again
+                self.sending.extend(queued[i + 1:])
+                return
+
+    def file_failed(self, reason: str) -> None:
+        """The head is out and the file cannot follow: the connection is closed."""
+        log.error("cannot send %s's file: %s", self.target[:200].decode("latin-1"), reason)
+        self.sending = None
+        self.done = True
+        if self.worker is not None:
+            self.worker.cancel(self.stream)
+        self.release_worker()
+        self.conn.abort_exchange(self, "File_Not_Sendable")
 
     def _ack(self, n: int) -> None:
         """Give the worker back ``n`` bytes of response window, now if the client is

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from ..ipc import queue as q
 from ..ipc.frames import FrameDecoder, FrameError, encode
+from .file_send import Reader
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -34,6 +35,7 @@ class WorkerLink(asyncio.Protocol):
         self.draining = False
         self.streams: dict[int, Exchange] = {}
         self.tunnels: set[int] = set()  # streams that became tunnels (their credit is back)
+        self.reader: Reader | None = None  # what the worker's identity may read (file responses)
         self.requests = 0
         self._next_stream = 1
         self._decoder = FrameDecoder()
@@ -80,6 +82,21 @@ class WorkerLink(asyncio.Protocol):
                     self._terminal(sid)
                 if exch is not None:
                     exch.response_body(payload, flags)
+            elif ftype == q.RESPONSE_FILE:
+                exch = streams.get(sid)
+                if flags & q.END_STREAM:
+                    self._terminal(sid)
+                try:
+                    ref = q.decode_file(payload)
+                except ValueError as exc:
+                    log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
+                    if exch is not None:
+                        exch.file_failed(str(exc))
+                    continue
+                if exch is not None:
+                    if self.reader is None:
+                        self.reader = Reader(self.pid)
+                    exch.response_file(ref, flags, self.reader)
             elif ftype == q.WINDOW:
                 exch = streams.get(sid)
                 if exch is not None:

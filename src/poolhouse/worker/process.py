@@ -83,6 +83,7 @@ class WorkerProcess:
         self.environ_base: dict[str, Any] = {}
         self.draining = False
         self.websockets: set[Any] = set()  # open WebSocketSessions (closed with 1012 on drain)
+        self.proxy_tunnels: set[Any] = set()  # open passthrough tunnels of the proxy (ended on drain)
         self.done = asyncio.Event()
         self.exit_code = exit_codes.STOPPED
         self.requests = 0
@@ -228,6 +229,8 @@ class WorkerProcess:
             self.send(encode(q.DRAINING, 0, 0))
         for session in list(self.websockets):
             session.going_away()
+        for tunnel in list(self.proxy_tunnels):
+            tunnel.going_away()
         if not self.streams:
             self.exit(exit_codes.STOPPED)
 
@@ -457,7 +460,7 @@ class WorkerProcess:
                 stream.respond(status, block, content_length, b"", True)
                 return
             stream.respond(status, block, content_length, b"", False)
-            self.loop.create_task(self._send_file(stream, body))
+            self.send_file_body(stream, body)
             return
         if stream.head.method == "HEAD":
             stream.respond(status, block, content_length, b"", True)
@@ -486,12 +489,29 @@ class WorkerProcess:
                 stream.respond(out.status, block, body.length, b"", True, close)
             else:
                 stream.respond(out.status, block, body.length, b"", False, close)
-                self.loop.create_task(self._send_file(stream, body))
+                self.send_file_body(stream, body)
             return
         if stream.head.method == "HEAD":
             stream.respond(out.status, block, len(body), b"", True, close)
         else:
             stream.respond(out.status, block, len(body), body, True, close)
+
+    def send_file_body(self, stream: Stream, body: FileBody) -> None:
+        """The body of a response whose head is out: the listener sends the file range
+        itself (q.RESPONSE_FILE) unless a SendResponse hook transforms the body
+        (compression), which needs the bytes here."""
+        if stream.body_filter is None:
+            try:
+                st = os.stat(body.path)
+            except OSError as exc:
+                log.error("sending %s failed: %s", body.path, exc)
+                stream.reset()
+                return
+            if body.offset + body.length <= st.st_size:
+                stream.send_file(q.FileRange(os.path.abspath(body.path), body.offset, body.length,
+                                             st.st_size, st.st_mtime_ns))
+                return
+        self.loop.create_task(self._send_file(stream, body))
 
     async def _send_file(self, stream: Stream, body: FileBody) -> None:
         try:

@@ -79,7 +79,7 @@ class Stream:
     __slots__ = (
         "worker", "sid", "head", "body_chunks", "body_done", "body_event", "cancelled",
         "window", "window_event", "ended", "head_sent", "on_body", "_tlock", "_tcond",
-        "app", "started_at", "stage", "ctx", "body_filter", "upgrade",
+        "app", "started_at", "stage", "ctx", "body_filter", "upgrade", "httperr_reason",
     )
 
     def __init__(self, worker: "WorkerProcess", sid: int, head: q.RequestHead, body_done: bool) -> None:
@@ -104,6 +104,9 @@ class Stream:
         # set by a SendResponse hook (compression): applied to every later body piece
         self.body_filter: Callable[[bytes, bool], bytes] | None = None
         self.upgrade = False  # the client asked to switch protocols (q.UPGRADE)
+        # set before answering an error the listener would log in HTTPERR had it produced
+        # it (the reverse proxy's 502/504): the reason travels in the RESPONSE head
+        self.httperr_reason = ""
 
     # ---- request body (frames from the listener) ----------------------------------
 
@@ -174,7 +177,8 @@ class Stream:
                 fields = log_values(ctx, header_block, content_length)
         self.worker.send(
             encode(q.RESPONSE, flags, self.sid,
-                   q.marshal_response(status, header_block, content_length, body, substatus, username, fields))
+                   q.marshal_response(status, header_block, content_length, body, substatus, username, fields,
+                                      self.httperr_reason))
         )
         if end:
             self._end()
@@ -204,6 +208,15 @@ class Stream:
             self._end()
         elif account:
             self.window -= len(data)
+
+    def send_file(self, ref: q.FileRange, end: bool = True) -> None:
+        """A body piece the listener sends from the file itself (sendfile): no bytes pass
+        through this process, and no window is taken."""
+        if self.ended:
+            return
+        self.worker.send(q.encode_file(self.sid, ref, end))
+        if end:
+            self._end()
 
     def take_window_threadsafe(self, n: int) -> None:
         assert self._tcond is not None

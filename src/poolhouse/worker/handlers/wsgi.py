@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import stat
 import sys
 import tempfile
 import traceback
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...urlpath import host_name
-from ...ipc.queue import RequestHead
+from ...ipc.queue import FileRange, RequestHead
 from ..stream import BadResponseHeader, Stream, build_header_block
 
 log = logging.getLogger("poolhouse.worker")
@@ -132,6 +134,49 @@ class _WrittenFirst:
         _close(self.result)
 
 
+class FileWrapper:
+    """``wsgi.file_wrapper`` (PEP 3333): iterates a file in blocks, and — when it wraps a
+    regular file the worker can name — lets the handler hand the rest of the file to the
+    listener, which sends it with sendfile."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def file_range(self, content_length: int) -> FileRange | None:
+        """The wrapped file from its current position (at most ``content_length`` bytes
+        when that is >= 0), or None when the file cannot be sent by name: not a real
+        regular file, opened in text mode, deleted or replaced since it was opened."""
+        try:
+            if isinstance(self.filelike, io.TextIOBase):
+                return None
+            fd = self.filelike.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            named = os.stat(path)
+            if not path.startswith("/") or (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino):
+                return None
+            offset = self.filelike.tell()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+        length = max(st.st_size - offset, 0)
+        if content_length >= 0:
+            length = min(length, content_length)
+        return FileRange(path, offset, length, st.st_size, st.st_mtime_ns)
+
+
 class WsgiHandler:
     """Runs requests for one pool's WSGI applications."""
 
@@ -189,6 +234,9 @@ class WsgiHandler:
                 self._respond_whole(stream, environ, start, result[0])
                 call_sync(_close, result)
                 return
+            if type(result) is FileWrapper and self._send_wrapped_file(stream, environ, start, result):
+                call_sync(_close, result)
+                return
             it = iter(result)
             first = call_sync(self._first_chunk, it, start)
         except Exception:
@@ -238,6 +286,9 @@ class WsgiHandler:
             if type(result) is list and len(result) == 1 and start.headers is not None:
                 call(self._respond_whole, stream, environ, start, result[0])
                 return
+            if type(result) is FileWrapper and _run_on_loop(self.loop, self._send_wrapped_file, stream,
+                                                            environ, start, result):
+                return
             it = iter(result)
             first = self._first_chunk(it, start)
             if first is None:
@@ -276,6 +327,30 @@ class WsgiHandler:
         if start.headers is None:
             raise AssertionError("the application returned without calling start_response")
         return None
+
+    def _send_wrapped_file(self, stream: Stream, environ: dict[str, Any], start: StartResponse,
+                           wrapper: FileWrapper) -> bool:
+        """``wsgi.file_wrapper`` around a regular file: the head, then the listener sends
+        the file itself.  False when the file must be iterated after all (not nameable,
+        or a SendResponse hook such as compression transforms the body)."""
+        if start.headers is None or environ["REQUEST_METHOD"] == "HEAD":
+            return False
+        length = -1
+        for name, value in start.headers:
+            if name.lower() == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return False
+        ref = wrapper.file_range(length)
+        if ref is None or (length >= 0 and ref.length != length):
+            return False
+        ctx = stream.ctx
+        if ref.length == 0 or (ctx is not None and ctx.pipeline.has_send and ctx.wants_send(start.status)):
+            return False  # a SendResponse hook (compression, say) may need the bytes
+        if self._send_head(stream, environ, start, b"", end=False):
+            stream.send_file(ref)
+        return True
 
     def _respond_whole(self, stream: Stream, environ: dict[str, Any], start: StartResponse, body: bytes) -> None:
         self._send_head(stream, environ, start, body, end=True)
@@ -368,6 +443,7 @@ def make_environ_base(server_software: str, multithread: bool) -> dict[str, Any]
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
     }
 
 
