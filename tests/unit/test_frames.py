@@ -109,6 +109,30 @@ def test_response_head_carries_custom_log_fields() -> None:
     assert q.decode_response(seven(tuple(("f%d" % i, "v") for i in range(q.MAX_LOG_FIELDS)))).log_fields
 
 
+def test_response_head_carries_an_httperr_reason() -> None:
+    import marshal
+
+    payload = q.marshal_response(502, b"", 5, b"error", 3, "", (), "Connection_Refused_By_Upstream")
+    assert len(marshal.loads(payload)) == 8
+    head = q.decode_response(payload)
+    assert (head.status, head.substatus, head.log_fields, head.httperr_reason) == (
+        502, 3, (), "Connection_Refused_By_Upstream")
+    fields = (("Tenant", "acme"),)
+    head = q.decode_response(q.marshal_response(504, b"", 0, b"", 0, "bob", fields, "Timer_UpstreamResponse"))
+    assert (head.username, head.log_fields, head.httperr_reason) == ("bob", fields, "Timer_UpstreamResponse")
+    assert q.decode_response(q.marshal_response(502, b"", 0, b"", 3)).httperr_reason == ""
+
+    def eight(reason: object) -> bytes:
+        return marshal.dumps((502, b"", 0, b"", 3, "", (), reason), 4)
+
+    # a worker runs application code: the reason is one word of the HTTPERR log, nothing else
+    for bad in ("", "two words", "tab\there", "new\nline", "Ünicode", "x" * (q.MAX_HTTPERR_REASON + 1), b"Bytes", 1,
+                None):
+        with pytest.raises(ValueError):
+            q.decode_response(eight(bad))
+    assert q.decode_response(eight("x" * q.MAX_HTTPERR_REASON)).httperr_reason
+
+
 def test_ready_and_window() -> None:
     frame = FrameDecoder().feed(q.encode_ready(1234, 8))[0]
     assert q.decode_ready(frame.payload) == (1234, 8)

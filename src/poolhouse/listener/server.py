@@ -564,6 +564,8 @@ class Listener:
             stats.bytes_received += exch.body_received
             if not exch.from_listener and route.site_id in self.w3c_sites:
                 self.w3c_pending.append((time.time(), exch))
+        if exch.httperr_reason:  # a worker's error the listener logs as its own (proxy 502/504)
+            self.log_error(exch.httperr_reason, conn, exch, exch.status)
 
     def log_error(self, reason: str, conn: HttpConnection, exch: Exchange | None, status: int | None = None) -> None:
         route = exch.route if exch is not None else None

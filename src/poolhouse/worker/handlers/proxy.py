@@ -17,12 +17,16 @@ from the worker.
   and the URL's host (also the SNI); a rule can trust a CA file or turn verification
   off (``upstream_tls.py``).  An untrusted certificate -> 502.3.
 * Errors: the upstream refuses or breaks the connection -> 502.3, it does not answer in
-  time -> 504.0 (502.3 and 504.0 are ARR's codes), each with an error log line; after
-  the response head was sent, the stream is reset.
+  time -> 504.0 (502.3 and 504.0 are ARR's codes; the time: ``DEFAULT_TIMEOUT``, an
+  httpPlatform application's requestTimeout, or a rule's ``POOLHOUSE_PROXY_TIMEOUT``),
+  each with an error log line and an HTTPERR line the listener writes (the reason
+  travels in the RESPONSE head: ``Stream.httperr_reason``); after the response head was
+  sent, the stream is reset.
 * The response passes through the pipeline's SendResponse hooks (outbound rules,
   custom headers, compression) like any handler's.
+* An upgrade request (WebSocket) is passed through on a connection of its own
+  (``proxy_tunnel.py``).
 
-Not done here (the listener's side, owned elsewhere): WebSocket upgrade passthrough.
 Every relayed response is marked ``X-Poolhouse-Upstream`` (an upstream or application
 cannot set it): the listener's response cache stores, freshens and invalidates these
 under RFC 9111's shared-cache rules (listener/shared_cache.py) and strips the mark.
@@ -63,12 +67,25 @@ _SKIP_REQUEST = _HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forw
                         b"x-forwarded-host"}
 
 
+# HTTPERR reasons of the proxy's own errors (docs/listener.md, "HTTPERR reasons")
+REFUSED = "Connection_Refused_By_Upstream"      # 502.3: the TCP connection could not be made
+DROPPED = "Connection_Dropped_By_Upstream"      # 502.3: closed or reset before the response head
+BAD_RESPONSE = "BadResponse_From_Upstream"      # 502.3: not an HTTP/1.x response, or a bad header
+TLS_FAILURE = "TLS_Failure_With_Upstream"       # 502.3: handshake, certificate, or CA file failure
+BAD_URL = "Upstream_URL_Invalid"                # 502.3: the rule's URL cannot be proxied to
+CONNECT_TIMER = "Timer_UpstreamConnect"         # 504.0: connecting (and the TLS handshake) timed out
+RESPONSE_TIMER = "Timer_UpstreamResponse"       # 504.0: the upstream stayed silent too long
+INTERNAL = "Internal"                           # 502.3: an unexpected failure of the proxy itself
+TIMEOUT_VARIABLE = "POOLHOUSE_PROXY_TIMEOUT"
+
+
 class UpstreamError(Exception):
-    def __init__(self, status: int, substatus: int, detail: str) -> None:
+    def __init__(self, status: int, substatus: int, detail: str, reason: str = DROPPED) -> None:
         super().__init__(detail)
         self.status = status
         self.substatus = substatus
         self.detail = detail
+        self.reason = reason
 
 
 class _Conn:
@@ -122,11 +139,11 @@ class ConnectionPool:
                                         server_hostname=host if tls is not None else None),
                 min(timeout, CONNECT_TIMEOUT))
         except asyncio.TimeoutError:
-            raise UpstreamError(504, 0, f"connecting to {host}:{port} timed out") from None
+            raise UpstreamError(504, 0, f"connecting to {host}:{port} timed out", CONNECT_TIMER) from None
         except ssl.SSLError as exc:
-            raise UpstreamError(502, 3, describe_failure(exc, host, port)) from None
+            raise UpstreamError(502, 3, describe_failure(exc, host, port), TLS_FAILURE) from None
         except OSError as exc:
-            raise UpstreamError(502, 3, f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+            raise UpstreamError(502, 3, f"cannot connect to {host}:{port}: {exc.strerror or exc}", REFUSED) from None
         return _Conn(reader, writer)
 
 
@@ -166,9 +183,36 @@ def _header_name(var: str) -> bytes:
     return "-".join(p.capitalize() for p in var[5:].split("_")).encode("latin-1")
 
 
+def _header(headers: tuple[bytes, ...], name: bytes) -> bytes:
+    for i in range(0, len(headers), 2):
+        if headers[i] == name:
+            return headers[i + 1]
+    return b""
+
+
+def timeout_from(variables: dict[str, str], default: float) -> float:
+    """A rule's ``POOLHOUSE_PROXY_TIMEOUT`` (seconds, or a timespan ``hh:mm:ss`` as ARR's
+    proxy/@timeout is written): how long the upstream may stay silent.  Anything else
+    keeps ``default``."""
+    for name, value in variables.items():
+        if name.upper() == TIMEOUT_VARIABLE:
+            try:
+                seconds = float(value) if ":" not in value else sum(
+                    float(part) * 60 ** i for i, part in enumerate(reversed(value.strip().split(":"))))
+            except ValueError:
+                log.warning("%s %r is not a number of seconds nor hh:mm:ss; %.0f s used", TIMEOUT_VARIABLE,
+                            value, default)
+                return default
+            return seconds if seconds > 0 else default
+    return default
+
+
 def build_request(ctx_headers: tuple[bytes, ...], method: str, path: str, host_header: str,
-                  client_addr: str, scheme: str, body_length: int, extra: dict[str, str] | None) -> tuple[bytes, bool]:
-    """The upstream request head, and whether the body is sent chunked."""
+                  client_addr: str, scheme: str, body_length: int, extra: dict[str, str] | None,
+                  upgrade: bytes = b"") -> tuple[bytes, bool]:
+    """The upstream request head, and whether the body is sent chunked.  ``upgrade``: the
+    client's Upgrade header, kept (with ``Connection: Upgrade``) for a passed-through
+    handshake."""
     original_host = b""
     forwarded_for = b""
     lines = [f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")]
@@ -194,6 +238,8 @@ def build_request(ctx_headers: tuple[bytes, ...], method: str, path: str, host_h
     for k, v in (extra or {}).items():
         if k.startswith("HTTP_"):
             lines.append(_header_name(k) + b": " + v.encode("latin-1", "replace") + b"\r\n")
+    if upgrade:
+        lines.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
     chunked = False
     if body_length > 0:
         lines.append(b"Content-Length: %d\r\n" % body_length)
@@ -232,15 +278,17 @@ async def proxy_request(worker: Any, stream: "Stream", url: str, ctx: "HttpConte
             stream.reset()  # the client went away: nothing to report
             return
         if isinstance(exc, UpstreamError):
-            status, substatus, detail = exc.status, exc.substatus, exc.detail
+            status, substatus, detail, reason = exc.status, exc.substatus, exc.detail, exc.reason
             log.error("reverse proxy %s %s -> %s: %s (%d.%d)", stream.head.method,
                       stream.head.target[:200].decode("latin-1"), url, detail, status, substatus)
         else:
-            status, substatus, detail = 502, 3, f"reverse proxy failure: {type(exc).__name__}: {exc}"
+            status, substatus, reason = 502, 3, INTERNAL
+            detail = f"reverse proxy failure: {type(exc).__name__}: {exc}"
             log.exception("reverse proxy to %s failed", url)
         if stream.head_sent:
             stream.reset()
         else:
+            stream.httperr_reason = reason  # the listener logs it in HTTPERR, as ARR's failures are
             worker.error_response(stream, status, substatus, detail, detail_local=True)
 
 
@@ -248,16 +296,19 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise UpstreamError(502, 3, f"{parts.scheme}:// upstreams are not supported (http:// and https:// only)")
+        raise UpstreamError(502, 3, f"{parts.scheme}:// upstreams are not supported (http:// and https:// only)",
+                            BAD_URL)
     host = parts.hostname or "127.0.0.1"
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
-        raise UpstreamError(502, 3, f"bad upstream URL {url!r}: {exc}") from None
+        raise UpstreamError(502, 3, f"bad upstream URL {url!r}: {exc}", BAD_URL) from None
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     head = stream.head
     host_header = parts.netloc
     extra = ctx.extra_environ if ctx is not None else None
+    if extra:
+        timeout = timeout_from(extra, timeout)
     tls: ssl.SSLContext | None = None
     tls_settings = None
     if scheme == "https":
@@ -265,7 +316,14 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
         try:
             tls = context_for(tls_settings, host, port)
         except TlsConfigError as exc:
-            raise UpstreamError(502, 3, str(exc)) from None
+            raise UpstreamError(502, 3, str(exc), TLS_FAILURE) from None
+    if stream.upgrade:
+        from .proxy_tunnel import pass_through
+        request_head, _ = build_request(head.headers, head.method, target, host_header, head.client_addr,
+                                        head.scheme, 0, extra, _header(head.headers, b"upgrade"))
+        await pass_through(worker, stream, ctx, host, port, tls, request_head, timeout,
+                           f"{scheme}://{parts.netloc}".encode("latin-1"))
+        return
     request_head, chunked = build_request(head.headers, head.method, target, host_header, head.client_addr,
                                           head.scheme, head.body_length, extra)
     key = (host, port, tls_settings)
@@ -294,7 +352,7 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
             if reused:  # a kept-alive connection the upstream had closed: once more, fresh
                 conn = None
                 continue
-            raise UpstreamError(502, 3, f"connection to {host}:{port} failed: {exc}") from None
+            raise UpstreamError(502, 3, f"connection to {host}:{port} failed: {exc}", DROPPED) from None
     try:
         await _relay(worker, stream, conn, parser, resp, data, deadline, host, port, ctx,
                      f"{scheme}://{parts.netloc}".encode("latin-1"))
@@ -329,7 +387,7 @@ async def _read(conn: _Conn, timeout: float, host: str, port: int) -> bytes:
         async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
             return await conn.reader.read(READ_SIZE)
     except TimeoutError:
-        raise UpstreamError(504, 0, f"{host}:{port} did not answer in time") from None
+        raise UpstreamError(504, 0, f"{host}:{port} did not answer in time", RESPONSE_TIMER) from None
 
 
 async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: _Response, data: bytes,
@@ -340,7 +398,7 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            raise UpstreamError(502, 3, f"{host}:{port} sent an invalid response: {exc}") from None
+            raise UpstreamError(502, 3, f"{host}:{port} sent an invalid response: {exc}", BAD_RESPONSE) from None
         if resp.head_done:
             break
         data = await _read(conn, deadline, host, port)
@@ -355,7 +413,10 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
         data = await _read(conn, deadline, host, port)
         if not data:
             break
-        parser.feed_data(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(502, 3, f"{host}:{port} sent an invalid response body: {exc}", BAD_RESPONSE) from None
     body = b"".join(resp.body)
     resp.body.clear()
     end = resp.complete or no_body
@@ -373,7 +434,7 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
     try:
         block, length, close = build_header_block(headers)
     except BadResponseHeader as exc:
-        raise UpstreamError(502, 3, f"{host}:{port} sent a bad header: {exc}") from None
+        raise UpstreamError(502, 3, f"{host}:{port} sent a bad header: {exc}", BAD_RESPONSE) from None
     if status >= 200:  # (an interim or 101 head is not the cache's: it would keep the mark)
         block += UPSTREAM_MARK  # the listener's response cache applies RFC 9111 to it (and strips this)
     if changed or stream.body_filter is not None:
