@@ -398,3 +398,26 @@ def test_autobahn_conformance(poolhouse_server, tmp_path: Path) -> None:  # type
                 failed.append((case, res["behavior"], res.get("behaviorClose")))
     assert behaviours.get("OK", 0) > 200, behaviours
     assert not failed, (behaviours, failed[:20])
+
+
+def test_wss_over_an_https_binding(poolhouse_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    from poolhouse.admin.cert import generate
+
+    cert, key = generate(["ws.test"], str(tmp_path / "certs"))
+    config = ws_site().replace(
+        '<binding protocol="http" bindingInformation="127.0.0.1:{port}:" />',
+        f'<binding protocol="https" bindingInformation="127.0.0.1:{{port}}:" certificateFile="{cert}" '
+        f'keyFile="{key}" />')
+    server = poolhouse_server(config, files={"app/echo.py": ECHO, "app/web.config": web_config()})
+    ctx = ssl.create_default_context(cafile=cert)
+    ctx.check_hostname = False
+
+    async def scenario() -> None:
+        async with websockets.connect(f"wss://127.0.0.1:{server.port}/scope", ssl=ctx) as ws:
+            assert "('scheme', 'wss')" in await ws.recv()
+            await ws.send(b"z" * 300000)
+            assert await ws.recv() == b"z" * 300000
+
+    run(scenario())
