@@ -64,6 +64,9 @@ class Origin(BaseHTTPRequestHandler):
             extra += [("Cache-Control", "max-age=0, must-revalidate"), ("Last-Modified", "Wed, 01 Jan 2020 00:00:00 GMT")]
             if headers.get("if-modified-since") == "Wed, 01 Jan 2020 00:00:00 GMT":
                 status = 304
+        elif path.startswith("/sie"):
+            extra.append(("Cache-Control", "max-age=1, stale-if-error=60"))
+            status = 200 if n == 1 else 503
         elif path.startswith("/item") and self.command == "GET":
             extra.append(("Cache-Control", "max-age=60"))
         body = b"" if status == 304 else f"{path} #{n}".encode()
@@ -212,3 +215,15 @@ def test_authorization_and_last_modified_revalidation(poolhouse_server, origin) 
     assert [m for m, _ in requests] == ["GET", "GET", "HEAD"]
     assert "if-modified-since" not in requests[0][1]
     assert all(h["if-modified-since"] == "Wed, 01 Jan 2020 00:00:00 GMT" for _, h in requests[1:])
+
+
+def test_stale_if_error_answers_for_an_upstream_5xx(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]
+    server = start(poolhouse_server, origin)
+    with httpx.Client(base_url=server.base, timeout=20) as c:
+        assert c.get("/sie").text == "/sie #1"
+        time.sleep(1.3)
+        stale = c.get("/sie")  # the upstream answers 503: the stored response, stale, instead
+        assert stale.status_code == 200 and stale.text == "/sie #1" and int(stale.headers["age"]) >= 1
+    assert len(Origin.requests("/sie")) == 2
+    counters = server.cli("counters", "--json")
+    assert '"stale_served": 1' in counters.stdout

@@ -212,6 +212,7 @@ class ResponseCache:
         self.evictions = 0
         self.invalidations = 0
         self.revalidated = 0
+        self.stale_served = 0
         self.upstream_apps: set[str] = set()  # applications seen relaying upstream responses
         self.watcher: FileWatcher | None = None
 
@@ -253,7 +254,8 @@ class ResponseCache:
     def stats(self) -> dict[str, int]:
         return {"count": len(self.lru), "size": self.size, "max_size": self.max_size, "hits": self.hits,
                 "misses": self.misses, "stores": self.stores, "evictions": self.evictions,
-                "invalidations": self.invalidations, "revalidated": self.revalidated}
+                "invalidations": self.invalidations, "revalidated": self.revalidated,
+                "stale_served": self.stale_served}
 
     # ---- the request side -------------------------------------------------------------
 
@@ -307,12 +309,16 @@ class ResponseCache:
         self.misses += 1
         if req is not None and b"only-if-cached" in req:
             return None  # the caller answers 504
-        if not entry.etag and not entry.last_modified:
+        conditional: list[bytes] = []
+        if entry.etag:
+            conditional += [b"if-none-match", entry.etag]
+        if entry.last_modified:
+            conditional += [b"if-modified-since", entry.last_modified]
+        if not conditional and exch.method != "HEAD" and b"stale-if-error" not in entry.block.lower():
             self._remove(entry)  # stale, and nothing to revalidate it with
             return None
-        conditional = [b"if-none-match", entry.etag] if entry.etag else [b"if-modified-since", entry.last_modified]
-        if entry.etag and entry.last_modified:
-            conditional += [b"if-modified-since", entry.last_modified]
+        # (without a validator the request goes unconditional: the entry stays as the
+        # stale-if-error fallback, or for a HEAD's answer to freshen, §4.3.5)
         exch.headers = tuple(h for i in range(0, len(headers), 2) if headers[i] not in _CONDITIONAL
                              for h in (headers[i], headers[i + 1])) + tuple(conditional)
         exch.revalidating = entry
@@ -443,11 +449,16 @@ class ResponseCache:
                 self._invalidate(route.site_id, exch, sc.fields(block))
             return client_block
         entry: Entry | None = exch.revalidating
-        if entry is not None and status == 304 and end:
-            self._freshen(exch, entry, sc.fields(block))
+        if entry is not None and end and (status == 304 or (status >= 500 and self._stale_if_error(entry, exch))):
+            if status == 304:
+                self._freshen(exch, entry, sc.fields(block))
+            else:
+                self.stale_served += 1  # RFC 5861 stale-if-error: the stored answer, not the error
             exch.headers = exch.client_headers
             exch.conn.listener.serve_cached(exch.conn, exch, entry)
             return b""
+        if method == "HEAD" and status == 200:
+            self._head_update(route.site_id, exch, sc.fields(block))
         if method != "GET":
             return client_block
         if entry is not None:
@@ -506,6 +517,45 @@ class ResponseCache:
         entry.last_modified = _header(entry.block, b"last-modified")
         entry.stored = time.monotonic()
         self.revalidated += 1
+
+    def _stale_if_error(self, entry: Entry, exch: "Exchange") -> bool:
+        """May a stale entry answer instead of the upstream's 5xx?  Only within a
+        ``stale-if-error=N`` of the stored response or the request (RFC 5861), and never
+        past ``must-revalidate``, ``proxy-revalidate``, ``s-maxage`` or ``no-cache``."""
+        assert entry.rfc is not None
+        fresh = entry.rfc.fresh
+        if fresh.no_stale or fresh.no_cache:
+            return False
+        staleness = entry.rfc.age(entry, time.monotonic()) - fresh.lifetime
+        for cc in (sc.directives(sc.values(entry.rfc.lines, b"cache-control")),
+                   sc.request_directives(exch.client_headers)):
+            limit = sc.delta_seconds(cc.get(b"stale-if-error")) if cc else None
+            if limit is not None and staleness <= limit:
+                return True
+        return False
+
+    def _head_update(self, site_id: int, exch: "Exchange", lines: sc.Fields) -> None:
+        """§4.3.5: a 200 to HEAD freshens the stored GET response it describes (same
+        validators, or neither has one) and removes one it no longer describes."""
+        slot = self.slots.get((site_id, exch.target))
+        if slot is None or not slot.rfc:
+            return
+        headers = exch.client_headers if exch.revalidating is not None else exch.headers
+        entry = slot.variants.get(sc.vary_key(headers, slot.vary) if slot.vary else ())
+        if entry is None or entry.rfc is None:
+            return
+        etags = sc.values(lines, b"etag")
+        modified = sc.values(lines, b"last-modified")
+        if etags or entry.etag:
+            same = bool(etags) and etags[0] == entry.etag and not entry.etag.startswith(b"W/")
+        elif modified or entry.last_modified:
+            same = bool(modified) and modified[0] == entry.last_modified
+        else:
+            same = True
+        if same:
+            self._freshen(exch, entry, lines)
+        else:
+            self._remove(entry)
 
     def _invalidate(self, site_id: int, exch: "Exchange", lines: sc.Fields) -> None:
         """§4.4: an unsafe method's non-error answer invalidates the target URI and the
