@@ -276,6 +276,7 @@ def test_large_upload_refused_without_reading_it(poolhouse_server) -> None:  # t
         assert sock.recv(1) == b""
     counters = json.loads(server.cli("counters", "--json").stdout)
     assert counters["sites"]["1"]["bytes_received"] < 64 * 1024 * 1024
+    assert counters["sites"]["1"]["rejected"].get("RequestFiltering_413.1") == 2
     assert app_calls(server) == ""
     assert [f[11:13] for f in w3c_lines(server, 2)] == [["413", "1"], ["413", "1"]]
 

@@ -189,6 +189,10 @@ def refuse(conn: "HttpConnection", exch: "Exchange", verdict: Verdict) -> None:
     exch.keep_alive = not close
     exch.status = status
     exch.substatus = substatus
+    if exch.route is not None:  # the site's "rejected by reason" counter
+        rejected = conn.listener._site_counters(exch.route.site_id).rejected
+        key = f"RequestFiltering_{status}.{substatus}"
+        rejected[key] = rejected.get(key, 0) + 1
     data = error_response(status, max(exch.http_minor, 0), exch.method == "HEAD", close, reason, substatus)
     exch.bytes_sent += len(data)
     exch.response_started = True
