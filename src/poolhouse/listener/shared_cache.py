@@ -16,8 +16,8 @@ What is promised, by section of RFC 9111:
   only when it says ``public`` or ``s-maxage`` (a shared cache handing one user's cookie
   to another is the classic accident).
 * §3.1 the stored header fields: without those ``Connection`` names (already dropped by
-  the proxy), ``Proxy-Authentication-Info``, and this listener's ``Date`` (the origin's
-  is kept and sent on hits: a cache does not update ``Date``).
+  the proxy), ``Proxy-Authentication-Info`` and ``Age`` (the cache sends its own); the
+  origin's ``Date`` is kept and sent on hits (a cache does not update ``Date``).
 * §4.2.1 freshness lifetime: ``s-maxage`` > ``max-age`` > ``Expires`` - ``Date``;
   else 10 % of ``Date`` - ``Last-Modified`` for a heuristically cacheable status (at most
   a day); an invalid ``Expires`` means already stale.  Directive values: digits only
@@ -28,9 +28,10 @@ What is promised, by section of RFC 9111:
   ``proxy-revalidate`` or ``s-maxage`` response are always revalidated; request
   ``no-cache`` (and ``Pragma: no-cache`` without ``Cache-Control``), ``max-age``,
   ``min-fresh``, ``max-stale``, ``only-if-cached`` (504 when nothing usable is stored).
-* §3.2/§4.3.4 freshening on 304: the stored header fields are replaced by the 304's,
-  except ``Content-Length``, ``Content-Encoding``, ``Content-MD5``, ``Content-Range``
-  and ``ETag``.
+* §3.2/§4.3.4 freshening on 304 (and §4.3.5 on a 200 to HEAD): the stored header
+  fields are replaced by the new ones, except ``Content-Length``, ``Content-Encoding``,
+  ``Content-MD5``, ``Content-Range`` and ``ETag``.
+* RFC 5861 ``stale-if-error``: read by the response cache from these directives.
 """
 
 from __future__ import annotations
