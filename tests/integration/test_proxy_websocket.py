@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -287,3 +289,102 @@ def test_recycle_ends_open_tunnels(poolhouse_server, upstream: EchoUpstream) -> 
     run(scenario())
     # the upstream saw its connection end (no close frame: 1006)
     server.wait_for(lambda: sum(1 for path, _ in upstream.closes if path == "/echo") == 2)
+
+
+ASGI_ECHO = """\
+async def app(scope, receive, send):
+    if scope["type"] != "websocket":
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("text") == "who":
+            headers = dict(scope["headers"])
+            await send({"type": "websocket.send",
+                        "text": "uvicorn " + headers.get(b"x-forwarded-for", b"-").decode()})
+        elif msg.get("text") is not None:
+            await send({"type": "websocket.send", "text": msg["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": msg["bytes"]})
+"""
+
+PLATFORM_WEB = f"""<configuration><system.webServer>
+  <handlers>
+    <add name="httpPlatformHandler" path="*" verb="*" modules="httpPlatformHandler" resourceType="Unspecified" />
+  </handlers>
+  <httpPlatform processPath="{sys.executable}" startupTimeLimit="20"
+                arguments="-m uvicorn main:app --host 127.0.0.1 --port %HTTP_PLATFORM_PORT% --log-level warning" />
+</system.webServer></configuration>"""
+
+
+def test_http_platform_websocket_passes_through(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """An httpPlatform application (uvicorn, as it is launched on IIS) gets its WebSockets
+    through the same proxy."""
+    server = poolhouse_server(apphost(SITE), files={"www/web.config": PLATFORM_WEB, "www/main.py": ASGI_ECHO})
+
+    async def scenario() -> None:
+        async with websockets.connect(ws_url(server, "/chat"), open_timeout=30) as ws:
+            await ws.send("who")
+            assert await ws.recv() == "uvicorn 127.0.0.1"
+            await ws.send(b"\x02" * 100_000)
+            assert await ws.recv() == b"\x02" * 100_000
+            await ws.close(code=1000)
+
+    run(scenario())
+
+
+def test_half_close_both_ways(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """The tunnel is bytes: a client that shuts down its write side gets the upstream's
+    write side shut down, and what the upstream still sends afterwards reaches it before
+    the connection closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def upstream() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            got.append(head)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Up: 1\r\n\r\nhello-from-upstream;")
+            data = b""
+            while True:  # until the client's end of stream arrives through the proxy
+                piece = conn.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            got.append(data)
+            conn.sendall(b"after-your-eof:" + str(len(data)).encode())  # the other half is still open
+    thread = threading.Thread(target=upstream, daemon=True)
+    thread.start()
+    try:
+        server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as c:
+            c.sendall(b"GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      + b"early-bytes;")  # sent before the answer: held by the listener, then relayed
+            received = b""
+            while b"hello-from-upstream;" not in received:
+                received += c.recv(65536)
+            head = received.split(b"\r\n\r\n")[0].decode().lower()
+            assert head.startswith("http/1.1 101")
+            assert "upgrade: websocket" in head and "connection: upgrade" in head and "x-up: 1" in head
+            payload = os.urandom(500_000)
+            c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)
+            while True:
+                piece = c.recv(65536)
+                if not piece:
+                    break
+                received += piece
+        assert received.endswith(b"after-your-eof:%d" % (len(b"early-bytes;") + len(payload)))
+        thread.join(10)
+        assert got[1] == b"early-bytes;" + payload
+        assert b"upgrade: websocket" in got[0].lower() and b"x-forwarded-for: 127.0.0.1" in got[0].lower()
+    finally:
+        listener.close()
