@@ -23,6 +23,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.server import Server, ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from poolhouse.admin.cert import generate
 
@@ -61,8 +62,10 @@ class EchoUpstream:
         return None
 
     def handler(self, ws: ServerConnection) -> None:
-        path = ws.request.path
-        headers = {k.lower(): v for k, v in ws.request.headers.raw_items()}
+        request = ws.request
+        assert request is not None
+        path = request.path
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
         self.seen.append({"path": path, "headers": headers})
         try:
             if path == "/close-4001":
@@ -134,10 +137,11 @@ def test_websocket_passthrough(poolhouse_server, upstream: EchoUpstream) -> None
     big = bytes(range(256)) * 12288  # 3 MiB: many windows of the queue protocol both ways
 
     async def scenario() -> None:
-        async with websockets.connect(ws_url(server, "/ws/echo?room=1"), subprotocols=["chat.v2"],
+        async with websockets.connect(ws_url(server, "/ws/echo?room=1"), subprotocols=[Subprotocol("chat.v2")],
                                       additional_headers={"X-Forwarded-For": "10.0.0.9"}, max_size=None) as ws:
             assert ws.subprotocol == "chat.v2"  # the upstream's choice, relayed
             # the two ends agreed on compression: the proxy moves their bytes as they are
+            assert ws.response is not None
             assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
             await ws.send("héllo")
             assert await ws.recv() == "héllo"
