@@ -4,6 +4,7 @@ worker gave (``Connection_Refused_By_Upstream``, ``Timer_UpstreamResponse``, …
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -73,11 +74,40 @@ def bad_upstream() -> Iterator[BadUpstream]:
     up.stop()
 
 
-def test_proxy_failures_get_httperr_lines(poolhouse_server, bad_upstream: BadUpstream) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A port whose accept queue is full and never served: Linux drops the SYNs of
+    further connections, so connecting to it times out (on loopback, without routing)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fill = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fill.append(c)
+    yield port
+    for c in fill:
+        c.close()
+    srv.close()
+
+
+def test_proxy_failures_get_httperr_lines(poolhouse_server, bad_upstream: BadUpstream,  # type: ignore[no-untyped-def]
+                                          full_backlog: int) -> None:
     web = f"""<configuration><system.webServer><rewrite><rules>
       <rule name="down" stopProcessing="true">
         <match url="^down/(.*)" />
         <action type="Rewrite" url="http://127.0.0.1:{free_port()}/{{R:1}}" />
+      </rule>
+      <rule name="full" stopProcessing="true">
+        <match url="^full/(.*)" />
+        <serverVariables><set name="POOLHOUSE_PROXY_TIMEOUT" value="1" /></serverVariables>
+        <action type="Rewrite" url="http://127.0.0.1:{full_backlog}/{{R:1}}" />
       </rule>
       <rule name="bad" stopProcessing="true">
         <match url="^bad/(.*)" />
@@ -91,6 +121,7 @@ def test_proxy_failures_get_httperr_lines(poolhouse_server, bad_upstream: BadUps
         "/bad/silent": (504, 0, "Timer_UpstreamResponse"),
         "/bad/hangup": (502, 3, "Connection_Dropped_By_Upstream"),
         "/bad/garbage": (502, 3, "BadResponse_From_Upstream"),
+        "/full/x": (504, 0, "Timer_UpstreamConnect"),
     }
     with httpx.Client(base_url=server.base, timeout=30) as c:
         for path, (status, _, _) in expected.items():
@@ -109,7 +140,8 @@ def test_proxy_failures_get_httperr_lines(poolhouse_server, bad_upstream: BadUps
 
     # the W3C log has them too, with ARR's sub-statuses
     logs = server.state_dir / "logs" / "W3SVC1"
-    server.wait_for(lambda: logs.exists() and sum(p.read_text().count("/bad/") for p in logs.glob("*.log")) >= 4)
+    failed = re.compile(r" 50[24] \d+ \d+ \d+$", re.M)  # sc-status sc-substatus sc-win32-status time-taken
+    server.wait_for(lambda: logs.exists() and sum(len(failed.findall(p.read_text())) for p in logs.glob("*.log")) >= 5)
     w3c = "".join(p.read_text() for p in logs.glob("*.log"))
     for path, (status, substatus, _) in expected.items():
         stem = path.split("?")[0]
