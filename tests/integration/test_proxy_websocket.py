@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -390,5 +391,35 @@ def test_half_close_both_ways(poolhouse_server) -> None:  # type: ignore[no-unty
         thread.join(10)
         assert got[1] == b"early-bytes;" + payload
         assert b"upgrade: websocket" in got[0].lower() and b"x-forwarded-for: 127.0.0.1" in got[0].lower()
+    finally:
+        listener.close()
+
+
+def test_client_leaving_during_the_handshake_closes_the_upstream_connection(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """A client that gives up while the upstream has not answered its handshake does not
+    leave the upstream connection waiting for the proxy timeout (120 s)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    try:
+        server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as c:
+            c.sendall(b"GET /ws/slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            up, _ = listener.accept()
+            # a reset, not a FIN: a client that only half-closes may still be waiting for its answer
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # the client is gone: the upstream connection ends soon, not after the proxy timeout
+        with up:
+            up.settimeout(10)
+            started = time.monotonic()
+            data = b""
+            while True:
+                piece = up.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            assert time.monotonic() - started < 10
+            assert data.startswith(b"GET /slow HTTP/1.1\r\n")
+        assert httpx.get(server.url("/index.html")).text == "home"
     finally:
         listener.close()

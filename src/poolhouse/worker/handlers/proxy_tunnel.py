@@ -50,6 +50,11 @@ async def pass_through(worker: Any, stream: "Stream", ctx: "HttpContext | None",
     """Send the handshake ``request_head`` to the upstream and relay what follows; raises
     UpstreamError (the caller answers 502/504) while nothing was sent to the client."""
     conn = await POOL.connect(host, port, timeout, tls)
+
+    def client_event() -> None:
+        if stream.cancelled:  # the client left before the upstream answered: stop waiting
+            conn.close()
+    stream.on_body = client_event
     try:
         try:
             conn.writer.write(request_head)
@@ -82,6 +87,7 @@ async def pass_through(worker: Any, stream: "Stream", ctx: "HttpContext | None",
         stream.open_tunnel(block)
         await Tunnel(worker, stream, conn.reader, conn.writer).run(tail)
     finally:
+        stream.on_body = None
         conn.close()
 
 
@@ -107,6 +113,8 @@ class Tunnel:
         self.tasks = (up, down)
         self.stream.on_body = self._client_event
         self.worker.proxy_tunnels.add(self)
+        if getattr(self.worker, "draining", False):
+            self.going_away()  # the upstream agreed after the drain began: nothing would end it
         try:
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
             if self.half_closed and not up.done() and not self.leaving:
