@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -177,6 +178,40 @@ def test_flush(server: Server) -> None:
     assert out.returncode == 0 and "flushed 1" in out.stdout
     assert cache_listing(server)["entries"] == []
     assert server.cli("cache", "flush", "--site", "nope").returncode != 0
+
+
+def test_fast_path_for_repeated_requests(server: Server) -> None:
+    """A keep-alive client repeating the same request bytes is answered by the cache's
+    fast path (no parsing): the answers, the log lines and the invalidations must be
+    exactly those of the normal path."""
+    request = b"GET /f.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: fast/1.0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+
+        def ask() -> tuple[int, bytes]:
+            sock.sendall(request)
+            status = int(reader.readline().split()[1])
+            length = 0
+            while (line := reader.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            return status, reader.read(length)
+
+        assert [ask() for _ in range(8)] == [(200, b"version one")] * 8
+        hits = cache_listing(server)["entries"][0]["hits"]
+        assert hits >= 5  # the third request on were cache hits, counted as such
+        counters = json.loads(server.cli("counters", "--json").stdout)["cache"]
+        assert counters["fast_hits"] >= 4  # and from the fourth on, answered without parsing
+        (server.root / "www" / "f.txt").write_text("version two")
+        server.wait_for(lambda: cache_listing(server)["entries"] == [], timeout=5)
+        assert ask() == (200, b"version two")  # the remembered answer went with its entry
+        assert [ask() for _ in range(3)] == [(200, b"version two")] * 3
+        assert server.cli("stop", "site", "S").returncode == 0
+        server.wait_for(lambda: ask()[0] == 503, timeout=5)
+    time.sleep(1.3)
+    logs = list((server.state_dir / "logs" / "W3SVC1").glob("u_ex*.log"))
+    lines = [x for x in logs[0].read_text().splitlines() if " /f.txt " in x and "fast/1.0" in x]
+    assert len(lines) >= 12 and all(" 200 " in x for x in lines[:12])
 
 
 def test_access_log_records_cache_hits(server: Server, tmp_path: Path) -> None:

@@ -36,9 +36,15 @@ class FakeTransport:
         return ("127.0.0.1", 1234) if name == "peername" else ("127.0.0.1", 80)
 
 
+class FakeCache:
+    slots: dict[Any, Any] = {}  # empty: the cache's fast path stays off
+
+
 class FakeListener:
     def __init__(self) -> None:
         self.connections: set[HttpConnection] = set()
+        self.memo: dict[Any, Any] = {}
+        self.cache = FakeCache()
         self.started: list[Any] = []
         self.errors: list[tuple[str, int | None]] = []
 

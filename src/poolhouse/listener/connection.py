@@ -50,7 +50,7 @@ class HttpConnection(asyncio.Protocol):
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
         "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
         "deferred_error", "site_id", "bytes_written", "drain_mark", "tunnel", "tunnel_held",
-        "sender",
+        "sender", "memo_raw",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -82,6 +82,7 @@ class HttpConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None
         self.tunnel_held: list[bytes] | None = None
         self.sender: FileSender | None = None  # a file range being sent (file_send.py)
+        self.memo_raw: bytes | None = None  # this read, when it is one whole bodiless request
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -122,6 +123,19 @@ class HttpConnection(asyncio.Protocol):
             self.tunnel.body(data)
             return
         in_head = self.parser_busy
+        if not in_head and not self.pipeline:
+            # the response cache's fast path: a read that is exactly a request answered
+            # from the cache before (same bytes) is answered again without parsing
+            listener = self.listener
+            if listener.memo:
+                key = (self.server, data)
+                hit = listener.memo.get(key)
+                if hit is not None and listener.memo_hit(self, key, hit):
+                    return
+            self.memo_raw = data if (listener.cache.slots and data[-4:] == b"\r\n\r\n"
+                                     and data.find(b"\r\n\r\n") == len(data) - 4) else None
+        elif self.memo_raw is not None:
+            self.memo_raw = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:

@@ -207,6 +207,7 @@ class ResponseCache:
         self.policies: dict[str, AppCachePolicy] = {}
         self.profiled = PROFILED  # applications with kernel cache profiles
         self.hits = 0
+        self.fast_hits = 0  # hits answered without parsing (the listener's fast path; in hits too)
         self.misses = 0
         self.stores = 0
         self.evictions = 0
@@ -253,7 +254,7 @@ class ResponseCache:
 
     def stats(self) -> dict[str, int]:
         return {"count": len(self.lru), "size": self.size, "max_size": self.max_size, "hits": self.hits,
-                "misses": self.misses, "stores": self.stores, "evictions": self.evictions,
+                "fast_hits": self.fast_hits, "misses": self.misses, "stores": self.stores, "evictions": self.evictions,
                 "invalidations": self.invalidations, "revalidated": self.revalidated,
                 "stale_served": self.stale_served}
 

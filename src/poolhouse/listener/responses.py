@@ -8,6 +8,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 SERVER = b"Poolhouse"
+SERVER_FIRST = b"Server: "  # a worker's header block that starts so has its own Server header
 
 REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 STATUS_LINE_11: dict[int, bytes] = {
@@ -27,23 +28,33 @@ def status_line(status: int, http_minor: int) -> bytes:
 
 
 class DateHeader:
-    """``Date: …\\r\\nServer: …\\r\\n``, recomputed at most once a second."""
+    """``Date: …\\r\\nServer: …\\r\\n``, recomputed at most once a second.
 
-    __slots__ = ("_second", "_value")
+    A response that has a ``Server`` header of its own (an upstream's, passed through by
+    the reverse proxy as ARR does, or an application's) keeps it and gets no second one:
+    the worker puts it first in the header block (``SERVER_FIRST``), and ``for_block``
+    then gives the Date line alone — as IIS, where a response's own Server header
+    replaces ``Microsoft-IIS/10.0`` and HTTP.sys adds its own only when there is none."""
+
+    __slots__ = ("_second", "_value", "_date")
 
     def __init__(self) -> None:
         self._second = -1
         self._value = b""
+        self._date = b""
 
     def get(self) -> bytes:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = b"Date: %s\r\nServer: %s\r\n" % (
-                formatdate(now, usegmt=True).encode(),
-                SERVER,
-            )
+            self._date = b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
+            self._value = self._date + b"Server: %s\r\n" % SERVER
         return self._value
+
+    def for_block(self, block: bytes) -> bytes:
+        """The lines to write before ``block``: Date, and Server unless it has one."""
+        value = self.get()
+        return self._date if block.startswith(SERVER_FIRST) else value
 
 
 DATE = DateHeader()

@@ -35,6 +35,7 @@ log = logging.getLogger("poolhouse.listener")
 
 DEFAULT_HEADER_WAIT = 120.0
 _STATUS_200 = status_line(200, 1)
+MEMO_LIMIT = 4096  # raw requests remembered by the cache's fast path
 _SERVER = b"Server: %s\r\n" % SERVER
 ROUTE_CACHE_SIZE = 8192
 MIN_RATE_WINDOW = 5.0  # (local address, Host, target) -> route; cleared when full
@@ -72,6 +73,8 @@ class Listener:
         self.counters: dict[str, int] = {"requests": 0, "connections": 0}
         self.site_stats: dict[int, SiteCounters] = {}
         self.route_cache: dict[tuple[tuple[str, int], bytes, bytes], tuple[int | None, Route | None]] = {}
+        # (server address, raw request) -> what answers it from the cache (memo_hit)
+        self.memo: dict[tuple[Any, bytes], tuple[Any, ...]] = {}
         # (wall-clock time, exchange) of the requests answered since the last tick; the
         # W3C log's writer thread formats and writes them
         self.w3c_pending: list[tuple[float, Exchange]] = []
@@ -142,6 +145,7 @@ class Listener:
         self.config = config
         self.routing = RoutingTable(config)
         self.route_cache = {}
+        self.memo = {}
         self.w3c.configure(config.sites)
         # both the site's and webLimits' connectionTimeout apply: the shorter wins
         # bandwidth throttles: site id (0: the whole server) -> [bytes/s, next free time]
@@ -462,9 +466,13 @@ class Listener:
                 and b"if-none-match" not in headers and b"if-modified-since" not in headers):
             # the common hit: everything but the Date line was prepared when it was stored
             exch.status = 200
-            data = b"".join((_STATUS_200, DATE.get(), entry.tail))
+            data = b"".join((_STATUS_200, DATE.for_block(entry.tail), entry.tail))
             exch.bytes_sent = len(data)
             conn.write(data)
+            raw = conn.memo_raw
+            if raw is not None and not exch.body_length and not self.throttles and conn.pipeline \
+                    and conn.pipeline[0] is exch and len(conn.pipeline) == 1:
+                self._memoize(conn, raw, exch, entry)
             exch.finish()
             return
         if entry.rfc is not None:  # (shared_age is set for these: never the common hit above)
@@ -474,7 +482,7 @@ class Listener:
         not_modified = entry.etag or entry.last_modified
         status = 304 if not_modified and self.cache.not_modified(entry, exch.headers) else 200
         exch.status = status
-        parts = [status_line(status, minor), DATE.get(), entry.block]
+        parts = [status_line(status, minor), DATE.for_block(entry.block), entry.block]
         if entry.shared_age:
             parts.append(b"Age: %d\r\n" % int(time.monotonic() - entry.stored))
         if status == 200:
@@ -491,6 +499,46 @@ class Listener:
         conn.write(data)
         exch.finish()
 
+    # ---- the response cache's fast path ------------------------------------------
+    #
+    # HTTP.sys answers a kernel-cache hit before any user-mode code runs.  The closest
+    # Poolhouse gets: a read that holds exactly one request whose bytes were answered from
+    # the cache before is answered again without parsing, routing or looking up — the same
+    # bytes mean the same method, URL, host and headers (so the same Vary variant and no
+    # conditional), and the entry itself is re-checked (still stored, still fresh) along
+    # with the site's state.  Anything else takes the normal path.
+
+    def _memoize(self, conn: HttpConnection, raw: bytes, exch: Exchange, entry: CacheEntry) -> None:
+        memo = self.memo
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        memo[(conn.server, raw)] = (entry, exch.route, exch.method, exch.target, exch.headers, exch.host)
+
+    def memo_hit(self, conn: HttpConnection, key: tuple[Any, bytes], hit: tuple[Any, ...]) -> bool:
+        entry, route = hit[0], hit[1]
+        cache = self.cache
+        now = conn.last_activity
+        if cache.lru.get(id(entry)) is not entry or (entry.expires and now >= entry.expires):
+            del self.memo[key]  # the entry went (changed, flushed, evicted, expired)
+            return False
+        if conn.site_id != route.site_id or self.site_states.get(route.site_id, STARTED) != STARTED:
+            return False  # a connection not yet counted in the site, or a stopped site
+        entry.hits += 1
+        cache.hits += 1
+        cache.fast_hits += 1
+        cache.lru.move_to_end(id(entry))
+        exch = Exchange(conn, hit[2], hit[3], 1, hit[4], 0, True, False, hit[5], now)
+        exch.route = route
+        exch.started = exch.cache_hit = exch.response_started = exch.done = True
+        exch.status = 200
+        data = b"".join((_STATUS_200, DATE.for_block(entry.tail), entry.tail))
+        exch.bytes_sent = len(data)
+        conn.requests += 1
+        conn.write(data)
+        exch.finished_at = now
+        self.request_done(conn, exch)
+        return True
+
     def _serve_stored(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
         """An upstream's stored response (RFC 9111 §4): its own status and header fields
         (the origin's ``Date`` included: a cache does not update it) and ``Age``."""
@@ -501,7 +549,9 @@ class Listener:
             status = 304
         exch.status = status
         age = entry.rfc.age(entry, time.monotonic())
-        parts = [status_line(status, minor), _SERVER, entry.block, b"Age: %d\r\n" % min(int(age), 2147483648)]
+        # the origin's Server header, if it sent one, rather than a second one (DateHeader)
+        own_server = b"" if any(n == b"server" for n, _ in entry.rfc.lines) else _SERVER
+        parts = [status_line(status, minor), own_server, entry.block, b"Age: %d\r\n" % min(int(age), 2147483648)]
         has_body = status != 304 and status != 204 and not 100 <= status < 200
         if has_body:
             parts.append(b"Content-Length: %d\r\n" % len(entry.body))
