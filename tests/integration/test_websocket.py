@@ -421,3 +421,24 @@ def test_wss_over_an_https_binding(poolhouse_server, tmp_path: Path) -> None:  #
             assert await ws.recv() == b"z" * 300000
 
     run(scenario())
+
+
+def test_server_stop_with_open_websockets(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """Stopping the service closes open WebSockets cleanly (1012) instead of waiting out
+    shutdownTimeLimit, and leaves no process behind (checked by the fixture)."""
+    server = serve(poolhouse_server)
+
+    async def scenario() -> tuple[int, float]:
+        async with websockets.connect(ws_url(server, "/echo")) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            started = time.monotonic()
+            stopping = asyncio.create_task(asyncio.to_thread(server.stop))
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            code = info.value.rcvd.code if info.value.rcvd else 1006
+            assert await stopping == 0
+            return code, time.monotonic() - started
+
+    code, took = run(scenario())
+    assert code == 1012 and took < 10, (code, took)

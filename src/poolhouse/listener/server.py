@@ -319,7 +319,9 @@ class Listener:
             for conn in list(self.connections):
                 if not conn.pipeline:
                     conn.close()
-            if not self.connections:
+            # tunnels (WebSockets) do not finish by themselves: their workers end them
+            # (1012) when they drain, which comes after this answer
+            if not any(conn.tunnel is None for conn in self.connections):
                 break
             await asyncio.sleep(0.05)
         self.httperr.flush()
