@@ -178,6 +178,21 @@ def test_recycle_after_requests(poolhouse_server) -> None:
     assert recycle["id"] == 5075 and recycle["reason"] == "requests" and 47 <= recycle["requests"] <= 50
 
 
+def test_log_event_on_recycle_leaves_unlisted_reasons_out(poolhouse_server) -> None:
+    """recycling/@logEventOnRecycle: a reason not listed recycles all the same, without
+    its event (5075 here), as IIS writes no event log entry for it."""
+    server = poolhouse_server(site(inner='<recycling logEventOnRecycle="Time, Memory">'
+                                         '<periodicRestart requests="20" /></recycling>'), FILES)
+    pids: set[int] = set()
+    deadline = time.monotonic() + 10
+    with httpx.Client(timeout=10) as client:
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(int(client.get(server.url("/pid")).text))
+    assert len(pids) == 2, "the worker was not recycled after ~20 requests"
+    assert not [e for e in server.events() if e["event"] == "worker_recycle"]
+    assert "not in logEventOnRecycle" in server.stderr()
+
+
 def test_recycle_on_private_memory(poolhouse_server) -> None:
     server = poolhouse_server(site(inner='<recycling><periodicRestart privateMemory="81920" /></recycling>'), FILES)
     pid = int(httpx.get(server.url("/pid"), timeout=10).text)

@@ -475,10 +475,15 @@ class ActivationService:
         if worker.state != READY or worker.recycle_reason or pool.state != STARTED or self.stopping:
             return False
         worker.recycle_reason = reason
-        event_id = RECYCLE_REASONS.get(reason, (None, ""))[0]
-        self.events.emit("worker_recycle", logging.INFO, event_id, apppool=pool.name, worker=worker.id,
-                         pid=worker.pid, reason=reason,
-                         overlapped=not pool.config.disallow_overlapping_rotation, **details)
+        event_id, flag = RECYCLE_REASONS.get(reason, (None, ""))
+        if flag and flag.lower() not in pool.config.log_event_on_recycle:
+            # logEventOnRecycle leaves this reason out of the event log (the log line stays)
+            log.info("worker_recycle apppool=%s worker=%s pid=%s reason=%s (not in logEventOnRecycle)",
+                     pool.name, worker.id, worker.pid, reason)
+        else:
+            self.events.emit("worker_recycle", logging.INFO, event_id, apppool=pool.name, worker=worker.id,
+                             pid=worker.pid, reason=reason,
+                             overlapped=not pool.config.disallow_overlapping_rotation, **details)
         if pool.config.disallow_overlapping_rotation:
             worker.drain(pool.config.shutdown_time_limit, f"recycled ({reason}), not overlapped", event_id)
         else:

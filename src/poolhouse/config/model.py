@@ -167,6 +167,9 @@ class Pool:
     # recycling
     disallow_overlapping_rotation: bool = False
     disallow_rotation_on_config_change: bool = False
+    # recycle reasons written to the event log (logEventOnRecycle), lower-case names
+    log_event_on_recycle: list[str] = field(default_factory=lambda: [
+        "time", "requests", "schedule", "memory", "isapiunhealthy", "ondemand", "configchange", "privatememory"])
     periodic_restart_time: float = 104400.0  # 29 hours; 0 = off
     periodic_restart_requests: int = 0
     periodic_restart_memory_kb: int = 0

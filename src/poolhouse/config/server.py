@@ -304,6 +304,8 @@ class _Builder:
             disallow_overlapping_rotation=bool(get("disallowOverlappingRotation", rc)),
             disallow_rotation_on_config_change=bool(
                 get("disallowRotationOnConfigChange", rc)),
+            log_event_on_recycle=[f.strip().lower() for f in str(get("logEventOnRecycle", rc)).split(",")
+                                  if f.strip()],
             periodic_restart_time=float(get("time", pr)),  # type: ignore[arg-type]
             periodic_restart_requests=int(get("requests", pr)),  # type: ignore[call-overload]
             periodic_restart_memory_kb=int(get("memory", pr)),  # type: ignore[call-overload]
