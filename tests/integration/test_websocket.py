@@ -285,12 +285,19 @@ def test_back_pressure_holds_a_sending_app(poolhouse_server) -> None:  # type: i
         s.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         server.wait_for(counter.exists)
-        time.sleep(1.5)
-        first = int(counter.read_text())
-        time.sleep(1.0)
-        stalled = int(counter.read_text())
+        # the sender must come to a stop: the same count a second apart (a slow machine
+        # takes longer to fill the buffers, so wait for it rather than for a fixed time)
+        readings = [int(counter.read_text() or 0)]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            readings.append(int(counter.read_text() or 0))
+            if readings[-1] == readings[-2]:
+                break
+        stalled = readings[-1]
+        assert readings[-1] == readings[-2], readings
         # 64 KB messages: held after a few MB (socket buffers + one window each side)
-        assert stalled == first and stalled * 65536 < 32 * 1024 * 1024, (first, stalled)
+        assert stalled * 65536 < 32 * 1024 * 1024, readings
         rss = _rss_mb(server)
         assert rss < 400, rss
         # reading again lets it go on
