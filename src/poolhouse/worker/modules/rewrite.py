@@ -143,7 +143,17 @@ class RewriteModule(Module):
         if action == PROXY_ACTION:
             ctx.set_server_variable("HTTP_X_ORIGINAL_URL", ctx.raw_target.decode("latin-1"))
             ctx.items["proxy_url"] = out.url
-            ctx.selection = ctx.selection._replace(kind=PROXY, target=out.url, status=0, substatus=0, detail="")
+            sel = ctx.selection = ctx.selection._replace(kind=PROXY, target=out.url, status=0, substatus=0,
+                                                         detail="")
+            if sel.web is not None:
+                # the rest of the request runs the pipeline of the proxy handler, not the one
+                # the URL mapped to (dynamic compression, say, applies to proxied responses
+                # but not to StaticFile's)
+                try:
+                    pipeline = ctx.app.pipeline_for(sel.web, PROXY)
+                except AppLoadError as exc:
+                    return ctx.fail(500, 0, str(exc))
+                ctx.pipeline = pipeline if pipeline is not None else EMPTY_PIPELINE
             return None
         if action == REDIRECT:
             return ctx.redirect(out.url, out.status)
