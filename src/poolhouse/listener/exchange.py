@@ -208,7 +208,7 @@ class Exchange:
             if MARKER in block or (status == 200 and (b"-maxage" in block or (PROFILED and self.cache_profiled))):
                 block = self._cacheable(block, body, status)
             data = b"".join((
-                STATUS_LINE_11.get(status) or status_line(status, 1), DATE.get(), block,
+                STATUS_LINE_11.get(status) or status_line(status, 1), DATE.for_block(block), block,
                 b"Content-Length: %d\r\n\r\n" % len(body), body,
             ))
             self.bytes_sent = len(data)
@@ -228,7 +228,7 @@ class Exchange:
                 return  # answered from a revalidated cache entry
         elif status == 200 and flags & q.END_STREAM and (b"-maxage" in block or self.cache_profiled):
             block = self._cacheable(block, head[3])
-        parts = [status_line(status, http_minor), DATE.get(), block]
+        parts = [status_line(status, http_minor), DATE.for_block(block), block]
         no_body = self.method == "HEAD" or status < 200 or status in _NO_BODY_STATUS
         end = flags & q.END_STREAM
         if status >= 200 and status != 204 and status != 304:

@@ -48,8 +48,11 @@ def _checked_name(name: bytes) -> bytes:
 
 def build_header_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, bool]:
     """Validate application headers and prepare them for the listener: returns the header
-    block, the Content-Length (-1 if absent) and whether the app asked to close."""
+    block, the Content-Length (-1 if absent) and whether the app asked to close.  A
+    ``Server`` header (an upstream's, an application's) comes first, spelt ``Server: ``:
+    the listener then writes no Server header of its own (listener/responses.py)."""
     out: list[bytes] = []
+    server = b""
     content_length = -1
     close = False
     for name, value in headers:
@@ -68,7 +71,13 @@ def build_header_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, 
             if lname == b"connection" and b"close" in value.lower():
                 close = True
             continue
+        if lname == b"server":
+            if not server:  # (one Server header: a repeated one is dropped)
+                server = b"Server: %s\r\n" % value
+            continue
         out.append(b"%s: %s\r\n" % (name, value))
+    if server:
+        out.insert(0, server)
     return b"".join(out), content_length, close
 
 

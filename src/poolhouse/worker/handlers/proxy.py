@@ -408,10 +408,17 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
     client_origin = head.scheme.encode() + b"://" + client_host if client_host else b""
     headers = response_headers(resp.headers, upstream_origin, client_origin)
     no_body = head.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+    # neither Content-Length nor chunked: the body ends when the upstream closes (HTTP/1.0
+    # style); it is relayed with an unknown length (the listener sends it chunked)
+    until_close = not no_body and not any(
+        k.lower() in (b"content-length", b"transfer-encoding") for k, _ in resp.headers)
+    if until_close:
+        resp.keep_alive = False
     # a whole small response goes out in one frame
     while not resp.complete and not no_body and sum(map(len, resp.body)) < 65536:
         data = await _read(conn, deadline, host, port)
         if not data:
+            resp.complete = until_close
             break
         try:
             parser.feed_data(data)
@@ -437,11 +444,14 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
         raise UpstreamError(502, 3, f"{host}:{port} sent a bad header: {exc}", BAD_RESPONSE) from None
     if status >= 200:  # (an interim or 101 head is not the cache's: it would keep the mark)
         block += UPSTREAM_MARK  # the listener's response cache applies RFC 9111 to it (and strips this)
+    if no_body:
+        if changed and body:  # a module's own body (Replace): the length a GET would get
+            length = len(body)
+        # otherwise the upstream's Content-Length, or none when it sent none
+        stream.respond(status, block, length, b"", True, close)
+        return
     if changed or stream.body_filter is not None:
         length = len(body) if end else -1
-    if no_body:
-        stream.respond(status, block, length if length >= 0 else 0, b"", True, close)
-        return
     if end:
         stream.respond(status, block, len(body) if length < 0 or changed else length, body, True, close)
         return
@@ -455,6 +465,8 @@ async def _relay(worker: Any, stream: "Stream", conn: _Conn, parser: Any, resp: 
             break
         data = await _read(conn, deadline, host, port)
         if not data:
+            if until_close:
+                break
             raise UpstreamError(502, 3, f"{host}:{port} closed the connection mid-response")
         parser.feed_data(data)
         if resp.body:

@@ -7,7 +7,10 @@ or more (SendResponse, errors only).
 - ``existingResponse``: Replace (always), PassThrough (never replace a body a handler
   produced), Auto (replace only server-generated errors — a Python application's own
   error body counts as having set IIS's "skip custom errors" flag; a module can set
-  ``response.skip_custom_errors`` too).
+  ``response.skip_custom_errors`` too).  A handler's answer to HEAD has no body by
+  definition: it counts as having one (the GET's) unless its Content-Length is 0, so
+  an upstream's or an application's error to HEAD is passed through as the same
+  error to GET would be, not replaced by a page whose size it would then carry.
 - ``<error statusCode subStatusCode path responseMode>``: an exact sub-status entry
   wins over ``subStatusCode="-1"``, then ``defaultPath``/``defaultResponseMode``.
   File: a file (relative: under ``prefixLanguageFilePath/<language>/`` when that is
@@ -55,7 +58,8 @@ class CustomErrorModule(Module):
         resp = ctx.response
         if resp is None or resp.status < 400:
             return None
-        has_body = not resp.generated and bool(resp.body)
+        has_body = not resp.generated and (
+            bool(resp.body) or (ctx.method == "HEAD" and resp.header(b"Content-Length") != b"0"))
         if self.existing == "PassThrough" and has_body:
             return None
         if self.existing == "Auto" and (has_body or resp.skip_custom_errors):
