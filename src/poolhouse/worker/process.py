@@ -566,6 +566,6 @@ class WorkerProcess:
             log.error("bad header on an error response: %s", exc)
             block, close = b"Content-Type: text/html; charset=utf-8\r\n", False
         if stream.head.method == "HEAD":
-            stream.respond(status, block, len(body), b"", True, close)
+            stream.respond(status, block, len(body), b"", True, close, substatus)
         else:
-            stream.respond(status, block, len(body), body, True, close)
+            stream.respond(status, block, len(body), body, True, close, substatus)

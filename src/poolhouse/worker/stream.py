@@ -169,12 +169,14 @@ class Stream:
     # ---- response (frames to the listener) ----------------------------------------
 
     def respond(self, status: int, header_block: bytes, content_length: int, body: bytes,
-                end: bool, close: bool = False) -> None:
+                end: bool, close: bool = False, substatus: int = 0) -> None:
+        """``substatus``: for the W3C log when the request has no pipeline context (with
+        one, the sub-status of the response the SendResponse hooks saw is logged)."""
         if self.ended:
             return
         flags = (q.END_STREAM if end else 0) | (q.CLOSE if close else 0)
         self.head_sent = True
-        substatus, username, fields = 0, "", ()
+        username, fields = "", ()
         ctx = self.ctx
         if ctx is not None:  # for the listener's W3C log: sc-substatus, cs-username, custom fields
             username = ctx.user

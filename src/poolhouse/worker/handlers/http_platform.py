@@ -25,7 +25,9 @@ own HTTP server as a child process and proxies its requests to it.
   on the first request; requests go round-robin to the running ones.  One that exits is
   started again (``startupRetryCount`` attempts) when its turn comes, in the background
   while others run, so the others keep serving; ``rapidFailsPerMinute`` counts the
-  exits of all N.
+  exits of all N.  A request a process did not take (connection refused, or broken
+  before an answer to an idempotent bodiless request) goes to another process; one
+  whose port refuses is left out until it has exited, then started again.
 
 Not supported: ``recycleOnFileChange``, ``forwardWindowsAuthToken`` (accepted, no
 effect).
@@ -45,7 +47,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
-from .proxy import proxy_request
+from .proxy import REFUSED, UpstreamUnreached, proxy_request
 
 if TYPE_CHECKING:
     from ..apps import Selection, WorkerApplication
@@ -57,6 +59,7 @@ log = logging.getLogger("poolhouse.worker")
 SECTION = "system.webServer/httpPlatform"
 _VAR = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)%")
 PR_SET_PDEATHSIG = 1
+REFUSING_EXIT_WAIT = 5.0  # how long a process that refused a connection is watched for its exit
 
 
 def _die_with_parent() -> None:
@@ -91,10 +94,14 @@ class PlatformProcess:
         self.starting: asyncio.Future[None] | None = None
         self.failures: list[float] = failures if failures is not None else []
         self.log_suffix = log_suffix
+        # its port refused a connection while the process had not yet been seen to exit
+        # (SIGKILLed, still being torn down): no request is routed to it meanwhile
+        self.refusing = False
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.starting is None and self.proc.poll() is None
+        return (self.proc is not None and self.starting is None and not self.refusing
+                and self.proc.poll() is None)
 
     @property
     def request_timeout(self) -> float:
@@ -211,15 +218,16 @@ class PlatformGroup:
                                       failures, "" if count == 1 else f"_{i + 1}") for i in range(count)]
         self._next = 0
         self._started = False
-        self._background: set[asyncio.Future[int]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
 
     @property
     def request_timeout(self) -> float:
         return self.slots[0].request_timeout
 
-    async def ready(self) -> int:
+    async def ready(self, refused: frozenset[int] | set[int] = frozenset()) -> int:
         """The port of the process whose turn it is, (re)starting processes as needed;
-        raises RuntimeError when none can serve."""
+        ``refused``: ports that refused this request's connection, tried last.  Raises
+        RuntimeError when none can serve."""
         count = len(self.slots)
         if count == 1:
             return await self.slots[0].ready()
@@ -231,10 +239,12 @@ class PlatformGroup:
         self._next = (first + 1) % count
         turn = [self.slots[(first + k) % count] for k in range(count)]
         for slot in turn:
-            if slot.running:
+            if slot.running and slot.port not in refused:
                 return slot.port
-            self._start_in_background(slot)  # exited: started again, the others serve meanwhile
+            if not slot.refusing:
+                self._start_in_background(slot)  # exited: started again, the others serve meanwhile
         # none is running yet: wait for the first that comes up
+        turn.sort(key=lambda slot: slot.refusing or slot.port in refused)
         error: Exception | None = None
         for slot in turn:
             try:
@@ -250,10 +260,35 @@ class PlatformGroup:
         self._background.add(task)
         task.add_done_callback(self._started_one)
 
-    def _started_one(self, task: "asyncio.Future[int]") -> None:
+    def _started_one(self, task: "asyncio.Future[Any]") -> None:
         self._background.discard(task)
         if not task.cancelled():
             task.exception()  # logged by the attempt; a request waiting on it gets it too
+
+    def refused(self, port: int) -> None:
+        """A connection to ``port`` was refused: its process is gone or going (a SIGKILLed
+        process stops accepting before the worker can reap it).  No request goes to it
+        until it has exited and been started again, in the background."""
+        slot = next((s for s in self.slots if s.port == port and s.proc is not None), None)
+        if slot is None or slot.starting is not None or slot.refusing:
+            return
+        slot.refusing = True
+        task = asyncio.ensure_future(self._restart_refusing(slot))
+        self._background.add(task)
+        task.add_done_callback(self._started_one)
+
+    async def _restart_refusing(self, slot: PlatformProcess) -> None:
+        proc = slot.proc
+        assert proc is not None
+        deadline = time.monotonic() + REFUSING_EXIT_WAIT
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        slot.refusing = False
+        if proc.poll() is None:
+            log.warning("%s: httpPlatform process %d refuses connections on port %d but has not exited",
+                        slot.name, proc.pid, slot.port)
+            return
+        self._start_in_background(slot)
 
     def stop(self) -> None:
         for slot in self.slots:
@@ -278,14 +313,28 @@ def stop_all() -> None:
 
 async def run_http_platform(worker: Any, stream: "Stream", app: "WorkerApplication", sel: "Selection",
                             path: str, query: str, ctx: "HttpContext | None") -> None:
+    """Proxy the request to a process of the application.  With several processes, a
+    request one of them did not take (its connection refused, or broken before an
+    answer to an idempotent bodiless request) goes to another: clients see no error
+    while any process is up."""
     settings = (sel.web.sections.get(SECTION) if sel.web is not None else None) or {}
-    proc = process_for(app, settings)
-    try:
-        port = await proc.ready()
-    except Exception as exc:
-        log.error("%s: httpPlatform process unavailable: %s", proc.name, exc)
-        worker.error_response(stream, 502, 5, f"httpPlatform process failure: {exc}", detail_local=True)
-        return
+    group = process_for(app, settings)
     raw = ctx.raw_path if ctx is not None else stream.head.target.decode("latin-1").split("?", 1)[0]
-    url = f"http://127.0.0.1:{port}{raw}" + (f"?{query}" if query else "")
-    await proxy_request(worker, stream, url, ctx, proc.request_timeout)
+    refused: set[int] = set()
+    while True:
+        try:
+            port = await group.ready(refused)
+        except Exception as exc:
+            log.error("%s: httpPlatform process unavailable: %s", group.name, exc)
+            worker.error_response(stream, 502, 5, f"httpPlatform process failure: {exc}", detail_local=True)
+            return
+        url = f"http://127.0.0.1:{port}{raw}" + (f"?{query}" if query else "")
+        failover = port not in refused and len(refused) < len(group.slots) - 1
+        try:
+            await proxy_request(worker, stream, url, ctx, group.request_timeout, failover)
+            return
+        except UpstreamUnreached as exc:
+            log.warning("%s: %s; the request goes to another process", group.name, exc.detail)
+            refused.add(port)
+            if exc.reason == REFUSED:  # (a broken connection alone may be one request's doing)
+                group.refused(port)

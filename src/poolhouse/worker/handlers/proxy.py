@@ -88,6 +88,16 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
+class UpstreamUnreached(UpstreamError):
+    """The upstream did not take the request: the TCP connection could not be made, or
+    a new connection broke before a byte of an answer to a request that is safe to send
+    again (idempotent, without a body: the listener's rule for replaying a request after
+    a worker crash).  The request may go to another upstream (httpPlatform's processes)."""
+
+
+_REPLAYABLE = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
+
+
 class _Conn:
     __slots__ = ("reader", "writer", "idle_since")
 
@@ -143,7 +153,7 @@ class ConnectionPool:
         except ssl.SSLError as exc:
             raise UpstreamError(502, 3, describe_failure(exc, host, port), TLS_FAILURE) from None
         except OSError as exc:
-            raise UpstreamError(502, 3, f"cannot connect to {host}:{port}: {exc.strerror or exc}", REFUSED) from None
+            raise UpstreamUnreached(502, 3, f"cannot connect to {host}:{port}: {exc.strerror or exc}", REFUSED) from None
         return _Conn(reader, writer)
 
 
@@ -269,14 +279,19 @@ def response_headers(headers: list[tuple[bytes, bytes]], upstream_origin: bytes,
 
 
 async def proxy_request(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | None",
-                        timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Forward the stream's request to ``url`` (absolute http://) and relay the answer."""
+                        timeout: float = DEFAULT_TIMEOUT, failover: bool = False) -> None:
+    """Forward the stream's request to ``url`` (absolute http://) and relay the answer.
+    ``failover``: an upstream that did not take the request raises ``UpstreamUnreached``
+    (nothing answered) instead of answering 502.3, so the caller can send the request
+    to another upstream."""
     try:
         await _proxy(worker, stream, url, ctx, timeout)
     except Exception as exc:
         if stream.cancelled:
             stream.reset()  # the client went away: nothing to report
             return
+        if failover and isinstance(exc, UpstreamUnreached) and not stream.head_sent:
+            raise
         if isinstance(exc, UpstreamError):
             status, substatus, detail, reason = exc.status, exc.substatus, exc.detail, exc.reason
             log.error("reverse proxy %s %s -> %s: %s (%d.%d)", stream.head.method,
@@ -330,6 +345,7 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
     has_body = head.body_length != 0 and not (stream.body_done and not stream.body_chunks)
     conn = POOL.take(key) if not has_body else None
     reused = conn is not None
+    replayable = not has_body and head.method in _REPLAYABLE
     stream.stage = "ExecuteRequestHandler"
     deadline = timeout
     while True:
@@ -344,15 +360,16 @@ async def _proxy(worker: Any, stream: "Stream", url: str, ctx: "HttpContext | No
             resp = _Response()
             parser = resp.parser = httptools.HttpResponseParser(resp)
             data = await _read(conn, deadline, host, port)
-            if not data and reused:
-                raise ConnectionResetError("idle connection closed by the upstream")
+            if not data and (reused or replayable):
+                raise ConnectionResetError("closed by the upstream without a response")
             break
         except (ConnectionError, OSError) as exc:
             conn.close()
             if reused:  # a kept-alive connection the upstream had closed: once more, fresh
                 conn = None
                 continue
-            raise UpstreamError(502, 3, f"connection to {host}:{port} failed: {exc}", DROPPED) from None
+            error = UpstreamUnreached if replayable else UpstreamError
+            raise error(502, 3, f"connection to {host}:{port} failed: {exc}", DROPPED) from None
     try:
         await _relay(worker, stream, conn, parser, resp, data, deadline, host, port, ctx,
                      f"{scheme}://{parts.netloc}".encode("latin-1"))
