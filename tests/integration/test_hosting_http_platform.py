@@ -16,6 +16,7 @@ import httpx
 import psutil
 
 from .conftest import apphost
+from .upstream import SITE
 
 APP = """\
 import asyncio, json, os
@@ -59,15 +60,6 @@ WEB = f"""<?xml version="1.0" encoding="utf-8"?>
     </httpPlatform>
   </system.webServer>
 </configuration>"""
-
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
 
 def test_http_platform_uvicorn(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
     server = poolhouse_server(apphost(SITE), files={"www/web.config": WEB, "www/main.py": APP})

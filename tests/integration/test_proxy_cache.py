@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from .conftest import apphost
+from .upstream import proxy_site, serve_http
 
 
 class Origin(BaseHTTPRequestHandler):
@@ -89,34 +89,16 @@ class Origin(BaseHTTPRequestHandler):
 @pytest.fixture
 def origin() -> Iterator[ThreadingHTTPServer]:
     Origin.seen = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
-WEB = """<configuration><system.webServer><rewrite><rules>
-  <rule name="origin" stopProcessing="true">
-    <match url=".*" />
-    <action type="Rewrite" url="http://127.0.0.1:UPSTREAM/{R:0}" />
-  </rule>
-</rules></rewrite></system.webServer></configuration>"""
+    with serve_http(Origin) as srv:
+        yield srv
 
 
 def start(poolhouse_server, origin: ThreadingHTTPServer):  # type: ignore[no-untyped-def]
-    web = WEB.replace("UPSTREAM", str(origin.server_address[1]))
-    return poolhouse_server(apphost(SITE), files={"www/web.config": web})
+    """Every URL of the site proxied to the origin."""
+    return proxy_site(poolhouse_server, f"""<rule name="origin" stopProcessing="true">
+    <match url=".*" />
+    <action type="Rewrite" url="http://127.0.0.1:{origin.server_address[1]}/{{R:0}}" />
+  </rule>""")
 
 
 def test_fresh_response_served_with_upstream_stopped_and_aged(poolhouse_server, origin) -> None:  # type: ignore[no-untyped-def]

@@ -6,65 +6,27 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from .conftest import apphost, free_port
+from .conftest import free_port
+from .upstream import RawUpstream, proxy_site, rule
 
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
-
-class BadUpstream:
+class BadUpstream(RawUpstream):
     """A TCP server that misbehaves by path: ``/silent`` never answers, ``/hangup``
     closes without a word, ``/garbage`` answers something that is not HTTP, and
     ``/ok`` answers properly."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
-
-    def answer(self, conn: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            piece = conn.recv(65536)
-            if not piece:
-                conn.close()
-                return
-            data += piece
-        path = data.split(b" ", 2)[1]
-        if path.startswith(b"/silent"):
-            self.held.append(conn)  # keeps it open, says nothing
-            return
-        if path.startswith(b"/garbage"):
+    def answer(self, conn: socket.socket, method: str, path: str) -> bool:
+        if path.startswith("/silent"):
+            return True  # keeps it open, says nothing
+        if path.startswith("/garbage"):
             conn.sendall(b"SPDY/9 what\r\n\r\n")
-        elif path.startswith(b"/ok"):
+        elif path.startswith("/ok"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        conn.close()
-
-    def stop(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
+        return False
 
 
 @pytest.fixture
@@ -99,23 +61,10 @@ def full_backlog() -> Iterator[int]:
 
 def test_proxy_failures_get_httperr_lines(poolhouse_server, bad_upstream: BadUpstream,  # type: ignore[no-untyped-def]
                                           full_backlog: int) -> None:
-    web = f"""<configuration><system.webServer><rewrite><rules>
-      <rule name="down" stopProcessing="true">
-        <match url="^down/(.*)" />
-        <action type="Rewrite" url="http://127.0.0.1:{free_port()}/{{R:1}}" />
-      </rule>
-      <rule name="full" stopProcessing="true">
-        <match url="^full/(.*)" />
-        <serverVariables><set name="POOLHOUSE_PROXY_TIMEOUT" value="1" /></serverVariables>
-        <action type="Rewrite" url="http://127.0.0.1:{full_backlog}/{{R:1}}" />
-      </rule>
-      <rule name="bad" stopProcessing="true">
-        <match url="^bad/(.*)" />
-        <serverVariables><set name="POOLHOUSE_PROXY_TIMEOUT" value="00:00:01" /></serverVariables>
-        <action type="Rewrite" url="http://127.0.0.1:{bad_upstream.port}/{{R:1}}" />
-      </rule>
-    </rules></rewrite></system.webServer></configuration>"""
-    server = poolhouse_server(apphost(SITE), files={"www/web.config": web, "www/index.html": "home"})
+    server = proxy_site(poolhouse_server,
+                        rule("down", f"http://127.0.0.1:{free_port()}"),
+                        rule("full", f"http://127.0.0.1:{full_backlog}", {"POOLHOUSE_PROXY_TIMEOUT": "1"}),
+                        rule("bad", f"http://127.0.0.1:{bad_upstream.port}", {"POOLHOUSE_PROXY_TIMEOUT": "00:00:01"}))
     expected = {
         "/down/x?q=1": (502, 3, "Connection_Refused_By_Upstream"),
         "/bad/silent": (504, 0, "Timer_UpstreamResponse"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,16 +16,7 @@ import pytest
 
 from poolhouse.admin.cert import generate
 
-from .conftest import apphost
-
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
+from .upstream import proxy_site, rule, serve_http
 
 class TlsUpstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -59,42 +49,29 @@ class TlsUpstream(BaseHTTPRequestHandler):
 @pytest.fixture
 def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, str, ThreadingHTTPServer]]:
     cert, key = generate(["localhost"], str(tmp_path / "pki"))
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), TlsUpstream)
-    srv.daemon_threads = True
-    srv.peers = set()  # type: ignore[attr-defined]
-    srv.sni = {}  # type: ignore[attr-defined]
+    sni: dict[Any, str | None] = {}
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
 
     def remember_sni(sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
-        srv.sni[sock.getpeername()] = name  # type: ignore[attr-defined]
+        sni[sock.getpeername()] = name
     ctx.sni_callback = remember_sni  # type: ignore[assignment]
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv.server_address[1], cert, srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def rule(name: str, url: str, variables: dict[str, str] | None = None) -> str:
-    sets = "".join(f'<set name="{k}" value="{v}" />' for k, v in (variables or {}).items())
-    return (f'<rule name="{name}" stopProcessing="true"><match url="^{name}/(.*)" />'
-            f'<serverVariables>{sets}</serverVariables>'
-            f'<action type="Rewrite" url="{url}/{{R:1}}" /></rule>')
+    with serve_http(TlsUpstream, tls=ctx) as srv:
+        srv.peers = set()  # type: ignore[attr-defined]
+        srv.sni = sni  # type: ignore[attr-defined]
+        yield srv.server_address[1], cert, srv
 
 
 def test_https_upstream(poolhouse_server, tls_upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port, cert, upstream = tls_upstream
-    rules = "".join((
+    server = proxy_site(
+        poolhouse_server,
         rule("trusted", f"https://localhost:{port}", {"POOLHOUSE_PROXY_CA_FILE": cert}),
         rule("system", f"https://localhost:{port}"),  # the system's CAs do not know it
         rule("othername", f"https://127.0.0.1:{port}", {"POOLHOUSE_PROXY_CA_FILE": cert}),
         rule("nocafile", f"https://localhost:{port}", {"POOLHOUSE_PROXY_CA_FILE": str(tmp_path / "none.pem")}),
         rule("insecure", f"https://127.0.0.1:{port}", {"POOLHOUSE_PROXY_VERIFY": "false"}),
-    ))
-    web = f"<configuration><system.webServer><rewrite><rules>{rules}</rules></rewrite></system.webServer></configuration>"
-    server = poolhouse_server(apphost(SITE), files={"www/web.config": web})
+    )
     with httpx.Client(base_url=server.base, timeout=30) as c:
         r = c.get("/trusted/a/b?x=1")
         assert r.status_code == 200, r.text

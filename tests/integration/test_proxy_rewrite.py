@@ -4,14 +4,14 @@ http:// URL, forwarded by the worker to a local upstream started by the test."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
-from .conftest import apphost, free_port
+from .conftest import free_port
+from .upstream import proxy_site, rule, serve_http
 
 BIG = b"0123456789abcdef" * 65536 * 3  # 3 MiB
 
@@ -75,44 +75,16 @@ class Upstream(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream() -> Iterator[int]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
-
-
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
-WEB = """<configuration><system.webServer>
-  <rewrite>
-    <rules>
-      <rule name="api" stopProcessing="true">
-        <match url="^api/(.*)" />
-        <serverVariables><set name="HTTP_X_FROM_RULE" value="{R:1}" /></serverVariables>
-        <action type="Rewrite" url="http://127.0.0.1:UPSTREAM/{R:1}" />
-      </rule>
-      <rule name="down" stopProcessing="true">
-        <match url="^down/(.*)" />
-        <action type="Rewrite" url="http://127.0.0.1:DOWN/{R:1}" />
-      </rule>
-    </rules>
-  </rewrite>
-  <httpProtocol><customHeaders><add name="X-Via-Poolhouse" value="1" /></customHeaders></httpProtocol>
-</system.webServer></configuration>"""
+    with serve_http(Upstream) as srv:
+        yield srv.server_address[1]
 
 
 def test_reverse_proxy(poolhouse_server, upstream: int) -> None:  # type: ignore[no-untyped-def]
-    web = WEB.replace("UPSTREAM", str(upstream)).replace("DOWN", str(free_port()))
-    server = poolhouse_server(apphost(SITE), files={"www/web.config": web, "www/index.html": "home"})
+    server = proxy_site(poolhouse_server,
+                        rule("api", f"http://127.0.0.1:{upstream}", {"HTTP_X_FROM_RULE": "{R:1}"}),
+                        rule("down", f"http://127.0.0.1:{free_port()}"),
+                        extra='<httpProtocol><customHeaders><add name="X-Via-Poolhouse" value="1" /></customHeaders>'
+                              '</httpProtocol>')
     with httpx.Client(base_url=server.base, timeout=20) as c:
         r = c.get("/api/users?page=2", headers={"X-Forwarded-For": "10.0.0.9", "Connection": "keep-alive, X-Secret",
                                                 "X-Secret": "hop"})

@@ -29,6 +29,7 @@ from websockets.typing import Subprotocol
 from poolhouse.admin.cert import generate
 
 from .conftest import apphost, free_port
+from .upstream import SITE, proxy_site, rule
 
 FLOOD_PIECE = os.urandom(65536)  # incompressible: permessage-deflate is on both ends
 
@@ -101,28 +102,6 @@ def upstream() -> Iterator[EchoUpstream]:
     up.stop()
 
 
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
-
-def rule(name: str, url: str, variables: dict[str, str] | None = None) -> str:
-    sets = "".join(f'<set name="{k}" value="{v}" />' for k, v in (variables or {}).items())
-    return (f'<rule name="{name}" stopProcessing="true"><match url="^{name}/(.*)" />'
-            f'<serverVariables>{sets}</serverVariables>'
-            f'<action type="Rewrite" url="{url}/{{R:1}}" /></rule>')
-
-
-def site(poolhouse_server, *rules: str):  # type: ignore[no-untyped-def]
-    web = ("<configuration><system.webServer><rewrite><rules>" + "".join(rules)
-           + "</rules></rewrite></system.webServer></configuration>")
-    return poolhouse_server(apphost(SITE), files={"www/web.config": web, "www/index.html": "home"})
-
-
 def ws_url(server, path: str) -> str:  # type: ignore[no-untyped-def]
     return server.base.replace("http://", "ws://") + path
 
@@ -133,8 +112,8 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 def test_websocket_passthrough(poolhouse_server, upstream: EchoUpstream) -> None:  # type: ignore[no-untyped-def]
     down = free_port()
-    server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{upstream.port}"),
-                  rule("down", f"http://127.0.0.1:{down}"))
+    server = proxy_site(poolhouse_server, rule("ws", f"http://127.0.0.1:{upstream.port}"),
+                        rule("down", f"http://127.0.0.1:{down}"))
     big = bytes(range(256)) * 12288  # 3 MiB: many windows of the queue protocol both ways
 
     async def scenario() -> None:
@@ -201,7 +180,7 @@ def test_websocket_passthrough(poolhouse_server, upstream: EchoUpstream) -> None
 def test_websocket_passthrough_back_pressure(poolhouse_server, upstream: EchoUpstream) -> None:  # type: ignore[no-untyped-def]
     """A client that stops reading holds back a flooding upstream, and an upstream that
     stops reading holds back a flooding client: the tunnel buffers a bounded amount."""
-    server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{upstream.port}"))
+    server = proxy_site(poolhouse_server, rule("ws", f"http://127.0.0.1:{upstream.port}"))
     bound = 48 << 20  # windows, StreamReader limits, socket buffers: a few MiB, far below this
 
     async def scenario() -> None:
@@ -248,8 +227,9 @@ def test_websocket_passthrough_to_https_upstream(poolhouse_server, tmp_path: Pat
     ctx.load_cert_chain(cert, key)
     up = EchoUpstream(ctx)
     try:
-        server = site(poolhouse_server, rule("ws", f"https://localhost:{up.port}", {"POOLHOUSE_PROXY_CA_FILE": cert}),
-                      rule("untrusted", f"https://localhost:{up.port}"))
+        server = proxy_site(poolhouse_server,
+                            rule("ws", f"https://localhost:{up.port}", {"POOLHOUSE_PROXY_CA_FILE": cert}),
+                            rule("untrusted", f"https://localhost:{up.port}"))
 
         async def scenario() -> None:
             async with websockets.connect(ws_url(server, "/ws/echo"), max_size=None) as ws:
@@ -273,7 +253,7 @@ def test_websocket_passthrough_to_https_upstream(poolhouse_server, tmp_path: Pat
 
 
 def test_recycle_ends_open_tunnels(poolhouse_server, upstream: EchoUpstream) -> None:  # type: ignore[no-untyped-def]
-    server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{upstream.port}"))
+    server = proxy_site(poolhouse_server, rule("ws", f"http://127.0.0.1:{upstream.port}"))
 
     async def scenario() -> None:
         async with websockets.connect(ws_url(server, "/ws/echo")) as ws:
@@ -368,7 +348,7 @@ def test_half_close_both_ways(poolhouse_server) -> None:  # type: ignore[no-unty
     thread = threading.Thread(target=upstream, daemon=True)
     thread.start()
     try:
-        server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        server = proxy_site(poolhouse_server, rule("ws", f"http://127.0.0.1:{listener.getsockname()[1]}"))
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as c:
             c.sendall(b"GET /ws/raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -401,7 +381,7 @@ def test_client_leaving_during_the_handshake_closes_the_upstream_connection(pool
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(20)
     try:
-        server = site(poolhouse_server, rule("ws", f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        server = proxy_site(poolhouse_server, rule("ws", f"http://127.0.0.1:{listener.getsockname()[1]}"))
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as c:
             c.sendall(b"GET /ws/slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from .conftest import apphost
+from .upstream import SITE
 
 WEB = "<configuration><system.webServer>{}</system.webServer></configuration>"
 
@@ -109,15 +110,6 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"), ("X-Powered-By", "SomeFramework/1.0")])
     return [body]
 """
-
-SITE = """
-<site name="S" id="1">
-  <application path="/" applicationPool="DefaultAppPool">
-    <virtualDirectory path="/" physicalPath="{root}/www" />
-  </application>
-  <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-</site>"""
-
 
 @pytest.fixture
 def server(poolhouse_server):  # type: ignore[no-untyped-def]
