@@ -35,6 +35,15 @@ def test_date_header_is_cached_per_second(monkeypatch: pytest.MonkeyPatch) -> No
     assert date.get() == b"Date: Tue, 14 Nov 2023 22:13:21 GMT\r\nServer: Poolhouse\r\n"
 
 
+def test_a_block_with_its_own_server_header_gets_the_date_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(responses.time, "time", lambda: 1_700_000_000.0)
+    date = DateHeader()
+    own = b"Server: Upstream/1.0\r\nContent-Type: text/plain\r\n"
+    assert date.for_block(own) == b"Date: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+    for block in (b"Content-Type: text/plain\r\n", b"", b"X-Server: no\r\n"):
+        assert date.for_block(block) == b"Date: Tue, 14 Nov 2023 22:13:20 GMT\r\nServer: Poolhouse\r\n"
+
+
 def _parse(data: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     head, body = data.split(b"\r\n\r\n", 1)
     lines = head.split(b"\r\n")

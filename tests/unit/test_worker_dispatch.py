@@ -109,6 +109,13 @@ def test_header_block() -> None:
     assert block == b"Content-Type: text/plain\r\nX-A: 1\r\n" and length == 5 and close
 
 
+def test_header_block_puts_one_server_header_first() -> None:
+    # the listener writes its own Server header only when the block does not start with one
+    block, _, _ = build_header_block([(b"Content-Type", b"text/plain"), (b"server", b"Upstream/1.0"),
+                                      (b"X-A", b"1"), (b"SERVER", b"again")])
+    assert block == b"Server: Upstream/1.0\r\nContent-Type: text/plain\r\nX-A: 1\r\n"
+
+
 @pytest.mark.parametrize("headers", [
     [(b"Bad Name", b"x")], [(b"X", b"a\r\nInjected: 1")], [(b"X", b"a\nb")], [(b"Content-Length", b"-1")],
     [(b"Content-Length", b"abc")], [(b"", b"x")], [(b"X", b"\x00")],
