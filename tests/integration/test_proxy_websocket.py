@@ -399,7 +399,9 @@ def test_client_leaving_during_the_handshake_closes_the_upstream_connection(pool
                     break
                 data += piece
             assert time.monotonic() - started < 10
-            assert data.startswith(b"GET /slow HTTP/1.1\r\n")
+            # the handshake was sent, unless the client had left before the connection to
+            # the upstream was made (then nothing is)
+            assert data == b"" or data.startswith(b"GET /slow HTTP/1.1\r\n"), data[:100]
         assert httpx.get(server.url("/index.html")).text == "home"
     finally:
         listener.close()

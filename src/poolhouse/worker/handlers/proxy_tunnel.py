@@ -56,6 +56,9 @@ async def pass_through(worker: Any, stream: "Stream", ctx: "HttpContext | None",
             conn.close()
     stream.on_body = client_event
     try:
+        if stream.cancelled:  # the client left while the connection was being made
+            stream.reset()
+            return
         try:
             conn.writer.write(request_head)
             await conn.writer.drain()
