@@ -118,3 +118,29 @@ def test_one_server_header_the_upstreams(poolhouse_server, odd_upstream: OddUpst
         assert c.get("/up/plain").headers.get_list("server") == ["Poolhouse"]
         assert c.get("/index.html").headers.get_list("server") == ["Poolhouse"]
         assert c.get("/nothing-here").headers.get_list("server") == ["Poolhouse"]
+
+
+class JsonUpstream(RawUpstream):
+    def answer(self, conn: socket.socket, method: str, path: str) -> bool:
+        body = b'{"items": [' + b", ".join(b'{"n": %d, "name": "item"}' % i for i in range(300)) + b"]}"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (len(body), body))
+        return False
+
+
+def test_a_rewrite_to_the_proxy_runs_the_proxy_handlers_modules(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """The URL of a single-page application is mapped to StaticFile; a rule sends /api/
+    to an upstream: the proxied JSON gets DynamicCompressionModule (which acts on every
+    handler but StaticFile), as the proxy handler's own pipeline has it."""
+    upstream = JsonUpstream()
+    try:
+        modules = '<modules><add name="DynamicCompressionModule" /></modules>'
+        server = proxy_site(poolhouse_server, rule("api", f"http://127.0.0.1:{upstream.port}"), extra=modules)
+        with httpx.Client(base_url=server.base, timeout=10) as c:
+            r = c.get("/api/items", headers={"Accept-Encoding": "gzip"})
+            assert r.status_code == 200 and r.headers.get("content-encoding") == "gzip", r.headers
+            assert r.json()["items"][299] == {"n": 299, "name": "item"}
+            r = c.get("/index.html", headers={"Accept-Encoding": "gzip"})
+            assert r.text == "home" and "content-encoding" not in r.headers  # StaticFile: not dynamic
+    finally:
+        upstream.stop()
