@@ -59,6 +59,14 @@ async def app(scope, receive, send):
         await send({"type": "websocket.send", "text": repr(sorted(
             (k, v) for k, v in scope.items() if k in ("scheme", "path", "query_string", "root_path",
                                                       "subprotocols", "http_version"))) })
+    if path == "/two-senders":
+        # two tasks sending large messages at once: each must arrive whole
+        async def sender(ch):
+            for _ in range(3):
+                await send({"type": "websocket.send", "bytes": ch * 3_000_000})
+        await asyncio.gather(sender(b"a"), sender(b"b"))
+        await send({"type": "websocket.close", "code": 1000})
+        return
     if path == "/close-4001":
         await send({"type": "websocket.close", "code": 4001, "reason": "bye"})
         return
@@ -185,6 +193,30 @@ def test_echo_text_binary_and_close_codes(poolhouse_server) -> None:  # type: ig
     assert "/echo 1000" in closed.read_text()
     # the W3C log has the upgrades as 101s; the server keeps serving plain HTTP meanwhile
     assert httpx.get(server.url("/plain")).text == "plain http: /plain"
+
+
+def test_concurrent_senders_do_not_interleave_frames(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    server = serve(poolhouse_server)
+
+    async def scenario() -> list[bytes]:
+        got = []
+        async with websockets.connect(ws_url(server, "/two-senders"), max_size=None, compression=None) as ws:
+            while True:
+                try:
+                    await ws.ping()  # its pong is written between the messages, never inside one
+                except ConnectionClosed:
+                    pass  # the server has closed: what it sent before is still to be read
+                try:
+                    got.append(await ws.recv())
+                except ConnectionClosed as exc:
+                    assert exc.rcvd is not None and exc.rcvd.code == 1000
+                    break
+                await asyncio.sleep(0.05)  # a slow reader: the senders wait for window
+        return got
+
+    got = run(scenario())
+    assert sorted(m[:1] * len(m) == m and len(m) for m in got) == [3_000_000] * 6
+    assert sorted(m[:1] for m in got) == [b"a"] * 3 + [b"b"] * 3
 
 
 def test_refused_and_bad_handshakes(poolhouse_server) -> None:  # type: ignore[no-untyped-def]

@@ -110,6 +110,7 @@ class WebSocketSession:
         self.reason = ""
         self.denial: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.write_lock = asyncio.Lock()
         self.ended = False
         stream.on_body = self.wakeup.set  # a cancel while connecting wakes receive()
 
@@ -206,13 +207,16 @@ class WebSocketSession:
         self.worker.websockets.add(self)
 
     async def _write(self, data: bytes) -> None:
+        """Frames to the client, under the window.  One writer at a time: a large frame
+        leaves in pieces, and another task's frame must not land between them."""
         stream = self.stream
-        for start in range(0, max(len(data), 1), SEND_PIECE):
-            if stream.window <= 0:
-                await stream.wait_window()
-            if stream.cancelled or stream.ended:
-                raise ClientDisconnected("the client went away")
-            stream.send_body(data[start:start + SEND_PIECE])
+        async with self.write_lock:
+            for start in range(0, max(len(data), 1), SEND_PIECE):
+                if stream.window <= 0:
+                    await stream.wait_window()
+                if stream.cancelled or stream.ended:
+                    raise ClientDisconnected("the client went away")
+                stream.send_body(data[start:start + SEND_PIECE])
 
     async def close(self, code: int, reason: str = "") -> None:
         """Start the close handshake; the tunnel ends when the client answers, or after
