@@ -487,19 +487,7 @@ class Listener:
         parts = [status_line(status, minor), DATE.for_block(entry.block), entry.block]
         if entry.shared_age:
             parts.append(b"Age: %d\r\n" % int(time.monotonic() - entry.stored))
-        if status == 200:
-            parts.append(b"Content-Length: %d\r\n" % len(entry.body))
-        if not exch.keep_alive:
-            parts.append(b"Connection: close\r\n")
-        elif minor == 0:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        if status == 200 and exch.method == "GET":
-            parts.append(entry.body)
-        data = b"".join(parts)
-        exch.bytes_sent = len(data)
-        conn.write(data)
-        exch.finish()
+        self._send_entry(conn, exch, parts, entry, status == 200)
 
     # ---- the response cache's fast path ------------------------------------------
     #
@@ -554,12 +542,18 @@ class Listener:
         # the origin's Server header, if it sent one, rather than a second one (DateHeader)
         own_server = b"" if any(n == b"server" for n, _ in entry.rfc.lines) else _SERVER
         parts = [status_line(status, minor), own_server, entry.block, b"Age: %d\r\n" % min(int(age), 2147483648)]
-        has_body = status != 304 and status != 204 and not 100 <= status < 200
+        self._send_entry(conn, exch, parts, entry, status != 304 and status != 204 and not 100 <= status < 200)
+
+    @staticmethod
+    def _send_entry(conn: HttpConnection, exch: Exchange, parts: list[bytes], entry: CacheEntry,
+                    has_body: bool) -> None:
+        """The end of a response from the cache: ``parts`` (status line and header
+        lines so far), then the framing, the body (not for HEAD), written."""
         if has_body:
             parts.append(b"Content-Length: %d\r\n" % len(entry.body))
         if not exch.keep_alive:
             parts.append(b"Connection: close\r\n")
-        elif minor == 0:
+        elif exch.http_minor <= 0:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if has_body and exch.method == "GET":
