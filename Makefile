@@ -69,8 +69,8 @@ bench: bench-deps
 	$(PY) bench/websocket.py --exclude '12.*' --exclude '13.*' --output bench/results/websocket.json
 
 # ASGI WebSocket against uvicorn and granian: echo throughput and all the Autobahn cases,
-# the permessage-deflate ones (12.*, 13.*) too, which take ~40 min over four servers;
-# `make bench` runs the same without those.
+# the permessage-deflate ones (12.*, 13.*) too, which take ~35 min over four servers;
+# `make bench` runs the same without those (~3 min).
 bench-websocket: bench-deps
 	$(PY) bench/websocket.py --output bench/results/websocket.json
 

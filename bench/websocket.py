@@ -341,7 +341,8 @@ def main() -> int:
             if not args.skip_throughput:
                 throughput(running, args, report)
             if not args.skip_autobahn:
-                results_dir = BENCH / "results" / "autobahn"
+                # next to the JSON file, so that a run writing elsewhere keeps these
+                results_dir = Path(args.output).parent / (Path(args.output).stem + "-autobahn")
                 for r in running:
                     out = results_dir / r.target.name
                     shutil.rmtree(out, ignore_errors=True)
