@@ -2,23 +2,15 @@
 
 A WebSocket is accepted and every message goes back as it came (text as text, bytes as
 bytes) until the client closes: what the Autobahn fuzzing-client cases expect of the
-server under test, and what the throughput clients time.  Plain HTTP answers 200
-"Hello, world!" (the readiness check), and the lifespan protocol is honoured.
+server under test, and what the throughput clients time.  Every other scope — plain
+HTTP (the readiness check) and lifespan — is hello_asgi's.
 """
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-BODY = b"Hello, world!"
-START = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [
-        (b"content-type", b"text/plain"),
-        (b"content-length", str(len(BODY)).encode()),
-    ],
-}
-RESPONSE_BODY = {"type": "http.response.body", "body": BODY}
+from hello_asgi import app as hello
+
 ACCEPT = {"type": "websocket.accept"}
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -26,31 +18,19 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    kind = scope["type"]
-    if kind == "websocket":
+    if scope["type"] != "websocket":
+        await hello(scope, receive, send)
+        return
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send(ACCEPT)
+    while True:
         message = await receive()
-        if message["type"] != "websocket.connect":
+        if message["type"] == "websocket.disconnect":
             return
-        await send(ACCEPT)
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is not None:
-                await send({"type": "websocket.send", "text": text})
-            else:
-                await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
-    elif kind == "http":
-        await send(START)
-        await send(RESPONSE_BODY)
-    elif kind == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    else:
-        raise ValueError(f"unsupported scope type {kind!r}")
+        text = message.get("text")
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})

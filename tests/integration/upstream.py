@@ -5,6 +5,7 @@ URL Rewrite rules that send requests to it."""
 from __future__ import annotations
 
 import socket
+from abc import ABC, abstractmethod
 import ssl
 import threading
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ def proxy_site(poolhouse_server: Any, *rules: str, extra: str = "", files: dict[
                                                   "www/index.html": "home", **(files or {})})
 
 
-class RawUpstream:
+class RawUpstream(ABC):
     """A TCP server on a free loopback port for answers no HTTP library would write:
     each connection's request head is read, then ``answer(conn, method, path)`` writes
     what it likes (the connection is closed afterwards unless it returns True: kept)."""
@@ -100,8 +101,9 @@ class RawUpstream:
             pass
         conn.close()
 
+    @abstractmethod
     def answer(self, conn: socket.socket, method: str, path: str) -> bool:
-        raise NotImplementedError
+        """Write the answer to ``method path`` on ``conn``; True keeps the connection."""
 
     def stop(self) -> None:
         self.sock.close()
