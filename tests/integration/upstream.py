@@ -5,9 +5,9 @@ URL Rewrite rules that send requests to it."""
 from __future__ import annotations
 
 import socket
-from abc import ABC, abstractmethod
 import ssl
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
