@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import wrk  # noqa: E402
 from harness.server import ServerProcess, StartError, free_port  # noqa: E402
-from harness.targets import nginx_binary, tool  # noqa: E402
+from harness.targets import application_host_config, nginx_binary, tool  # noqa: E402
 
 JSON_BODY = b'{"message":"Hello, world!"}\n'
 UPSTREAM_BODY = b"Hello, world!"
@@ -57,23 +57,6 @@ async def hello():
                     media_type="application/json")
 """
 
-APPHOST = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<configuration>
-  <system.applicationHost>
-    <applicationPools><add name="BenchPool" /></applicationPools>
-    <sites>
-      <site name="Bench" id="1">
-        <application path="/" applicationPool="BenchPool">
-          <virtualDirectory path="/" physicalPath="{approot}" />
-        </application>
-        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-      </site>
-    </sites>
-  </system.applicationHost>
-  <location path="Bench"><system.webServer>{web}</system.webServer></location>
-</configuration>
-"""
 
 NGINX = """\
 worker_processes 1;
@@ -106,7 +89,7 @@ class Target:
 def poolhouse(web: str) -> Callable[[Path, int], ServerProcess]:
     def start(tmp: Path, port: int) -> ServerProcess:
         conf = tmp / f"ph-{port}.config"
-        conf.write_text(APPHOST.format(port=port, approot=tmp / "apps", web=web))
+        conf.write_text(application_host_config(port, tmp / "apps", web=web))
         argv = ["taskset", "-c", "0", tool("poolhouse"), "serve", "-c", str(conf), "--state-dir", str(tmp / f"st-{port}")]
         return ServerProcess(argv, cwd=tmp / "apps", env=dict(os.environ), log_path=tmp / f"ph-{port}.log")
     return start

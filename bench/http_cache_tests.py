@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.server import ServerProcess, StartError, free_port  # noqa: E402
-from harness.targets import nginx_binary, tool  # noqa: E402
+from harness.targets import application_host_config, nginx_binary, tool  # noqa: E402
 
 PACKAGE = "http-cache-tests"
 VERSION = "0.4.5"
@@ -42,30 +42,9 @@ PEERS = Path(__file__).resolve().parent / ".peers" / "cache-tests"
 KINDS = ("pass", "fail", "optional_fail", "yes", "no", "setup_fail", "harness_fail", "dependency_fail",
          "retry", "untested")
 
-APPHOST = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<configuration>
-  <system.applicationHost>
-    <applicationPools><add name="CachePool" /></applicationPools>
-    <sites>
-      <site name="CacheTests" id="1">
-        <application path="/" applicationPool="CachePool">
-          <virtualDirectory path="/" physicalPath="{root}" />
-        </application>
-        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-      </site>
-    </sites>
-  </system.applicationHost>
-  <location path="CacheTests"><system.webServer>
-    <rewrite><rules>
-      <rule name="origin" stopProcessing="true">
-        <match url=".*" />
-        <action type="Rewrite" url="http://127.0.0.1:{origin}/{{R:0}}" />
-      </rule>
-    </rules></rewrite>
-  </system.webServer></location>
-</configuration>
-"""
+# every request goes to the suite's origin through the reverse proxy (URL Rewrite)
+ORIGIN_RULE = ('<rewrite><rules><rule name="origin" stopProcessing="true"><match url=".*" />'
+               '<action type="Rewrite" url="http://127.0.0.1:{origin}/{{R:0}}" /></rule></rules></rewrite>')
 
 # the suite's docker image configuration (docker/nginx), with private paths
 NGINX = """\
@@ -232,7 +211,7 @@ def main() -> int:
                 if name == "poolhouse":
                     (tmp / "www").mkdir(exist_ok=True)
                     conf = tmp / "applicationHost.config"
-                    conf.write_text(APPHOST.format(root=tmp / "www", port=port, origin=origin_port))
+                    conf.write_text(application_host_config(port, tmp / "www", web=ORIGIN_RULE.format(origin=origin_port)))
                     server = ServerProcess([tool("poolhouse"), "serve", "-c", str(conf), "--state-dir", str(tmp / "ph")],
                                            cwd=tmp, env=dict(os.environ), log_path=tmp / "poolhouse.log")
                 else:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import wrk  # noqa: E402
 from harness.server import ServerProcess, StartError, free_port  # noqa: E402
-from harness.targets import APPS, HELLO, tool  # noqa: E402
+from harness.targets import APPS, HELLO, application_host_config, tool  # noqa: E402
 
 CONFIGS = {
     "bare": '<modules><clear /><add name="WsgiModule" /></modules>',
@@ -43,32 +43,10 @@ CONFIGS = {
               "</customHeaders></httpProtocol>"),
 }
 
-APPLICATION_HOST = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<configuration>
-  <system.applicationHost>
-    <applicationPools><add name="BenchPool" /></applicationPools>
-    <sites>
-      <site name="Bench" id="1">
-        <application path="/" applicationPool="BenchPool">
-          <virtualDirectory path="/" physicalPath="{approot}" />
-        </application>
-        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-      </site>
-    </sites>
-  </system.applicationHost>
-  <location path="Bench">
-    <system.webServer>
-      <handlers><add name="app" path="*" verb="*" modules="WsgiModule" scriptProcessor="hello_wsgi:app" /></handlers>
-      {modules}
-    </system.webServer>
-  </location>
-</configuration>
-"""
 
 
 def config_text(port: int, name: str) -> str:
-    return APPLICATION_HOST.format(port=port, approot=APPS, modules=CONFIGS[name])
+    return application_host_config(port, APPS, "WsgiModule", "hello_wsgi:app", web=CONFIGS[name])
 
 
 # -- wrk, end to end ------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: 
 
 from harness.cpu import CpuAccount  # noqa: E402
 from harness.server import ServerProcess, StartError, become_subreaper, free_port  # noqa: E402
-from harness.targets import APPLICATION_HOST, APPS, HELLO, tool  # noqa: E402
+from harness.targets import APPS, HELLO, application_host_config, tool  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 MAX_MESSAGE = 64 * 1024 * 1024     # Autobahn 9.* sends messages of up to 16 MiB
@@ -60,16 +60,7 @@ CLOSE_OK = ("OK", "INFORMATIONAL")
 CPUS = os.cpu_count() or 1
 BUSY_PCT = 5.0                     # others' CPU or steal above this: a disturbed figure
 
-POOLHOUSE_LOCATION = """\
-  <location path="Bench">
-    <system.webServer>
-      <handlers>
-        <add name="echo" path="*" verb="*" modules="AsgiModule" scriptProcessor="echo_asgi:app" />
-      </handlers>
-      <webSocket receiveBufferLimit="{limit}" />
-    </system.webServer>
-  </location>
-"""
+POOLHOUSE_WEB = '<webSocket receiveBufferLimit="{limit}" />'
 
 
 @dataclass(frozen=True)
@@ -83,8 +74,8 @@ def poolhouse(port: int, tmp: Path) -> list[str]:
     """The webSocket section may not be set in web.config (overrideModeDefault="Deny",
     as in IIS): it goes into a <location> of applicationHost.config."""
     conf = tmp / "applicationHost.config"
-    conf.write_text(APPLICATION_HOST.format(port=port, approot=APPS,
-                                            location=POOLHOUSE_LOCATION.format(limit=MAX_MESSAGE)))
+    conf.write_text(application_host_config(port, APPS, "AsgiModule", "echo_asgi:app",
+                                            web=POOLHOUSE_WEB.format(limit=MAX_MESSAGE)))
     return [tool("poolhouse"), "serve", "-c", str(conf), "--state-dir", str(tmp / "state")]
 
 

@@ -157,23 +157,24 @@ APPLICATION_HOST = """\
 {location}</configuration>
 """
 
-HANDLER_LOCATION = """\
+LOCATION = """\
   <location path="Bench">
     <system.webServer>
-      <handlers>
-        <add name="app" path="*" verb="*" modules="{module}" scriptProcessor="{callable}" />
-      </handlers>
+      {web}
     </system.webServer>
   </location>
 """
+HANDLER = '<handlers><add name="app" path="*" verb="*" modules="{module}" scriptProcessor="{callable}" /></handlers>'
 
 
 def application_host_config(port: int, approot: Path, module: str | None = None,
-                            callable_: str | None = None) -> str:
-    """An IIS-format applicationHost.config with one site, one pool, one application."""
-    location = ""
+                            callable_: str | None = None, web: str = "") -> str:
+    """An IIS-format applicationHost.config with one site, one pool, one application:
+    a handler for ``callable_`` when ``module`` is given, and ``web`` (more
+    system.webServer elements) in the site's <location>."""
     if module is not None:
-        location = HANDLER_LOCATION.format(module=module, callable=callable_)
+        web = HANDLER.format(module=module, callable=callable_) + web
+    location = LOCATION.format(web=web) if web else ""
     return APPLICATION_HOST.format(port=port, approot=approot, location=location)
 
 
