@@ -82,7 +82,7 @@ class HttpConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None
         self.tunnel_held: list[bytes] | None = None
         self.sender: FileSender | None = None  # a file range being sent (file_send.py)
-        self.memo_raw: bytes | None = None  # this read, when it is one whole bodiless request
+        self.memo_raw: bytes | None = None  # the read that began the request in progress
 
     # ---- asyncio callbacks --------------------------------------------------------
 
@@ -132,8 +132,7 @@ class HttpConnection(asyncio.Protocol):
                 hit = listener.memo.get(key)
                 if hit is not None and listener.memo_hit(self, key, hit):
                     return
-            self.memo_raw = data if (listener.cache.slots and data[-4:] == b"\r\n\r\n"
-                                     and data.find(b"\r\n\r\n") == len(data) - 4) else None
+            self.memo_raw = data  # whether it is one whole request is checked only on a hit
         elif self.memo_raw is not None:
             self.memo_raw = None
         try:

@@ -499,6 +499,8 @@ class Listener:
     # with the site's state.  Anything else takes the normal path.
 
     def _memoize(self, conn: HttpConnection, raw: bytes, exch: Exchange, entry: CacheEntry) -> None:
+        if raw[-4:] != b"\r\n\r\n" or raw.find(b"\r\n\r\n") != len(raw) - 4:
+            return  # the read held more (or less) than this one bodiless request
         memo = self.memo
         if len(memo) >= MEMO_LIMIT:
             memo.clear()
