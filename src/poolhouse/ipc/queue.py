@@ -57,9 +57,9 @@ RESPONSE_BODY = 18
 RESET = 19         # the worker abandons the stream (the response cannot be completed)
 CREDIT = 20        # stream 0; payload: i32 change in credits
 DRAINING = 21      # stream 0; the worker takes no new requests (recycle); in-flight go on
-RESPONSE_FILE = 22  # a piece of the response body that is a file range, sent by the listener
+RESPONSE_FILE = 22  # the rest of the response body is a file range, sent by the listener
                     # itself (sendfile): payload (path, offset, length, size, mtime_ns), the
-                    # last two the file's as the worker saw them; END_STREAM on the last piece
+                    # last two the file's as the worker saw them; always END_STREAM
 
 BODY_WINDOW = 1 << 20
 
@@ -210,8 +210,8 @@ class FileRange(NamedTuple):
     mtime_ns: int   # response head: the listener refuses to send a file that changed since
 
 
-def encode_file(stream: int, ref: FileRange, end_stream: bool) -> bytes:
-    return encode(RESPONSE_FILE, END_STREAM if end_stream else 0, stream, marshal.dumps(tuple(ref), 4))
+def encode_file(stream: int, ref: FileRange) -> bytes:
+    return encode(RESPONSE_FILE, END_STREAM, stream, marshal.dumps(tuple(ref), 4))
 
 
 def decode_file(payload: bytes) -> FileRange:

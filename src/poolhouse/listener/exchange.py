@@ -66,8 +66,6 @@ class Exchange:
     revalidating: "Entry | None" = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
     client_headers: tuple[bytes, ...] = ()  # the request's own headers, when revalidating
     body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
-    sending: "list[tuple[object, ...]] | None" = None  # a file range is being sent; what waits behind it
-    file_end = False  # that range ends the response
     upgrade = b""  # the Upgrade header of a WebSocket handshake
     tunnel = False  # the worker answered 101: the stream carries raw bytes both ways
 
@@ -305,9 +303,6 @@ class Exchange:
     def response_body(self, data: bytes, flags: int) -> None:
         if self.done or self.conn.closed:
             return
-        if self.sending is not None:  # behind a file range still being sent
-            self.sending.append((data, flags))
-            return
         if data and self.method != "HEAD":
             if self.chunked:
                 self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -321,46 +316,28 @@ class Exchange:
         elif data:
             self._ack(len(data))
 
-    def response_file(self, ref: q.FileRange, flags: int, reader: "Reader") -> None:
-        """A piece of the body that is a file range (q.RESPONSE_FILE): the listener opens
-        and sends it itself (file_send.py).  Pieces behind it wait their turn."""
+    def response_file(self, ref: q.FileRange, reader: "Reader") -> None:
+        """The rest of the body is a file range (q.RESPONSE_FILE, always the stream's last
+        frame): the listener opens and sends it itself (file_send.py)."""
         if self.done or self.conn.closed:
             return
-        if self.sending is not None:
-            self.sending.append((ref, flags, reader))
-            return
         if self.method == "HEAD":
-            if flags & q.END_STREAM:
-                self.response_body(b"", flags)
+            self.response_body(b"", q.END_STREAM)
             return
         try:
             fd = open_range(ref, reader)
         except (FileChanged, OSError) as exc:
             self.file_failed(str(exc))
             return
-        self.sending = []
-        self.file_end = bool(flags & q.END_STREAM)
         FileSender(self, fd, ref, self.chunked).pump()
 
     def file_sent(self) -> None:
-        """The file range went out: go on with what queued behind it."""
-        queued, self.sending = self.sending or [], None
-        if self.file_end:
-            self.response_body(b"", q.END_STREAM)
-            return
-        for i, item in enumerate(queued):
-            if len(item) == 3:
-                self.response_file(*item)  # type: ignore[arg-type]
-            else:
-                self.response_body(*item)  # type: ignore[arg-type]
-            if self.sending is not None:  # another file: the rest waits again
-                self.sending.extend(queued[i + 1:])
-                return
+        """The file range went out: the response is complete."""
+        self.response_body(b"", q.END_STREAM)
 
     def file_failed(self, reason: str) -> None:
         """The head is out and the file cannot follow: the connection is closed."""
         log.error("cannot send %s's file: %s", self.target[:200].decode("latin-1"), reason)
-        self.sending = None
         self.done = True
         if self.worker is not None:
             self.worker.cancel(self.stream)

@@ -84,9 +84,10 @@ class WorkerLink(asyncio.Protocol):
                     exch.response_body(payload, flags)
             elif ftype == q.RESPONSE_FILE:
                 exch = streams.get(sid)
-                if flags & q.END_STREAM:
-                    self._terminal(sid)
+                self._terminal(sid)
                 try:
+                    if not flags & q.END_STREAM:
+                        raise ValueError("a file reference must end its stream")
                     ref = q.decode_file(payload)
                 except ValueError as exc:
                     log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
@@ -96,7 +97,7 @@ class WorkerLink(asyncio.Protocol):
                 if exch is not None:
                     if self.reader is None:
                         self.reader = Reader(self.pid)
-                    exch.response_file(ref, flags, self.reader)
+                    exch.response_file(ref, self.reader)
             elif ftype == q.WINDOW:
                 exch = streams.get(sid)
                 if exch is not None:

@@ -220,14 +220,13 @@ class Stream:
         elif account:
             self.window -= len(data)
 
-    def send_file(self, ref: q.FileRange, end: bool = True) -> None:
-        """A body piece the listener sends from the file itself (sendfile): no bytes pass
-        through this process, and no window is taken."""
+    def send_file(self, ref: q.FileRange) -> None:
+        """The rest of the body: a file range the listener sends itself (sendfile), so no
+        bytes pass through this process and no window is taken.  Ends the stream."""
         if self.ended:
             return
-        self.worker.send(q.encode_file(self.sid, ref, end))
-        if end:
-            self._end()
+        self.worker.send(q.encode_file(self.sid, ref))
+        self._end()
 
     def take_window_threadsafe(self, n: int) -> None:
         assert self._tcond is not None
