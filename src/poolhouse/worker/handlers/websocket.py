@@ -368,29 +368,21 @@ async def run_websocket(worker: "WorkerProcess", app: Any, http_scope: dict[str,
         return
     session = WebSocketSession(worker, stream, scope, max_message, ping_interval)
     stream.stage = "ExecuteRequestHandler"
+    failed = False
     try:
         await app(scope, session.receive, session.send)
     except BadResponseHeader as exc:
         log.error("ASGI application sent a bad header for %s: %s", scope["path"], exc)
-        if session.state == CONNECTING:
-            worker.error_response(stream, 500, 0)
-            return
+        failed = True
     except Exception:
         if not (stream.cancelled or session.state == CLOSED):
             log.error("ASGI WebSocket application raised for %s:\n%s", scope["path"], traceback.format_exc())
-        if session.state == CONNECTING and session.denial is None:
-            worker.error_response(stream, 500, 0)
-            return
-        if session.state == OPEN:
-            await session.close(1011, "Internal Error")
-            return
-    else:
-        if session.state == CONNECTING and session.denial is None:
+        failed = True
+    if session.state == CONNECTING:  # no handshake answer (or an unfinished denial response)
+        if not failed:
             log.error("ASGI application returned without accepting the WebSocket on %s", scope["path"])
-            worker.error_response(stream, 500, 0)
-            return
-        if session.state == OPEN:
-            await session.close(1000)
-            return
-    if session.state == CLOSED and not session.ended and not stream.ended:
+        worker.error_response(stream, 500, 0)
+    elif session.state == OPEN:
+        await session.close(*((1011, "Internal Error") if failed else (1000, "")))
+    elif not session.ended and not stream.ended:
         session.finish()
