@@ -16,7 +16,7 @@ import httpx
 import psutil
 
 from .conftest import apphost
-from .test_process_model import WSGI_WEBCONFIG
+from .test_process_model import WSGI_WEBCONFIG, one_site
 
 APP = """\
 import os, time
@@ -40,16 +40,8 @@ FILES = {"app/app.py": APP, "app/web.config": WSGI_WEBCONFIG}
 
 
 def site(pool_attrs: str = "", inner: str = "") -> str:
-    return apphost(
-        sites="""
-        <site name="Main" id="1">
-          <application path="/" applicationPool="AppPool">
-            <virtualDirectory path="/" physicalPath="{root}/app" />
-          </application>
-          <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
-        </site>""",
-        pools=f'<add name="AppPool" {pool_attrs}>{inner}</add>',
-    )
+    """One site on AppPool (the process-model tests' own), ``inner`` inside the pool."""
+    return one_site(pool_attrs, inner)
 
 
 class Load:
