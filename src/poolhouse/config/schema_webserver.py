@@ -378,6 +378,22 @@ SECTIONS = [
           B("allowed", False, "")),
         doc="IP address restrictions.", **DENY),
     Section(
+        WS + "security/isapiCgiRestriction",
+        B("notListedIsapisAllowed", False, "Accepted for compatibility (Poolhouse runs no ISAPI "
+          "extensions)."),
+        B("notListedCgisAllowed", False, "Whether a CgiModule program that no entry lists may run "
+          "(404.2 otherwise)."),
+        C(S("path", "", "Full path of the program: a mapping's scriptProcessor, or the CGI file "
+            "itself when it has none.  Compared, case-sensitively, with the real path of the "
+            "program (symbolic links resolved): list /usr/bin/perl5.36.0, not a link to it.",
+            required=True, key=True, case_sensitive=True, expanded=True,
+            validator="nonEmptyString"),
+          B("allowed", False, "Whether the program may run.", required=True),
+          S("groupId", "", "Group of restrictions the entry belongs to."),
+          S("description", "", "Friendly description.")),
+        doc="ISAPI and CGI restrictions: which CGI programs may run (docs/pipeline.md).",
+        override="Deny", allow_definition="AppHostOnly"),
+    Section(
         WS + "applicationInitialization",
         S("remapManagedRequestsTo", "", "Page served while the application initializes."),
         B("skipManagedModules", False, ""), B("doAppInitAfterRestart", False, ""),

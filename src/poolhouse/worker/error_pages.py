@@ -9,6 +9,7 @@ from http import HTTPStatus
 
 _SUBSTATUS = {
     (404, 0): "The resource you are looking for has been removed, had its name changed, or is temporarily unavailable.",
+    (404, 2): "The page you are requesting cannot be served because of the ISAPI and CGI Restriction list settings on the Web server.",
     (404, 3): "The page you are requesting cannot be served because of the extension configuration (MIME map).",
     (404, 4): "No handler is configured to serve this request.",
     (403, 14): "A default document is not configured for the requested URL, and directory browsing is not enabled.",

@@ -42,6 +42,7 @@ EVENTS: Final[dict[str, tuple[str, int]]] = {
     "AUTH_SUCCEEDED": ("Authentication", INFORMATION),
     "AUTH_FAILED": ("Authentication", WARNING),
     "URL_AUTHORIZATION_DENIED": ("Security", WARNING),
+    "CGI_RESTRICTION_DENIED": ("Security", WARNING),
     "CGI_LAUNCH": ("CGI", INFORMATION),
     "CGI_HEADERS": ("CGI", VERBOSE),
     "CGI_END": ("CGI", INFORMATION),
