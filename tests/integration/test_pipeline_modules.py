@@ -93,6 +93,10 @@ SITE = apphost(
     </site>""",
     pools='<add name="Static" /><add name="Py" />',
     extra="""
+  <system.webServer><security><isapiCgiRestriction>
+    <add path="{root}/www/cgi/hello.cgi" allowed="true" />
+    <add path="{root}/www/cgi2/hello.cgi" allowed="true" />
+  </isapiCgiRestriction></security></system.webServer>
   <location path="Main/ip">
     <system.webServer><security>
       <ipSecurity allowUnlisted="false"><add ipAddress="10.0.0.0" subnetMask="255.0.0.0" allowed="true" /></ipSecurity>

@@ -11,6 +11,16 @@ past it the process is killed — 502.1 before the head was sent, a reset stream
 Output without a valid header block gets 502.2; a script killed mid-body, or one that
 writes less than its Content-Length, resets the stream (the client sees an incomplete
 response, never a truncated one that looks whole).
+
+What may run is decided by ``system.webServer/security/isapiCgiRestriction`` (set in
+applicationHost.config only): the program — the mapping's ``scriptProcessor``, else the
+script itself — is resolved to its real path (symbolic links followed) and that path
+must be listed with ``allowed="true"`` (or ``notListedCgisAllowed="true"`` and not listed
+as denied); otherwise 404.2, as IIS answers.  The real path is what is executed.
+
+Each run goes through ``cgi_launcher.py``, a subreaper per run (and a cgroup per run
+where the activation service delegated one to this worker): the program's whole process
+tree, including descendants that left its session, ends with the run.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ...urlpath import host_name
@@ -136,6 +147,77 @@ class CgiTimeout(Exception):
     pass
 
 
+def end_tree(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        return
+
+    def last_resort() -> None:
+        if proc.returncode is None:
+            log.warning("the CGI launcher %d did not end its program within %.0f s: killed", proc.pid, KILL_GRACE)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    asyncio.get_running_loop().call_later(KILL_GRACE, last_resort)
+
+
+RESTRICTION = "system.webServer/security/isapiCgiRestriction"
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cgi_launcher.py")
+KILL_GRACE = 10.0
+"""Seconds the launcher has to end a program's tree before it is killed itself."""
+
+
+def restriction_allows(section: dict[str, Any] | None, real: str) -> bool:
+    """isapiCgiRestriction's verdict on a program whose real path is ``real``: an entry
+    with exactly that path decides; without one, ``notListedCgisAllowed`` does.  Paths
+    are compared as they are (Linux paths are case-sensitive; IIS's, on Windows, are
+    not)."""
+    if section is None:
+        return False
+    for entry in section.get("items", ()):
+        if entry.get("path") == real:
+            return bool(entry.get("allowed"))
+    return bool(section.get("notListedCgisAllowed"))
+
+
+_containment: list[str | None] = []
+
+
+def cgroup_parent() -> str | None:
+    """This worker's own cgroup, when the activation service delegated one to it
+    (``<...>/w<pid>`` in a cgroup v2 hierarchy, writable by this process): each CGI run
+    gets a cgroup below it.  None: the launcher's subreaper alone contains the tree."""
+    if _containment:
+        return _containment[0]
+    found: str | None = None
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            rel = next((line.strip()[3:] for line in fh if line.startswith("0::")), None)
+        mount = None
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    mount = parts[1]
+                    break
+        if rel and mount:
+            path = os.path.join(mount, rel.lstrip("/"))
+            if (os.path.basename(path) == f"w{os.getpid()}" and os.access(path, os.W_OK)
+                    and os.access(os.path.join(path, "cgroup.procs"), os.W_OK)):
+                found = path
+    except OSError:
+        pass
+    _containment.append(found)
+    log.info("CGI runs are contained by %s", f"a cgroup each under {found} and a subreaper" if found
+             else "a subreaper (no delegated cgroup v2 group for this worker)")
+    return found
+
+
 class CgiRun:
     """One run of a CGI program for one request stream."""
 
@@ -196,11 +278,10 @@ class CgiRun:
             raise CgiTimeout from None
 
     def kill(self) -> None:
-        """The script and whatever it started (its own process group)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """End the program and everything it started: the launcher kills the tree
+        (cgroup, then every descendant it still has) and reaps it.  A launcher that has
+        not finished within KILL_GRACE is killed with its process group."""
+        end_tree(self.proc)
 
     async def drain(self) -> None:
         """Read and drop the rest of the output (HEAD, a response a module replaced)."""
@@ -341,25 +422,46 @@ async def run_cgi(worker: Any, stream: "Stream", app: "WorkerApplication", sel: 
     mapping = sel.mapping
     assert mapping is not None
     processor = mapping.entry.script_processor.strip()
-    argv = [processor, script] if processor else [script]
-    timeout = 900.0
-    if sel.web is not None:
-        timeout = float(sel.web.sections.get("system.webServer/cgi", {}).get("timeout", 900.0) or 900.0)
-    env = cgi_environ(stream, app, sel, path, query, ctx, script)
+    program = processor or script
+    real = os.path.realpath(program)
+    web = sel.web
     stream.stage = "ExecuteRequestHandler"
+    if not restriction_allows(web.sections.get(RESTRICTION) if web is not None else None, real):
+        log.warning("CGI program %s%s is not allowed by isapiCgiRestriction: 404.2 for %s (list it in "
+                    "applicationHost.config as <add path=\"%s\" allowed=\"true\" />)", program,
+                    f" (real path {real})" if real != program else "", path, real)
+        if ctx is not None:
+            ctx.trace_event("CGI_RESTRICTION_DENIED", program=program, real_path=real)
+        worker.error_response(stream, 404, 2, f"The CGI program {real} is not allowed by the ISAPI and CGI "
+                              "Restriction list (isapiCgiRestriction) of this server (0x800704ec).",
+                              detail_local=True)
+        return
+    if not os.path.isfile(real):
+        worker.error_response(stream, 502, 2, f"CGI application {program} could not start: it does not exist.")
+        return
+    if not os.access(real, os.X_OK):
+        worker.error_response(stream, 403, 1, f"{program} is not executable.")
+        return
+    argv = [real, script] if processor else [real]
+    timeout = 900.0
+    if web is not None:
+        timeout = float(web.sections.get("system.webServer/cgi", {}).get("timeout", 900.0) or 900.0)
+    env = cgi_environ(stream, app, sel, path, query, ctx, script)
+    group = cgroup_parent()
+    launcher = [sys.executable, "-I", "-S", LAUNCHER, "--parent", str(os.getpid())]
+    if group is not None:
+        launcher += ["--cgroup", group]
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            *launcher, "--", *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, cwd=os.path.dirname(script) or None,
-            start_new_session=True)  # a process group: a timeout kills what the script started too
-    except PermissionError:
-        worker.error_response(stream, 403, 1, f"{argv[0]} is not executable.")
-        return
+            start_new_session=True)  # and a process group of its own: the last resort of kill()
     except OSError as exc:
         worker.error_response(stream, 502, 2, f"CGI application {argv[0]} could not start: {exc}")
         return
     if ctx is not None:
-        ctx.trace_event("CGI_LAUNCH", script=script, pid=proc.pid)
+        ctx.trace_event("CGI_LAUNCH", script=script, program=real, pid=proc.pid,
+                        containment="cgroup" if group is not None else "subreaper")
 
     async def feed() -> None:
         """The request body, to stdin as it arrives (read_chunk returns the window)."""
