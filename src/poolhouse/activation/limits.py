@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 log = logging.getLogger("poolhouse.activation")
 
@@ -46,10 +47,23 @@ class CgroupManager:
         self.available = False
         self.base = ""
         self.why = ""
+        # CGI containment (docs/pipeline.md): each worker gets a cgroup of its own, owned
+        # by its pool identity, in which it creates one cgroup per CGI run.  This needs
+        # a writable cgroup v2 hierarchy, not the cpu and memory controllers.
+        self.delegation = ""
+        self.delegation_why = ""
+        self.workers: dict[int, str] = {}
+        self.leftovers: list[str] = []
         root = _cgroup2_root()
         if root is None:
-            self.why = "no cgroup v2 hierarchy is mounted"
+            self.why = self.delegation_why = "no cgroup v2 hierarchy is mounted"
             return
+        base = os.path.join(root, "poolhouse")
+        try:
+            os.makedirs(base, exist_ok=True)
+            self.delegation = base
+        except OSError as exc:
+            self.delegation_why = f"cannot create {base}: {exc.strerror}"
         try:
             with open(os.path.join(root, "cgroup.controllers"), encoding="utf-8") as fh:
                 controllers = set(fh.read().split())
@@ -60,7 +74,6 @@ class CgroupManager:
         if missing:
             self.why = f"the cgroup v2 hierarchy at {root} does not offer {', '.join(sorted(missing))}"
             return
-        base = os.path.join(root, "poolhouse")
         try:
             os.makedirs(base, exist_ok=True)
             with open(os.path.join(root, "cgroup.subtree_control"), "w", encoding="utf-8") as fh:
@@ -75,8 +88,14 @@ class CgroupManager:
 
     def describe(self) -> str:
         if self.available:
-            return f"cgroup v2 at {self.base}: CPU throttling and a memory cap by the kernel"
-        return f"measurement only ({self.why}): CPU and memory are measured, Throttle is not enforced"
+            limits = f"cgroup v2 at {self.base}: CPU throttling and a memory cap by the kernel"
+        else:
+            limits = f"measurement only ({self.why}): CPU and memory are measured, Throttle is not enforced"
+        if self.delegation:
+            cgi = f"CGI process trees contained by a cgroup per run under {self.delegation} and a subreaper"
+        else:
+            cgi = f"CGI process trees contained by a subreaper ({self.delegation_why})"
+        return f"{limits}; {cgi}"
 
     def pool_group(self, pool: str, cpu_limit: int, throttle: bool, memory_max: int) -> str | None:
         """The pool's cgroup with its limits written; None when unavailable."""
@@ -96,6 +115,57 @@ class CgroupManager:
             return None
         return path
 
+    def place_worker(self, pool_group: str | None, pool: str, pid: int, uid: int, gid: int) -> None:
+        """Move a new worker into ``<pool group>/w<pid>``, delegated to its identity
+        (the directory and its cgroup.procs, cgroup.threads and cgroup.subtree_control
+        owned by ``uid``, as the kernel's delegation model has it): the worker can then
+        create a cgroup per CGI run below it and move the program there, but cannot
+        leave its own group nor touch the pool's limits.  Without a usable hierarchy
+        the worker stays where it is (or in ``pool_group``, for the limits alone)."""
+        self._sweep()
+        if not self.delegation:
+            if pool_group is not None:
+                self.add(pool_group, pid)
+            return
+        parent = pool_group or os.path.join(self.delegation, pool.replace("/", "_"))
+        group = os.path.join(parent, f"w{pid}")
+        try:
+            os.makedirs(group, exist_ok=True)
+            if uid != os.geteuid() or gid != os.getegid():
+                for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+                    os.chown(os.path.join(group, name), uid, gid)
+            _write(os.path.join(group, "cgroup.procs"), str(pid))
+        except OSError as exc:
+            log.warning("cannot give worker %d of application pool %s a cgroup of its own (%s): its CGI "
+                        "runs are contained by a subreaper alone", pid, pool, exc)
+            if pool_group is not None:
+                self.add(pool_group, pid)
+            return
+        self.workers[pid] = group
+
+    def release_worker(self, pid: int) -> None:
+        """A worker exited: kill whatever is left in its cgroup (a CGI program whose
+        launcher died with the worker) and remove it."""
+        group = self.workers.pop(pid, None)
+        if group is None:
+            return
+        try:
+            _write(os.path.join(group, "cgroup.kill"), "1")
+        except OSError:
+            for child in _subgroups(group):
+                for victim in _procs(child):
+                    try:
+                        os.kill(victim, 9)
+                    except OSError:
+                        pass
+        if not _remove_tree(group):
+            self.leftovers.append(group)
+
+    def _sweep(self) -> None:
+        """Retry the removal of groups that were still busy when their worker exited."""
+        if self.leftovers:
+            self.leftovers = [g for g in self.leftovers if not _remove_tree(g)]
+
     def add(self, group: str, pid: int) -> None:
         try:
             _write(os.path.join(group, "cgroup.procs"), str(pid))
@@ -106,6 +176,37 @@ class CgroupManager:
 def _write(path: str, value: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(value)
+
+
+def _subgroups(group: str) -> list[str]:
+    """``group`` and every cgroup below it, deepest first."""
+    out: list[str] = []
+    for dirpath, _dirs, _files in os.walk(group, topdown=False):
+        out.append(dirpath)
+    return out
+
+
+def _procs(group: str) -> list[int]:
+    try:
+        with open(os.path.join(group, "cgroup.procs"), encoding="ascii") as fh:
+            return [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _remove_tree(group: str) -> bool:
+    """rmdir ``group`` and its sub-groups (processes leave a killed cgroup as they exit:
+    a few short retries)."""
+    for _ in range(5):
+        try:
+            for path in _subgroups(group):
+                os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            continue
+        except OSError:
+            time.sleep(0.01)
+    return not os.path.exists(group)
 
 
 # ---- measurement ----------------------------------------------------------------------

@@ -348,9 +348,7 @@ class ActivationService:
                     worker.kill()
                 self.demand_done(pool, False)
                 return None
-            group = self.pool_cgroup(pool)
-            if group is not None:
-                self.cgroups.add(group, worker.pid)
+            self.cgroups.place_worker(self.pool_cgroup(pool), pool.name, worker.pid, identity.uid, identity.gid)
             self.events.emit("worker_started", apppool=pool.name, worker=worker.id, pid=worker.pid,
                              user=identity.name, replaces_recycled=recycle)
             try:
@@ -408,6 +406,7 @@ class ActivationService:
         clean = code in exit_codes.CLEAN
         if worker in (pool.workers if pool else []):
             pool.workers.remove(worker)  # type: ignore[union-attr]
+        self.cgroups.release_worker(worker.pid)
         self.events.emit("worker_exited", logging.INFO if clean else logging.ERROR,
                          None if clean else WORKER_CRASHED, apppool=worker.pool_name,
                          worker=worker.id, pid=worker.pid, exit_code=code, reason=reason)
