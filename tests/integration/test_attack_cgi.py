@@ -85,6 +85,8 @@ def files(token: str) -> dict[str, str]:
              resourceType="File" requireAccess="Execute" />
       </handlers>""")
     out["www/upload/evil.txt"] = f"touch /tmp/{token}-shell\nprintf 'Content-Type: text/plain\\r\\n\\r\\nowned'\n"
+    out["www/upload2/web.config"] = out["www/upload/web.config"].replace('"/bin/sh"', '"sh"')  # found on PATH
+    out["www/upload2/evil.txt"] = out["www/upload/evil.txt"]
     # the web.config that tries to lift the restriction itself
     out["www/lift/web.config"] = WEB.format(CGI_HANDLER + """
       <security><isapiCgiRestriction notListedCgisAllowed="true" /></security>""")
@@ -169,6 +171,7 @@ def test_programs_outside_the_restriction_list_get_404_2(server: Server, token: 
 
         attempts = {
             "/upload/evil.txt": "shell",  # *.txt -> scriptProcessor=/bin/sh from a sub-folder web.config
+            "/upload2/evil.txt": "shell",  # the same with scriptProcessor="sh"
             "/cgi/shell.cgi": "shell",  # content symlink to /bin/sh; the body would be its commands
             "/cgi/listed.cgi": "shell",  # the listed name, now a symlink to /bin/sh
             "/cgi/denied.cgi": "denied",  # listed with allowed="false"

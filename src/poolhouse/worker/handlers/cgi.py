@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -422,6 +423,8 @@ async def run_cgi(worker: Any, stream: "Stream", app: "WorkerApplication", sel: 
     mapping = sel.mapping
     assert mapping is not None
     processor = mapping.entry.script_processor.strip()
+    if processor and not os.path.isabs(processor):
+        processor = shutil.which(processor) or processor  # as exec would find it on PATH
     program = processor or script
     real = os.path.realpath(program)
     web = sel.web
