@@ -255,3 +255,67 @@ def test_descendants_walk_finds_grandchildren_by_parent_pids() -> None:
             p.kill()
         child.kill()
         child.wait()
+
+
+def test_service_delegates_a_group_to_each_worker_and_clears_it_at_exit() -> None:
+    """The activation service's side (activation/limits.py): a worker (here a process
+    running as a non-root identity) is moved into poolhouse/<pool>/w<pid>, owned by its
+    identity; when it exits, what it left in the group dies and the group goes."""
+    from poolhouse.activation.limits import CgroupManager
+
+    if os.geteuid() != 0:
+        pytest.skip("the service delegates cgroups as root")
+    manager = CgroupManager()
+    if not manager.delegation:
+        pytest.skip(f"no writable cgroup v2 hierarchy here: {manager.delegation_why}")
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    pool = f"poolhouse-test-{uuid.uuid4().hex[:8]}"
+    # it starts its child only once it has been placed (a process moved to a cgroup takes
+    # along none of the children it already has)
+    worker = subprocess.Popen(["/bin/sh", "-c", "read go; sleep 60 & sleep 60"], preexec_fn=drop,
+                              stdin=subprocess.PIPE)
+    try:
+        manager.place_worker(None, pool, worker.pid, NOBODY, NOBODY)
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        worker.stdin.close()
+        group = Path(manager.workers[worker.pid])
+        assert group == Path(manager.delegation) / pool / f"w{worker.pid}"
+        assert group.stat().st_uid == NOBODY and (group / "cgroup.procs").stat().st_uid == NOBODY
+        assert (group / "cgroup.kill").stat().st_uid == 0  # not delegated: only what the kernel's model hands over
+        with open(f"/proc/{worker.pid}/cgroup") as fh:
+            assert any(line.strip().endswith(f"/{pool}/w{worker.pid}") for line in fh if line.startswith("0::"))
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(worker.pid).children()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = psutil.Process(worker.pid).children()[0]
+        # as the worker's own launcher would: a run's group below, created by the identity
+        run = subprocess.run(["/bin/sh", "-c", f'mkdir "{group}/cgi-1"'], preexec_fn=drop)
+        assert run.returncode == 0
+        worker.kill()
+        worker.wait()
+        assert left.is_running() and left.status() != psutil.STATUS_ZOMBIE  # the worker's orphan
+        manager.release_worker(worker.pid)
+        deadline = time.monotonic() + 10
+        while left.is_running() and left.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left.is_running() or left.status() == psutil.STATUS_ZOMBIE
+        manager._sweep()
+        deadline = time.monotonic() + 10
+        while group.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            manager._sweep()
+        assert not group.exists()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        try:
+            (Path(manager.delegation) / pool).rmdir()
+        except OSError:
+            pass

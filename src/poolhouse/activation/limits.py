@@ -101,7 +101,7 @@ class CgroupManager:
         """The pool's cgroup with its limits written; None when unavailable."""
         if not self.available:
             return None
-        path = os.path.join(self.base, pool.replace("/", "_"))
+        path = os.path.join(self.base, _folder_name(pool))
         try:
             os.makedirs(path, exist_ok=True)
             quota = "max"
@@ -127,7 +127,7 @@ class CgroupManager:
             if pool_group is not None:
                 self.add(pool_group, pid)
             return
-        parent = pool_group or os.path.join(self.delegation, pool.replace("/", "_"))
+        parent = pool_group or os.path.join(self.delegation, _folder_name(pool))
         group = os.path.join(parent, f"w{pid}")
         try:
             os.makedirs(group, exist_ok=True)
@@ -171,6 +171,13 @@ class CgroupManager:
             _write(os.path.join(group, "cgroup.procs"), str(pid))
         except OSError as exc:
             log.warning("cannot move worker %d into %s: %s", pid, group, exc)
+
+
+def _folder_name(pool: str) -> str:
+    """A pool's cgroup folder name: never a path, never "." or "..", never the name of one
+    of the hierarchy's own files (``cgroup.procs``, ``cpu.max``: they all hold a dot)."""
+    name = pool.replace("/", "_").replace("\0", "_")
+    return name if name and "." not in name else "pool-" + name
 
 
 def _write(path: str, value: str) -> None:
