@@ -40,6 +40,18 @@ def _cgroup2_root() -> str | None:
     return None
 
 
+def _own_cgroup() -> str:
+    """This process's cgroup v2 path ("/" at the top), from /proc/self/cgroup."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("0::"):
+                    return line.strip()[3:] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
 class CgroupManager:
     """Per-pool cgroups when possible; ``available`` False means measurement only."""
 
@@ -59,11 +71,16 @@ class CgroupManager:
             self.why = self.delegation_why = "no cgroup v2 hierarchy is mounted"
             return
         base = os.path.join(root, "poolhouse")
+        # the workers' own groups go below the service's own cgroup (under systemd, the
+        # unit's: a stop still reaches every worker; the unit wants Delegate=yes), or at
+        # the top of the hierarchy when the service runs there
+        own = _own_cgroup()
+        delegation = os.path.join(root, own.strip("/"), "poolhouse") if own.strip("/") else base
         try:
-            os.makedirs(base, exist_ok=True)
-            self.delegation = base
+            os.makedirs(delegation, exist_ok=True)
+            self.delegation = delegation
         except OSError as exc:
-            self.delegation_why = f"cannot create {base}: {exc.strerror}"
+            self.delegation_why = f"cannot create {delegation}: {exc.strerror}"
         try:
             with open(os.path.join(root, "cgroup.controllers"), encoding="utf-8") as fh:
                 controllers = set(fh.read().split())
