@@ -260,3 +260,27 @@ def test_containment_path_in_use(server: Server) -> None:
 
 def wp_uid(pid: int) -> int:
     return psutil.Process(pid).uids().real
+
+
+def test_a_dead_worker_takes_its_cgi_trees_along(server: Server, token: str) -> None:
+    """The worker is killed (SIGKILL) while a CGI program hangs: the launcher's parent-death
+    signal and, where there is one, the service's kill of the worker's cgroup end the
+    program and its setsid child."""
+    import threading
+
+    def request() -> None:
+        try:
+            httpx.get(server.url("/hang/hang.cgi"), timeout=30)
+        except httpx.HTTPError:
+            pass
+
+    t = threading.Thread(target=request)
+    t.start()
+    server.wait_for(lambda: marker(token, "early").exists(), timeout=20)
+    pid = server.workers("CgiAttack")[0]["pid"]
+    os.kill(pid, 9)
+    t.join(30)
+    server.wait_for(lambda: not token_processes(token), timeout=10)
+    time.sleep(4.5)
+    assert not marker(token, "late").exists(), "the setsid child outlived its worker"
+    assert not token_processes(token)
