@@ -148,7 +148,15 @@ class CgiTimeout(Exception):
     pass
 
 
+RESTRICTION = "system.webServer/security/isapiCgiRestriction"
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cgi_launcher.py")
+KILL_GRACE = 10.0
+"""Seconds the launcher has to end a program's tree before it is killed itself."""
+
+
 def end_tree(proc: asyncio.subprocess.Process) -> None:
+    """Tell a run's launcher to end the program's tree (SIGTERM); past KILL_GRACE, kill
+    the launcher and its process group."""
     if proc.returncode is not None:
         return
     try:
@@ -165,12 +173,6 @@ def end_tree(proc: asyncio.subprocess.Process) -> None:
                 pass
 
     asyncio.get_running_loop().call_later(KILL_GRACE, last_resort)
-
-
-RESTRICTION = "system.webServer/security/isapiCgiRestriction"
-LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cgi_launcher.py")
-KILL_GRACE = 10.0
-"""Seconds the launcher has to end a program's tree before it is killed itself."""
 
 
 def restriction_allows(section: dict[str, Any] | None, real: str) -> bool:
