@@ -37,11 +37,8 @@ import time
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WAITED = STOP_SIGNALS + (signal.SIGCHLD,)
 PREFIX = "poolhouse cgi launcher: "
-
-
-class Stop(Exception):
-    """The worker asked for the end (or died)."""
 
 
 def _say(text):
@@ -160,6 +157,9 @@ def remove_cgroup(group):
 
 
 class Launcher:
+    """Signals are handled synchronously: SIGCHLD and the stop signals stay blocked and
+    ``sigwaitinfo`` takes them one at a time, so no handler can interrupt the cleanup."""
+
     def __init__(self, parent, cgroup_parent, argv):
         self.parent = parent
         self.cgroup_parent = cgroup_parent
@@ -168,11 +168,6 @@ class Launcher:
         self.child = 0
         self.status = None  # the program's wait status, once reaped
         self.group = None
-
-    def on_signal(self, signum, frame):
-        if os.getpid() != self.me:  # the child, between fork and exec
-            os._exit(128 + signum)
-        raise Stop()
 
     def reap(self, flags):
         """One waitpid(-1); ChildProcessError when no child is left."""
@@ -194,19 +189,17 @@ class Launcher:
         self.group = group
 
     def start(self):
-        """fork + exec; the child joins the cgroup first.  An exec failure comes back
-        through a close-on-exec pipe."""
+        """fork + exec; the child joins the cgroup and unblocks the signals first.  An
+        exec failure comes back through a close-on-exec pipe."""
         rd, wr = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(rd)
-                for sig in STOP_SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 if self.group is not None:
                     with open(os.path.join(self.group, "cgroup.procs"), "w") as fh:
                         fh.write(str(os.getpid()))
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 os.execv(self.argv[0], self.argv)
             except OSError as exc:
                 try:
@@ -219,53 +212,51 @@ class Launcher:
         return rd
 
     def run(self):
-        """None once the program has run (its outcome is ``status``), else the launcher's
-        own exit code: 1 (could not set up), 126/127 (could not execute)."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self.on_signal)
+        """None once the program has run or was stopped (its outcome is ``status``),
+        else the launcher's own exit code: 1 (could not set up), 126/127 (could not
+        execute)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
         try:
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError as exc:
+            _say("prctl failed (%s): the program is not started" % exc.strerror)
+            return 1
+        if self.parent and os.getppid() != self.parent:
+            return 1  # the worker is already gone
+        self.make_group()
+        rd = self.start()
+        failed = b""
+        try:
+            while True:
+                piece = os.read(rd, 64)
+                if not piece:
+                    break
+                failed += piece
+        finally:
+            os.close(rd)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+        if failed:
+            code = int(failed)
+            _say("cannot execute %s: %s" % (self.argv[0], os.strerror(code)))
+            self.finish()
+            return 126 if code in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
+        while self.status is None:
+            if signal.sigwaitinfo(WAITED).si_signo != signal.SIGCHLD:
+                break  # the worker asked for the end, or died
             try:
-                _prctl(PR_SET_CHILD_SUBREAPER, 1)
-                _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            except OSError as exc:
-                _say("prctl failed (%s): the program is not started" % exc.strerror)
-                return 1
-            if self.parent and os.getppid() != self.parent:
-                return 1  # the worker is already gone
-            self.make_group()
-            rd = self.start()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            failed = b""
-            try:
-                while True:
-                    piece = os.read(rd, 64)
-                    if not piece:
-                        break
-                    failed += piece
-            finally:
-                os.close(rd)
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
-            os.close(null)
-            if failed:
-                code = int(failed or b"0")
-                _say("cannot execute %s: %s" % (self.argv[0], os.strerror(code)))
-                self.finish()
-                return 126 if code in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
-            while self.status is None:
-                self.reap(0)
-        except Stop:
-            pass
-        except ChildProcessError:
-            pass
+                while self.reap(os.WNOHANG):
+                    pass
+            except ChildProcessError:
+                break
         self.finish()
         return None
 
     def finish(self):
         """Kill and reap every descendant; then remove the cgroup."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             while self.reap(os.WNOHANG):
                 pass
@@ -286,8 +277,6 @@ class Launcher:
                 self.reap(0)
             except ChildProcessError:
                 break
-            except InterruptedError:
-                continue
         if self.group is not None:
             remove_cgroup(self.group)
 
