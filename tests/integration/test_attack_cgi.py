@@ -75,7 +75,10 @@ SITE = apphost(
 
 def files(token: str) -> dict[str, str]:
     out = {f"www/{name}": text.replace("TOKEN", token) for name, text in SCRIPTS.items()}
-    out["www/cgi/web.config"] = WEB.format(CGI_HANDLER)
+    out["www/cgi/web.config"] = WEB.format(CGI_HANDLER + """
+  <tracing><traceFailedRequests>
+    <add path="denied.cgi"><failureDefinitions statusCodes="404.2" /></add>
+  </traceFailedRequests></tracing>""")
     out["www/hang/web.config"] = WEB.format(CGI_HANDLER)
     out["www/cgi/denied.cgi"] = HEAD + f"touch /tmp/{token}-denied\n"
     # the classic: a sub-folder web.config maps *.txt to the shell
@@ -186,6 +189,10 @@ def test_programs_outside_the_restriction_list_get_404_2(server: Server, token: 
     rows = server.wait_for(lambda: [row for row in w3c_rows(server) if row.get("cs-uri-stem") == "/cgi/denied.cgi"],
                            timeout=10)
     assert (rows[0]["sc-status"], rows[0]["sc-substatus"]) == ("404", "2")
+    freb = server.state_dir / "logs" / "FailedReqLogFiles" / "W3SVC5"
+    trace = server.wait_for(lambda: sorted(freb.glob("fr*.xml")), timeout=10)[-1].read_text()
+    assert 'statusCode="404.2"' in trace and 'url="/cgi/denied.cgi"' in trace
+    assert '<Event name="CGI_RESTRICTION_DENIED"' in trace and 'area="Security"' in trace
     log = server.stderr()
     assert "is not allowed by isapiCgiRestriction" in log
     assert f"real path {os.path.realpath('/bin/sh')}" in log
