@@ -311,6 +311,7 @@ def test_service_delegates_a_group_to_each_worker_and_clears_it_at_exit() -> Non
             time.sleep(0.05)
             manager._sweep()
         assert not group.exists()
+        assert not group.parent.exists(), "the pool's folder outlived its last worker"
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -175,13 +175,13 @@ class CgroupManager:
                         os.kill(victim, 9)
                     except OSError:
                         pass
-        if not _remove_tree(group):
+        if not _drop_worker_group(group):
             self.leftovers.append(group)
 
     def _sweep(self) -> None:
         """Retry the removal of groups that were still busy when their worker exited."""
         if self.leftovers:
-            self.leftovers = [g for g in self.leftovers if not _remove_tree(g)]
+            self.leftovers = [g for g in self.leftovers if not _drop_worker_group(g)]
 
     def add(self, group: str, pid: int) -> None:
         try:
@@ -216,6 +216,17 @@ def _procs(group: str) -> list[int]:
             return [int(x) for x in fh.read().split()]
     except (OSError, ValueError):
         return []
+
+
+def _drop_worker_group(group: str) -> bool:
+    """Remove a worker's group, and its pool's folder once no worker is left in it."""
+    if not _remove_tree(group):
+        return False
+    try:
+        os.rmdir(os.path.dirname(group))
+    except OSError:
+        pass  # other workers' groups, or the pool's limits group in use: kept
+    return True
 
 
 def _remove_tree(group: str) -> bool:
