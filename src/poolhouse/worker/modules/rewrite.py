@@ -153,6 +153,8 @@ class RewriteModule(Module):
                     pipeline = ctx.app.pipeline_for(sel.web, PROXY)
                 except AppLoadError as exc:
                     return ctx.fail(500, 0, str(exc))
+                if ctx.pipeline.per_client:  # what ran so far decided per client
+                    ctx.kernel_cache_disabled = True
                 ctx.pipeline = pipeline if pipeline is not None else EMPTY_PIPELINE
             return None
         if action == REDIRECT:
@@ -186,6 +188,8 @@ class RewriteModule(Module):
         ctx.raw_path = raw
         ctx.query = query
         ctx._vars = None  # URL-dependent server variables follow the new URL
+        if ctx.pipeline.per_client:  # what ran so far decided per client
+            ctx.kernel_cache_disabled = True
         ctx.pipeline = sel.pipeline if sel.pipeline is not None else EMPTY_PIPELINE
         return None
 
