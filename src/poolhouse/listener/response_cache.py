@@ -37,6 +37,7 @@ import os
 import re
 import struct
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -58,6 +59,11 @@ MARKER = b"X-Poolhouse-"  # what both markers start with: one membership test on
 # app keys of the applications with a kernelCachePolicy profile (one listener per process)
 PROFILED: set[str] = set()
 DEFAULT_MAX_CACHE = 64 * 1024 * 1024
+# seconds after a configuration path is flushed for a web.config change during which
+# nothing below it is stored: a worker applies the change on its next look at the file
+# (the resolver's stat interval plus the handler choice's reuse, about two seconds), and
+# an answer given under the old configuration meanwhile must not be kept
+CONFIG_SETTLE = 3.0
 MAX_HEADER_BLOCK = 4096
 _REQUEST_EXCLUDED = (b"authorization", b"range", b"if-range")
 _CONDITIONAL = frozenset((b"if-none-match", b"if-modified-since"))
@@ -276,6 +282,15 @@ def config_path_key(path: str) -> str:
     return "/".join(seg if seg in (".", "..") else seg.rstrip(". ") for seg in path.lower().split("/"))
 
 
+def _folder_key(target: bytes) -> str:
+    """The configuration path of a request target's folder."""
+    try:
+        path = config_path_key(normalize(split_target(target)[0]))
+    except (BadPath, ValueError):
+        return "/"
+    return path.rsplit("/", 1)[0] or "/"
+
+
 def _under(target: bytes, prefix: str) -> bool:
     """Is the (raw) request target at or below the configuration path ``prefix``
     (already through ``config_path_key``, without a trailing slash but for "/")?"""
@@ -347,6 +362,11 @@ class ResponseCache:
         self.stale_served = 0
         self.upstream_apps: set[str] = set()  # applications seen relaying upstream responses
         self.watcher: FileWatcher | None = None
+        # (until, site id, configuration path): recently flushed for a web.config change
+        self.settling: list[tuple[float, int | None, str]] = []
+        # worker links still running a configuration that was replaced (their pool is
+        # being recycled for it): their answers are not stored
+        self.stale_workers: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ---- configuration and management -------------------------------------------------
 
@@ -377,6 +397,10 @@ class ResponseCache:
                   and (prefix is None or _under(e.key[1], prefix))]
         for entry in doomed:
             self._remove(entry)
+        if prefix is not None:
+            now = time.monotonic()
+            self.settling = [s for s in self.settling if s[0] > now]
+            self.settling.append((now + CONFIG_SETTLE, site_id, prefix))
         if url is None:
             # the settings of the paths may have changed with their configuration
             self.path_policies.clear()
@@ -405,6 +429,11 @@ class ResponseCache:
             self.path_policies.clear()
         self.path_policies[key] = found
         return found
+
+    def _settling(self, site_id: int, target: bytes) -> bool:
+        now = time.monotonic()
+        self.settling = [s for s in self.settling if s[0] > now]
+        return any((site is None or site == site_id) and _under(target, prefix) for _, site, prefix in self.settling)
 
     def per_client(self, exch: "Exchange") -> None:
         """The worker answered ``exch`` per client (q.PER_CLIENT): nothing of its URL
@@ -542,7 +571,9 @@ class ResponseCache:
             return
         target = exch.target
         policy = self.policy_at(route.app_key, target)
-        if policy is None or not policy.enabled:
+        if policy is None or not policy.enabled or (self.stale_workers and exch.worker in self.stale_workers):
+            return
+        if self.settling and self._settling(route.site_id, target):
             return
         if (b"?" in target or target.endswith(b"/") or exch.body_length != 0
                 or exch.http_minor < 0 or not body or len(body) > policy.max_response_size
@@ -811,6 +842,17 @@ class ResponseCache:
     def file_changed(self, path: str) -> None:
         if self.watcher is None:
             return
+        if os.path.basename(path).lower() == "web.config":
+            # the configuration of the folder changed: its files' entries go, and none is
+            # stored again until the workers have applied it
+            folder = os.path.dirname(path) + "/"
+            doomed = [e for e in self.lru.values() if e.file.startswith(folder)]
+            now = time.monotonic()
+            for entry in doomed:
+                self._remove(entry)
+                self.invalidations += 1
+                self.settling.append((now + CONFIG_SETTLE, entry.key[0], _folder_key(entry.key[1])))
+            return
         for entry in list(self.watcher.entries.get(path, ())):
             self._remove(entry)
             self.invalidations += 1
@@ -891,7 +933,7 @@ class FileWatcher:
             elif name:
                 changed.add(os.path.join(directory, os.fsdecode(name)))
         for path in changed:
-            if path in self.entries:
+            if path in self.entries or os.path.basename(path).lower() == "web.config":
                 self._on_change(path)
 
     def close(self) -> None:

@@ -163,6 +163,11 @@ class Listener:
         self.w3c_sites = {s.id for s in config.sites if s.log_file.enabled and s.log_file.log_format.upper() == "W3C"}
         self.tls.configure(config.sites)
         self._configure_cache(config)
+        recycling = set(msg.get("recycling") or ())
+        if recycling:
+            # their workers still run the replaced configuration until their successors
+            # take over: what they answer meanwhile is not stored
+            self.cache.stale_workers.update(link for link in self.workers.values() if link.pool.name in recycling)
         self.request_limits = request_filtering.build(config)
         for name, pool in config.pools.items():
             queue = self.pools.get(name)
