@@ -52,6 +52,23 @@ FILES = {
     "www/intranet/f.txt": "intranet only",
     "www/members/f.txt": "members' file",
     "www/docs/f.txt": "documentation",
+    "www/docs/sub/f.txt": "deeper documentation",
+    "www/varies/f.txt": "a file each client sees with its own header",
+    "www/web.config": """<configuration><system.webServer><modules>
+        <add name="ClientStamp" type="client_stamp:ClientStampModule" />
+        </modules></system.webServer></configuration>""",
+    "www/client_stamp.py": """
+        from poolhouse.worker.pipeline import Module
+
+        class ClientStampModule(Module):
+            def begin_request(self, ctx):
+                if ctx.path.startswith("/varies/"):
+                    ctx.disable_kernel_cache()  # IIS's IHttpResponse::DisableKernelCache
+
+            def send_response(self, ctx):
+                if ctx.path.startswith("/varies/"):
+                    ctx.response.add_header(b"X-Client", ctx.client_addr.encode())
+        """,
 }
 
 ALICE = "Basic " + base64.b64encode(b"alice:wonderland").decode()
@@ -140,8 +157,9 @@ def test_a_web_config_denying_anonymous_flushes_the_cache_before_it_is_reported(
     assert "/docs/f.txt" in cached_urls(server)
     web_config = server.root / "www" / "web.config"
     web_config.write_text('<configuration><system.webServer><security><authorization>'
-                          '<add accessType="Deny" users="?" /></authorization></security></system.webServer>'
-                          '</configuration>')
+                          '<add accessType="Deny" users="?" /></authorization></security><modules>'
+                          '<add name="ClientStamp" type="client_stamp:ClientStampModule" /></modules>'
+                          '</system.webServer></configuration>')
     server.wait_for(lambda: any(a["file"] == str(web_config) and a["result"] == "accepted"
                                 for a in audit(server)), timeout=20)
     # reported applied: the entry is gone already
@@ -240,3 +258,29 @@ def test_conditional_requests_get_the_same_answer_from_the_cache_and_the_worker(
     assert cached_urls(server) == ["/f.txt"]
     hits = json.loads(server.cli("counters", "--json").stdout)["cache"]["hits"]
     assert hits >= 7
+
+
+def test_a_web_config_in_a_cached_files_folder_flushes_its_entries(server: Server) -> None:
+    # (a folder below the virtual directory's: the listener sees the file appear itself)
+    for _ in range(3):
+        assert get(server, "/docs/sub/f.txt")[0] == 200
+    assert "/docs/sub/f.txt" in cached_urls(server)
+    (server.root / "www" / "docs" / "sub" / "web.config").write_text(
+        '<configuration><system.webServer><security><authorization>'
+        '<add accessType="Deny" users="?" /></authorization></security></system.webServer></configuration>')
+    server.wait_for(lambda: "/docs/sub/f.txt" not in cached_urls(server), timeout=10)
+    server.wait_for(lambda: get(server, "/docs/sub/f.txt")[0] == 401, timeout=20)
+    for _ in range(5):
+        assert get(server, "/docs/sub/f.txt")[0] == 401
+        time.sleep(0.4)
+    assert get(server, "/docs/sub/f.txt", {"Authorization": ALICE})[0] == 401  # (no authentication there)
+    assert "/docs/sub/f.txt" not in cached_urls(server)
+
+
+def test_a_module_can_keep_a_response_out_of_the_cache(server: Server) -> None:
+    for _ in range(4):
+        status, headers, _ = get(server, "/varies/f.txt")
+        assert status == 200 and headers["x-client"] == "127.0.0.1"
+    assert "/varies/f.txt" not in cached_urls(server)
+    status, headers, _ = get(server, "/varies/f.txt", source="127.0.0.2")
+    assert status == 200 and headers["x-client"] == "127.0.0.2"
