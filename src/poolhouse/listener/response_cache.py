@@ -19,8 +19,17 @@ than 100-continue, methods other than GET (HEAD is served from a GET's entry); r
 other than a whole 200 in one frame, empty or larger than ``maxResponseSize``, with
 ``Set-Cookie``, ``Cache-Control`` private/no-store/no-cache, ``Vary: *``, or a
 ``Content-Encoding`` their ``Vary`` does not cover; default documents (a URL ending in
-``/``).  ``Vary`` (and a profile's ``varyByHeaders``) key the variants.  Memory is bounded
-by ``maxCacheSize`` (MB; 0: 64 MB) with LRU eviction.
+``/``); and nothing the worker marks per client (``q.PER_CLIENT``: the URL's pipeline runs
+IP restrictions, URL authorization other than allow-all, authentication other than
+anonymous, or a module disabled the kernel cache) — a hit runs no pipeline, so it would
+hand the next client what the pipeline granted the first.  ``Vary`` (and a profile's
+``varyByHeaders``) key the variants; where the worker compresses the response's type, the
+Accept-Encoding part of the key is the coding the worker picks (``Compression``), and only
+the variant it would send is stored.  Preconditions are evaluated by the worker's own
+code (``poolhouse.http.conditional``).  Settings come from each URL's configuration path.
+A configuration change flushes the entries below the paths it affects before the
+activation service reports it applied.  Memory is bounded by ``maxCacheSize`` (MB; 0:
+64 MB) with LRU eviction.
 
 Responses the worker's reverse proxy relays (marked ``X-Poolhouse-Upstream``) follow RFC
 9111's shared-cache rules instead (``shared_cache.py``; ``upstream_response`` and
