@@ -57,6 +57,15 @@ FILES = {
     "www/web.config": """<configuration><system.webServer><modules>
         <add name="ClientStamp" type="client_stamp:ClientStampModule" />
         </modules></system.webServer></configuration>""",
+    "www/rw/page.txt": "the page",
+    "www/rw/blocked.txt": "not for 127.0.0.2",
+    "www/rw/web.config": r"""<configuration><system.webServer><rewrite><rules>
+        <rule name="SecondAddress" stopProcessing="true">
+          <match url="^page\.txt$" />
+          <conditions><add input="{REMOTE_ADDR}" pattern="^127\.0\.0\.2$" /></conditions>
+          <action type="Rewrite" url="/rw/blocked.txt" />
+        </rule>
+        </rules></rewrite></system.webServer></configuration>""",
     "www/client_stamp.py": """
         from poolhouse.worker.pipeline import Module
 
@@ -284,3 +293,11 @@ def test_a_module_can_keep_a_response_out_of_the_cache(server: Server) -> None:
     assert "/varies/f.txt" not in cached_urls(server)
     status, headers, _ = get(server, "/varies/f.txt", source="127.0.0.2")
     assert status == 200 and headers["x-client"] == "127.0.0.2"
+
+
+def test_rewrite_rules_reading_the_client_keep_the_url_out_of_the_cache(server: Server) -> None:
+    # (URL Rewrite's rule: a condition on a variable that is not derived from the URL)
+    for _ in range(4):
+        assert get(server, "/rw/page.txt")[:3:2] == (200, b"the page")
+    assert "/rw/page.txt" not in cached_urls(server)
+    assert get(server, "/rw/page.txt", source="127.0.0.2")[:3:2] == (200, b"not for 127.0.0.2")
