@@ -217,14 +217,6 @@ def omitted_fields(cc: Directives) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def not_modified_since(last_modified: bytes, date: bytes, since: bytes) -> bool:
-    """RFC 9110 §13.1.3 for a stored response: not modified since the client's date
-    (the response's ``Date`` stands in for a missing ``Last-Modified``)."""
-    when = http_date(since)
-    modified = http_date(last_modified or date)
-    return when is not None and modified is not None and modified <= when
-
-
 def vary_names(lines: Fields) -> tuple[bytes, ...]:
     return tuple(sorted({v.strip().lower() for line in values(lines, b"vary") for v in line.split(b",") if v.strip()}))
 
