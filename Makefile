@@ -41,7 +41,7 @@ run: install
 	$(VENV)/bin/poolhouse serve --state-dir .poolhouse
 
 test: install
-	$(PY) -m mypy --strict src/poolhouse/ipc src/poolhouse/config
+	$(PY) -m mypy --strict src/poolhouse/ipc src/poolhouse/config src/poolhouse/http
 	$(PY) -m pytest -q tests
 
 unit: install

@@ -318,3 +318,28 @@ def test_send_gate_and_static_headers() -> None:
     gzip = ctx_for((b"host", b"h", b"accept-encoding", b"gzip"))
     assert gzip.wants_send(200)
     assert gzip.send_response(200, 0, [], b"x", True).headers == [(b"X-Static", b"1"), (b"X-Gated", b"1")]
+
+
+def test_per_client_verdict_is_the_pipelines() -> None:
+    """Decided once when the pipeline is built: any enabled module that answers per
+    client makes every response of the scope per client (the listener's cache keeps out)."""
+    from poolhouse.worker.modules.authorization import UrlAuthorizationModule
+
+    web = _empty_web()
+    web.sections = {"system.webServer/security/ipSecurity": {
+        "allowUnlisted": False, "enableProxyMode": False, "denyAction": "Forbidden", "items": []},
+        "system.webServer/security/authorization": {"items": [
+            {"accessType": "Allow", "users": "*", "roles": "", "verbs": ""}]}}
+    ip = IpRestrictionModule("IpRestrictionModule", ModuleConfig(web))
+    everyone = UrlAuthorizationModule("UrlAuthorizationModule", ModuleConfig(web))
+    assert ip.enabled() and not everyone.enabled()  # the stock allow-all adds nothing
+    assert Pipeline([ip]).per_client
+    web.sections["system.webServer/security/authorization"]["items"].insert(
+        0, {"accessType": "Deny", "users": "?", "roles": "", "verbs": ""})
+    assert Pipeline([UrlAuthorizationModule("UrlAuthorizationModule", ModuleConfig(web))]).per_client
+    assert not Pipeline([Recorder("R")]).per_client
+
+    worker, ctx = _start([Recorder("R")])
+    assert not ctx.per_client
+    ctx.disable_kernel_cache()
+    assert ctx.per_client

@@ -8,6 +8,7 @@ from email.utils import formatdate
 import pytest
 
 from poolhouse.listener import shared_cache as sc
+from poolhouse.listener.response_cache import Entry, ResponseCache
 
 NOW = 1_800_000_000.0
 
@@ -119,5 +120,8 @@ def test_vary_and_invalidation_targets() -> None:
     assert sc.same_origin_target(b"/a?b#c", b"h:1", "http") == b"/a?b"
     assert sc.same_origin_target(b"http://H:1/x", b"h:1", "http") == b"/x"
     assert sc.same_origin_target(b"http://other/x", b"h:1", "http") is None
-    assert sc.not_modified_since(b"", date().encode(), date(5).encode())
-    assert not sc.not_modified_since(date(10).encode(), b"", date(5).encode())
+    # a stored response without Last-Modified: its Date stands in (RFC 9110 §13.1.3)
+    entry = Entry((1, b"/a"), (), "1/", b"Date: %s\r\n" % date().encode(), b"x", 0.0, True, "")
+    assert ResponseCache().stored_not_modified(entry, (b"if-modified-since", date(5).encode()))
+    entry = Entry((1, b"/a"), (), "1/", b"Last-Modified: %s\r\n" % date(10).encode(), b"x", 0.0, True, "")
+    assert not ResponseCache().stored_not_modified(entry, (b"if-modified-since", date(5).encode()))

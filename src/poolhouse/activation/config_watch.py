@@ -164,7 +164,7 @@ class ConfigWatch:
                     if paths & wanted:
                         await self._changed()
                     for path in sorted(paths - wanted):
-                        self._web_changed(path, web[os.path.dirname(path)])
+                        await self._web_changed(path, web[os.path.dirname(path)])
                     if set(self._files()) != wanted or self._web_folders() != web:
                         break  # sites or included files changed: watch the new set
             except asyncio.CancelledError:
@@ -188,9 +188,11 @@ class ConfigWatch:
                 except (OSError, ConfigError):
                     continue
 
-    def _web_changed(self, path: str, where: tuple[str, str, str]) -> None:
+    async def _web_changed(self, path: str, where: tuple[str, str, str]) -> None:
         """Audit a web.config change: valid (workers apply it on the next request) or
-        refused (its folder answers 500.19 until it is fixed)."""
+        refused (its folder answers 500.19 until it is fixed).  Either way the
+        listener's response cache drops what it holds below the folder first, so no
+        cached answer outlives the configuration it was given under."""
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -214,6 +216,7 @@ class ConfigWatch:
         elif not data:
             self._web_docs.pop(path, None)
         site, app, url = where
+        await self.service.flush_cache_path(site, url)
         try:
             WebConfigResolver(self.service.config, site, app).for_path(url)
         except ConfigError as exc:

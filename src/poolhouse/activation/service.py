@@ -177,12 +177,43 @@ class ActivationService:
     def program_listener(self) -> None:
         if self.listener_control is None:
             return
-        self.listener_control.send({
+        self.listener_control.send(self._configure_message())
+
+    def _configure_message(self) -> dict[str, Any]:
+        return {
             "op": "configure",
             "config": self.config_dict(),
             "pool_states": {name: p.state for name, p in self.pools.items()},
             "site_states": {str(k): v for k, v in self.site_states.items()},
-        })
+        }
+
+    async def reprogram_listener(self, recycling: list[str]) -> None:
+        """``program_listener``, waiting until the listener has taken the configuration
+        (and flushed its response cache with it), so that nothing reports a change
+        applied while the cache could still answer by the old one.  ``recycling``: the
+        pools whose current workers run the replaced configuration (the cache stores
+        nothing they answer)."""
+        control = self.listener_control
+        if control is None or control.closed:
+            return
+        try:
+            await asyncio.wait_for(control.request({**self._configure_message(), "recycling": recycling}), 30)
+        except (asyncio.TimeoutError, ConnectionError) as exc:
+            log.error("the listener did not confirm the new configuration: %s", exc or "timed out")
+
+    async def flush_cache_path(self, site_name: str, url: str) -> None:
+        """Flush the listener's response cache at and below a configuration path (a
+        web.config changed there), and wait until it is done."""
+        site = self.config.site_by_name(site_name)
+        control = self.listener_control
+        if site is None or control is None or control.closed:
+            return
+        try:
+            await asyncio.wait_for(control.request(
+                {"op": "cache", "action": "flush", "site_id": site.id, "path": url}), 30)
+        except (asyncio.TimeoutError, ConnectionError) as exc:
+            log.error("the listener did not confirm flushing %s%s from its cache: %s",
+                      site_name, url, exc or "timed out")
 
     async def _watch_listener(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -689,7 +720,9 @@ class ActivationService:
         while time.monotonic() < deadline and not self.stopping and any(
                 w.recycle_reason and w.state == READY for p in gaining for w in p.workers):
             await asyncio.sleep(0.05)
-        self.program_listener()
+        # (the response cache is flushed before this returns)
+        # (pools that gained applications were recycled above: their workers are new)
+        await self.reprogram_listener(sorted(n for n, p in recycle.items() if p not in gaining))
         # the running listener takes new sockets over the descriptor channel
         if self.listener_control is not None and self.fd_channel is not None:
             for ip, port in removed:

@@ -32,9 +32,14 @@ CLOSE = 0x02
 # ends it.  Any other answer is an ordinary response, after which the listener closes the
 # connection.
 UPGRADE = 0x04
+# RESPONSE flag: the response depends on who asked (the URL's pipeline runs IP
+# restrictions, URL authorization other than allow-all, authentication other than
+# anonymous, or a module disabled the kernel cache): the listener's response cache never
+# stores it, and drops what it holds for the URL.
+PER_CLIENT = 0x08
 
 __all__ = [
-    "END_STREAM", "CLOSE", "UPGRADE", "BODY_WINDOW",
+    "END_STREAM", "CLOSE", "UPGRADE", "PER_CLIENT", "BODY_WINDOW",
     "REQUEST", "REQUEST_BODY", "CANCEL", "WINDOW", "PING", "PONG",
     "READY", "RESPONSE", "RESPONSE_BODY", "RESET", "CREDIT", "DRAINING", "RESPONSE_FILE",
     "RequestHead", "encode_request", "decode_request",

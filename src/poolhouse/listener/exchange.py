@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .worker_link import WorkerLink
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
+_WHOLE = q.END_STREAM | q.PER_CLIENT  # a whole response, whether per client or not
 _NO_BODY_STATUS = frozenset((204, 304))
 
 
@@ -198,13 +199,14 @@ class Exchange:
                 self.log_fields = head[6]
                 if len(head) > 7:
                     self.httperr_reason = head[7]
-        if (flags == q.END_STREAM and self.keep_alive and self.http_minor == 1
+        if ((flags | q.PER_CLIENT) == _WHOLE and self.keep_alive and self.http_minor == 1
                 and self.method != "HEAD" and 200 <= status != 204 and status != 304):
             # the common case: a whole response on a keep-alive HTTP/1.1 connection
             body = head[3]
             block = head[1]
-            if MARKER in block or (status == 200 and (b"-maxage" in block or (PROFILED and self.cache_profiled))):
-                block = self._cacheable(block, body, status)
+            if MARKER in block or flags != q.END_STREAM or (
+                    status == 200 and (b"-maxage" in block or (PROFILED and self.cache_profiled))):
+                block = self._cacheable(block, body, status, True, flags)
             data = b"".join((
                 STATUS_LINE_11.get(status) or status_line(status, 1), DATE.for_block(block), block,
                 b"Content-Length: %d\r\n\r\n" % len(body), body,
@@ -220,8 +222,8 @@ class Exchange:
             self.keep_alive = False
         http_minor = self.http_minor
         block = head[1]
-        if MARKER in block:
-            block = self._cacheable(block, head[3], status, bool(flags & q.END_STREAM))
+        if MARKER in block or flags & q.PER_CLIENT:
+            block = self._cacheable(block, head[3], status, bool(flags & q.END_STREAM), flags)
             if self.done:
                 return  # answered from a revalidated cache entry
         elif status == 200 and flags & q.END_STREAM and (b"-maxage" in block or self.cache_profiled):
@@ -288,16 +290,23 @@ class Exchange:
         route = self.route
         return route is not None and route.app_key in self.conn.listener.cache.profiled
 
-    def _cacheable(self, block: bytes, body: bytes, status: int = 200, end: bool = True) -> bytes:
+    def _cacheable(self, block: bytes, body: bytes, status: int = 200, end: bool = True,
+                   flags: int = 0) -> bytes:
         """Offer a response to the response cache; returns the header block to send
-        (without the worker's markers; b"" when the cache answered the client itself)."""
+        (without the worker's markers; b"" when the cache answered the client itself).
+        A response the worker marked per client (q.PER_CLIENT) is never stored, and
+        what the cache holds for its URL goes."""
+        cache = self.conn.listener.cache
+        per_client = bool(flags & q.PER_CLIENT)
+        if per_client:
+            cache.per_client(self)
         if UPSTREAM_MARKER in block:
-            return self.conn.listener.cache.upstream_response(self, status, block, body, end)
+            return cache.upstream_response(self, status, block, body, end, per_client)
         file = ""
         if FILE_MARKER in block:
             block, file = strip_file_marker(block)
-        if self.method == "GET" and status == 200 and end:
-            self.conn.listener.cache.consider(self, block, body, file)
+        if self.method == "GET" and status == 200 and end and not per_client:
+            cache.consider(self, block, body, file)
         return block
 
     def response_body(self, data: bytes, flags: int) -> None:

@@ -19,8 +19,17 @@ than 100-continue, methods other than GET (HEAD is served from a GET's entry); r
 other than a whole 200 in one frame, empty or larger than ``maxResponseSize``, with
 ``Set-Cookie``, ``Cache-Control`` private/no-store/no-cache, ``Vary: *``, or a
 ``Content-Encoding`` their ``Vary`` does not cover; default documents (a URL ending in
-``/``).  ``Vary`` (and a profile's ``varyByHeaders``) key the variants.  Memory is bounded
-by ``maxCacheSize`` (MB; 0: 64 MB) with LRU eviction.
+``/``); and nothing the worker marks per client (``q.PER_CLIENT``: the URL's pipeline runs
+IP restrictions, URL authorization other than allow-all, authentication other than
+anonymous, or a module disabled the kernel cache) — a hit runs no pipeline, so it would
+hand the next client what the pipeline granted the first.  ``Vary`` (and a profile's
+``varyByHeaders``) key the variants; where the worker compresses the response's type, the
+Accept-Encoding part of the key is the coding the worker picks (``Compression``), and only
+the variant it would send is stored.  Preconditions are evaluated by the worker's own
+code (``poolhouse.http.conditional``).  Settings come from each URL's configuration path.
+A configuration change flushes the entries below the paths it affects before the
+activation service reports it applied.  Memory is bounded by ``maxCacheSize`` (MB; 0:
+64 MB) with LRU eviction.
 
 Responses the worker's reverse proxy relays (marked ``X-Poolhouse-Upstream``) follow RFC
 9111's shared-cache rules instead (``shared_cache.py``; ``upstream_response`` and
@@ -37,10 +46,16 @@ import os
 import re
 import struct
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..http import conditional
+from ..http.dates import parse_http_date
+from ..http.encodings import choose_coding
+from ..urlpath import BadPath, normalize, split_target
 from . import shared_cache as sc
 
 if TYPE_CHECKING:
@@ -53,6 +68,11 @@ MARKER = b"X-Poolhouse-"  # what both markers start with: one membership test on
 # app keys of the applications with a kernelCachePolicy profile (one listener per process)
 PROFILED: set[str] = set()
 DEFAULT_MAX_CACHE = 64 * 1024 * 1024
+# seconds after a configuration path is flushed for a web.config change during which
+# nothing below it is stored: a worker applies the change on its next look at the file
+# (the resolver's stat interval plus the handler choice's reuse, about two seconds), and
+# an answer given under the old configuration meanwhile must not be kept
+CONFIG_SETTLE = 3.0
 MAX_HEADER_BLOCK = 4096
 _REQUEST_EXCLUDED = (b"authorization", b"range", b"if-range")
 _CONDITIONAL = frozenset((b"if-none-match", b"if-modified-since"))
@@ -69,16 +89,88 @@ class Profile:
     vary: tuple[bytes, ...]
 
 
+class Compression:
+    """What the worker's Static- or DynamicCompressionModule does at one configuration
+    path, as far as the cache must know to keep the variants apart: which response
+    types it compresses, from what size, and which coding it picks for a request (the
+    same negotiation: ``poolhouse.http.encodings``)."""
+
+    __slots__ = ("codings", "types", "min_size", "no_http10", "no_proxies", "_chosen")
+
+    def __init__(self, codings: tuple[str, ...], types: list[tuple[str, str, bool]], min_size: int,
+                 no_http10: bool, no_proxies: bool) -> None:
+        self.codings = codings
+        self.types = types
+        self.min_size = min_size
+        self.no_http10 = no_http10
+        self.no_proxies = no_proxies
+        self._chosen: dict[bytes, bytes] = {}  # Accept-Encoding as received -> coding
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, Any], dynamic: bool) -> "Compression | None":
+        """None when the module is not in the scope's ``<modules>`` or compresses nothing."""
+        name = "DynamicCompressionModule" if dynamic else "StaticCompressionModule"
+        modules = sections.get("system.webServer/modules")
+        if modules is not None and not any(m.get("name") == name for m in modules.get("items", [])):
+            return None
+        url = sections.get("system.webServer/urlCompression", {}) or {}
+        if not url.get("doDynamicCompression" if dynamic else "doStaticCompression", True):
+            return None
+        sec = sections.get("system.webServer/httpCompression", {}) or {}
+        flag = "doDynamicCompression" if dynamic else "doStaticCompression"
+        codings = tuple(str(s["name"]).lower() for s in sec.get("items", [])
+                        if str(s.get("name", "")).lower() in ("gzip", "deflate", "br") and s.get(flag, True))
+        types = []
+        for t in (sec.get("dynamicTypes" if dynamic else "staticTypes") or {}).get("items", []):
+            major, _, minor = str(t.get("mimeType", "")).lower().partition("/")
+            types.append((major, minor, bool(t.get("enabled", False))))
+        if not codings or not any(t[2] for t in types):
+            return None
+        return cls(codings, types, int(sec.get("minFileSizeForComp", 2700)),
+                   bool(sec.get("noCompressionForHttp10", True)), bool(sec.get("noCompressionForProxies", True)))
+
+    def applies(self, block: bytes, size: int) -> bool:
+        """Would the module compress this response for a client that accepts it?"""
+        if size < self.min_size and b"content-encoding" not in block.lower():
+            return False
+        content_type = _header(block, b"content-type")
+        if not content_type:
+            return False
+        major, _, minor = content_type.split(b";", 1)[0].strip().lower().decode("latin-1").partition("/")
+        for t_major, t_minor, enabled in self.types:
+            if t_major in ("*", major) and t_minor in ("*", minor):
+                return enabled
+        return False
+
+    def coding(self, headers: tuple[bytes, ...], method: str, http_minor: int) -> bytes:
+        """The coding the module would pick for this request (b"": identity)."""
+        accept = _request_header(headers, b"accept-encoding")
+        if not accept or method == "HEAD" or (self.no_http10 and http_minor < 1) or (
+                self.no_proxies and b"via" in headers):
+            return b""
+        chosen = self._chosen.get(accept)
+        if chosen is None:
+            name = choose_coding(accept.decode("latin-1"), self.codings)
+            chosen = name.encode() if name is not None else b""
+            if len(self._chosen) > 1024:
+                self._chosen.clear()
+            self._chosen[accept] = chosen
+        return chosen
+
+
 @dataclass
 class AppCachePolicy:
-    """The effective ``caching`` and ``serverRuntime`` settings of one application,
-    computed when the listener is configured."""
+    """The effective ``caching``, ``serverRuntime`` and compression settings at one
+    configuration path, computed once (when the listener is configured, or the first
+    time a response of that path is offered) rather than per response."""
 
     enabled: bool = True
     max_response_size: int = 262144
     frequent_hits: int = 2
     frequent_period: float = 10.0
     profiles: dict[str, Profile] = field(default_factory=dict)  # ".ext" -> profile
+    static_compression: Compression | None = None
+    dynamic_compression: Compression | None = None
 
     @classmethod
     def from_sections(cls, sections: dict[str, Any]) -> "AppCachePolicy":
@@ -101,13 +193,15 @@ class AppCachePolicy:
             frequent_hits=max(1, int(runtime.get("frequentHitThreshold", 2) or 1)),
             frequent_period=float(runtime.get("frequentHitTimePeriod", 10.0) or 10.0),
             profiles=profiles,
+            static_compression=Compression.from_sections(sections, False),
+            dynamic_compression=Compression.from_sections(sections, True),
         )
 
 
 class Entry:
     __slots__ = ("key", "vary_key", "app_key", "url", "status", "block", "body", "size",
                  "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified", "tail",
-                 "rfc")
+                 "rfc", "validators")
 
     def __init__(self, key: tuple[int, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
                  body: bytes, expires: float, shared_age: bool, file: str, status: int = 200) -> None:
@@ -128,6 +222,8 @@ class Entry:
         self.file = file
         self.etag = _header(block, b"etag")
         self.last_modified = _header(block, b"last-modified")
+        # (ETag, Last-Modified in seconds) for preconditions, parsed once
+        self.validators = _validators(self.etag, self.last_modified)
         # a 200 to a keep-alive HTTP/1.1 GET, after the status line and Date: prepared once
         self.tail = b"%sContent-Length: %d\r\n\r\n%s" % (block, len(body), body)
 
@@ -150,12 +246,68 @@ class Rfc:
 class Slot:
     """The variants of one URL and the request headers that select them."""
 
-    __slots__ = ("vary", "variants", "rfc")
+    __slots__ = ("vary", "variants", "rfc", "coding")
 
-    def __init__(self, vary: tuple[bytes, ...], rfc: bool = False) -> None:
+    def __init__(self, vary: tuple[bytes, ...], rfc: bool = False, coding: "Compression | None" = None) -> None:
         self.vary = vary
         self.variants: dict[tuple[bytes, ...], Entry] = {}
         self.rfc = rfc  # variants keyed by RFC 9111's Vary matching (all lines of a name)
+        # the URL's responses are compressed by the worker: the Accept-Encoding part of
+        # the key is the coding the worker would pick, not the header as received
+        self.coding = coding
+
+
+def _vary_key(exch: "Exchange", vary: tuple[bytes, ...], coding: Compression | None) -> tuple[bytes, ...]:
+    headers = exch.headers
+    if coding is None:
+        return tuple(_request_header(headers, n) for n in vary)
+    return tuple(coding.coding(headers, exch.method, exch.http_minor) if n == b"accept-encoding"
+                 else _request_header(headers, n) for n in vary)
+
+
+def _validators(etag: bytes, last_modified: bytes) -> tuple[str, int | None]:
+    return etag.decode("latin-1"), parse_http_date(last_modified) if last_modified else None
+
+
+def _field(headers: tuple[bytes, ...], name: bytes) -> str | None:
+    """A request header's value as text, or None when absent."""
+    for i in range(0, len(headers), 2):
+        if headers[i] == name:
+            return headers[i + 1].decode("latin-1")
+    return None
+
+
+def precondition(method: str, etag: str, last_modified: int | None, headers: tuple[bytes, ...]) -> int:
+    """RFC 9110 §13.2.2 for a stored response, exactly as the worker evaluates it
+    (``poolhouse.http.conditional``): 0 (send it), 304 or 412."""
+    return conditional.evaluate(method, etag, last_modified, _field(headers, b"if-match"),
+                                _field(headers, b"if-unmodified-since"), _field(headers, b"if-none-match"),
+                                _field(headers, b"if-modified-since"))
+
+
+def config_path_key(path: str) -> str:
+    """A URL path as IIS matches configuration paths on NTFS: case-insensitively, and
+    ignoring the trailing dots and spaces of each segment."""
+    return "/".join(seg if seg in (".", "..") else seg.rstrip(". ") for seg in path.lower().split("/"))
+
+
+def _folder_key(target: bytes) -> str:
+    """The configuration path of a request target's folder."""
+    try:
+        path = config_path_key(normalize(split_target(target)[0]))
+    except (BadPath, ValueError):
+        return "/"
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _under(target: bytes, prefix: str) -> bool:
+    """Is the (raw) request target at or below the configuration path ``prefix``
+    (already through ``config_path_key``, without a trailing slash but for "/")?"""
+    try:
+        path = config_path_key(normalize(split_target(target)[0]))
+    except (BadPath, ValueError):
+        return True  # cannot tell: flushed
+    return prefix in ("", "/") or path == prefix or path.startswith(prefix + "/")
 
 
 _MARKER_LINE = re.compile(rb"(?im)^X-Poolhouse-File:[ \t]*([^\r\n]*)\r\n")
@@ -205,6 +357,9 @@ class ResponseCache:
         self.lru: OrderedDict[int, Entry] = OrderedDict()  # id(entry) -> entry, oldest first
         self.candidates: dict[tuple[int, bytes], tuple[float, int]] = {}
         self.policies: dict[str, AppCachePolicy] = {}
+        # application key -> the effective configuration at a URL path (its sections)
+        self.resolvers: dict[str, Callable[[str], dict[str, Any]]] = {}
+        self.path_policies: dict[tuple[str, bytes], AppCachePolicy] = {}
         self.profiled = PROFILED  # applications with kernel cache profiles
         self.hits = 0
         self.fast_hits = 0  # hits answered without parsing (the listener's fast path; in hits too)
@@ -216,13 +371,23 @@ class ResponseCache:
         self.stale_served = 0
         self.upstream_apps: set[str] = set()  # applications seen relaying upstream responses
         self.watcher: FileWatcher | None = None
+        # (until, site id, configuration path): recently flushed for a web.config change
+        self.settling: list[tuple[float, int | None, str]] = []
+        # worker links still running a configuration that was replaced (their pool is
+        # being recycled for it): their answers are not stored
+        self.stale_workers: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ---- configuration and management -------------------------------------------------
 
-    def configure(self, policies: dict[str, AppCachePolicy], max_size: int) -> None:
+    def configure(self, policies: dict[str, AppCachePolicy], max_size: int,
+                  resolvers: dict[str, Callable[[str], dict[str, Any]]] | None = None) -> None:
         """A new configuration: every entry goes (an application's settings may have
-        changed, and its pool is recycled for it)."""
+        changed, and its pool is recycled for it).  ``resolvers``: application key ->
+        the sections in effect at a URL path (web.config files included), for the
+        settings of each URL's own configuration path."""
         self.policies = policies
+        self.resolvers = resolvers or {}
+        self.path_policies = {}
         self.profiled.clear()  # the same set object: exchanges read it without a lookup chain
         self.profiled.update(k for k, p in policies.items() if p.enabled and any(
             pr.policy in ("CacheUntilChange", "CacheForTimePeriod") for pr in p.profiles.values()))
@@ -230,15 +395,68 @@ class ResponseCache:
         self.upstream_apps.clear()
         self.flush()
 
-    def flush(self, site_id: int | None = None, url: str | None = None) -> int:
+    def flush(self, site_id: int | None = None, url: str | None = None, path: str | None = None) -> int:
+        """Remove the entries of a site (all sites: None), of one URL, or at and below
+        a configuration path (``path``: a URL path, matched as IIS matches configuration
+        paths).  Returns how many went."""
+        prefix = config_path_key(path).rstrip("/") or "/" if path is not None else None
         doomed = [e for e in self.lru.values()
                   if (site_id is None or e.key[0] == site_id)
-                  and (url is None or e.url.lower() == url.lower())]
+                  and (url is None or e.url.lower() == url.lower())
+                  and (prefix is None or _under(e.key[1], prefix))]
         for entry in doomed:
             self._remove(entry)
-        if site_id is None and url is None:
-            self.candidates.clear()
+        if prefix is not None:
+            now = time.monotonic()
+            self.settling = [s for s in self.settling if s[0] > now]
+            self.settling.append((now + CONFIG_SETTLE, site_id, prefix))
+        if url is None:
+            # the settings of the paths may have changed with their configuration
+            self.path_policies.clear()
+            if site_id is None:
+                self.candidates.clear()
+            else:
+                self.candidates = {k: v for k, v in self.candidates.items() if k[0] != site_id}
         return len(doomed)
+
+    def policy_at(self, app_key: str, target: bytes) -> AppCachePolicy | None:
+        """The settings at a URL's configuration path (memoised until the next flush)."""
+        path = target.split(b"?", 1)[0]
+        key = (app_key, path)
+        found = self.path_policies.get(key)
+        if found is not None:
+            return found
+        resolver = self.resolvers.get(app_key)
+        if resolver is None:
+            return self.policies.get(app_key)
+        try:
+            found = AppCachePolicy.from_sections(resolver(normalize(split_target(path)[0])))
+        except Exception as exc:  # a broken web.config: the worker answers 500.19; nothing cached
+            log.debug("response cache: no settings for %r: %s", path[:200], exc)
+            found = AppCachePolicy(enabled=False)
+        if len(self.path_policies) > 10000:
+            self.path_policies.clear()
+        self.path_policies[key] = found
+        return found
+
+    def _settling(self, site_id: int, target: bytes) -> bool:
+        now = time.monotonic()
+        self.settling = [s for s in self.settling if s[0] > now]
+        return any((site is None or site == site_id) and _under(target, prefix) for _, site, prefix in self.settling)
+
+    def per_client(self, exch: "Exchange") -> None:
+        """The worker answered ``exch`` per client (q.PER_CLIENT): nothing of its URL
+        stays (an entry stored before its configuration changed, say)."""
+        route = exch.route
+        if route is None or not self.slots:
+            return
+        key = (route.site_id, exch.target)
+        self.candidates.pop(key, None)
+        slot = self.slots.get(key)
+        if slot is not None:
+            for entry in list(slot.variants.values()):
+                self._remove(entry)
+                self.invalidations += 1
 
     def listing(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -274,7 +492,7 @@ class ResponseCache:
             return None
         if slot.rfc:
             return self._lookup_rfc(slot, exch)
-        vary_key = tuple(_request_header(headers, n) for n in slot.vary) if slot.vary else ()
+        vary_key = _vary_key(exch, slot.vary, slot.coding) if slot.vary else ()
         entry = slot.variants.get(vary_key)
         if entry is None:
             self.misses += 1
@@ -338,29 +556,20 @@ class ResponseCache:
         return req is not None and b"only-if-cached" in req
 
     def stored_not_modified(self, entry: Entry, headers: tuple[bytes, ...]) -> bool:
-        """``not_modified`` for an upstream's stored response: If-Modified-Since compared
-        as a date (RFC 9110 §13.1.3), the ``Date`` standing in for ``Last-Modified``."""
-        if b"if-none-match" in headers:
-            return self.not_modified(entry, headers)
-        if b"if-modified-since" in headers:
-            return sc.not_modified_since(entry.last_modified, _header(entry.block, b"date"),
-                                         _request_header(headers, b"if-modified-since"))
-        return False
+        """For an upstream's stored response (RFC 9111 §4.3.2): is it "not modified"
+        for this request?  The ``Date`` stands in for a missing ``Last-Modified``."""
+        etag, modified = entry.validators
+        if modified is None:
+            modified = parse_http_date(_header(entry.block, b"date"))
+        return conditional.evaluate("GET", etag, modified, None, None, _field(headers, b"if-none-match"),
+                                    _field(headers, b"if-modified-since")) == conditional.NOT_MODIFIED
 
-    def not_modified(self, entry: Entry, headers: tuple[bytes, ...]) -> bool:
-        """RFC 9110 §13.1.2/13.1.3 for a cached GET: If-None-Match wins over
-        If-Modified-Since."""
-        if b"if-none-match" in headers:
-            inm = _request_header(headers, b"if-none-match")
-            if not entry.etag:
-                return False
-            if inm.strip() == b"*":
-                return True
-            tags = [t.strip().removeprefix(b"W/") for t in inm.split(b",")]
-            return entry.etag.removeprefix(b"W/") in tags
-        if b"if-modified-since" in headers and entry.last_modified:
-            return _request_header(headers, b"if-modified-since").strip() == entry.last_modified
-        return False
+    @staticmethod
+    def precondition(entry: Entry, exch: "Exchange") -> int:
+        """RFC 9110 §13.2.2 for a stored response, as the worker would evaluate it:
+        0 (send it), 304 or 412."""
+        etag, modified = entry.validators
+        return precondition(exch.method, etag, modified, exch.headers)
 
     # ---- the response side ------------------------------------------------------------
 
@@ -369,10 +578,12 @@ class ResponseCache:
         route = exch.route
         if route is None:
             return
-        policy = self.policies.get(route.app_key)
-        if policy is None or not policy.enabled:
-            return
         target = exch.target
+        policy = self.policy_at(route.app_key, target)
+        if policy is None or not policy.enabled or (self.stale_workers and exch.worker in self.stale_workers):
+            return
+        if self.settling and self._settling(route.site_id, target):
+            return
         if (b"?" in target or target.endswith(b"/") or exch.body_length != 0
                 or exch.http_minor < 0 or not body or len(body) > policy.max_response_size
                 or len(block) > MAX_HEADER_BLOCK):
@@ -394,6 +605,19 @@ class ResponseCache:
             return
         if b"content-encoding" in lower and b"accept-encoding" not in vary:
             return
+        compression = policy.static_compression if file else policy.dynamic_compression
+        coding: Compression | None = None
+        if compression is not None and compression.applies(block, len(body)):
+            # the worker compresses this type here: the variants are kept apart by the
+            # coding it picks for each request, and only the variant it would send to
+            # this request is stored (not the identity answer a gzip client got while
+            # the file was not yet frequently hit, say)
+            if _header(block, b"content-encoding").lower() != compression.coding(headers, exch.method,
+                                                                                 exch.http_minor):
+                return
+            coding = compression
+            if b"accept-encoding" not in vary:
+                vary = tuple(sorted(set(vary) | {b"accept-encoding"}))
         now = time.monotonic()
         expires = 0.0
         shared = False
@@ -427,9 +651,10 @@ class ResponseCache:
                 self.candidates[key] = (first, count)
                 return
             self.candidates.pop(key, None)
-        self._store(route.site_id, exch, block, body, vary, expires, shared, file)
+        self._store(route.site_id, exch, block, body, vary, expires, shared, file, coding)
 
-    def upstream_response(self, exch: "Exchange", status: int, block: bytes, body: bytes, end: bool) -> bytes:
+    def upstream_response(self, exch: "Exchange", status: int, block: bytes, body: bytes, end: bool,
+                          per_client: bool = False) -> bytes:
         """A response the worker's proxy relayed (``block`` carries the marker): RFC 9111
         storing, freshening and invalidation.  Returns the header block for the client,
         without the marker and the origin's ``Date`` (the listener writes its own) — or
@@ -458,6 +683,8 @@ class ResponseCache:
             exch.headers = exch.client_headers
             exch.conn.listener.serve_cached(exch.conn, exch, entry)
             return b""
+        if per_client:
+            return client_block  # never stored (the stored variants went in per_client)
         if method == "HEAD" and status == 200:
             self._head_update(route.site_id, exch, sc.fields(block))
         if method != "GET":
@@ -575,16 +802,16 @@ class ResponseCache:
                     self.invalidations += 1
 
     def _store(self, site_id: int, exch: "Exchange", block: bytes, body: bytes, vary: tuple[bytes, ...],
-               expires: float, shared: bool, file: str) -> None:
+               expires: float, shared: bool, file: str, coding: Compression | None = None) -> None:
         assert exch.route is not None
         key = (site_id, exch.target)
         slot = self.slots.get(key)
-        if slot is None or slot.vary != vary or slot.rfc:
+        if slot is None or slot.vary != vary or slot.rfc or slot.coding is not coding:
             if slot is not None:
                 for old in list(slot.variants.values()):
                     self._remove(old)
-            slot = self.slots[key] = Slot(vary)
-        vary_key = tuple(_request_header(exch.headers, n) for n in vary) if vary else ()
+            slot = self.slots[key] = Slot(vary, coding=coding)
+        vary_key = _vary_key(exch, vary, coding) if vary else ()
         entry = Entry(key, vary_key, exch.route.app_key, block, body, expires, shared, file)
         self._insert(slot, entry)
 
@@ -623,6 +850,17 @@ class ResponseCache:
 
     def file_changed(self, path: str) -> None:
         if self.watcher is None:
+            return
+        if os.path.basename(path).lower() == "web.config":
+            # the configuration of the folder changed: its files' entries go, and none is
+            # stored again until the workers have applied it
+            folder = os.path.dirname(path) + "/"
+            doomed = [e for e in self.lru.values() if e.file.startswith(folder)]
+            now = time.monotonic()
+            for entry in doomed:
+                self._remove(entry)
+                self.invalidations += 1
+                self.settling.append((now + CONFIG_SETTLE, entry.key[0], _folder_key(entry.key[1])))
             return
         for entry in list(self.watcher.entries.get(path, ())):
             self._remove(entry)
@@ -704,7 +942,7 @@ class FileWatcher:
             elif name:
                 changed.add(os.path.join(directory, os.fsdecode(name)))
         for path in changed:
-            if path in self.entries:
+            if path in self.entries or os.path.basename(path).lower() == "web.config":
                 self._on_change(path)
 
     def close(self) -> None:

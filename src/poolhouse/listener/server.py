@@ -35,6 +35,8 @@ log = logging.getLogger("poolhouse.listener")
 
 DEFAULT_HEADER_WAIT = 120.0
 _STATUS_200 = status_line(200, 1)
+# request headers that make a hit conditional (RFC 9110 §13.1)
+_CONDITIONALS = frozenset((b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since"))
 MEMO_LIMIT = 4096  # raw requests remembered by the cache's fast path
 _SERVER = b"Server: %s\r\n" % SERVER
 ROUTE_CACHE_SIZE = 8192
@@ -161,6 +163,11 @@ class Listener:
         self.w3c_sites = {s.id for s in config.sites if s.log_file.enabled and s.log_file.log_format.upper() == "W3C"}
         self.tls.configure(config.sites)
         self._configure_cache(config)
+        recycling = set(msg.get("recycling") or ())
+        if recycling:
+            # their workers still run the replaced configuration until their successors
+            # take over: what they answer meanwhile is not stored
+            self.cache.stale_workers.update(link for link in self.workers.values() if link.pool.name in recycling)
         self.request_limits = request_filtering.build(config)
         for name, pool in config.pools.items():
             queue = self.pools.get(name)
@@ -173,6 +180,10 @@ class Listener:
         self.site_states = {int(k): v for k, v in msg.get("site_states", {}).items()}
         self.request_timeouts = {name: pool.python_request_timeout for name, pool in config.pools.items()
                                  if pool.python_request_timeout > 0}
+        if "id" in msg and self.control is not None:
+            # the service waits for this before it reports the configuration applied: the
+            # response cache has been flushed by then (cache.configure)
+            self.control.reply(msg, result={"configured": True})
 
     def _configure_cache(self, config: ServerConfig) -> None:
         """Each application's effective caching/serverRuntime settings, resolved once here
@@ -180,25 +191,33 @@ class Listener:
         from ..config import WebConfigResolver
 
         policies: dict[str, AppCachePolicy] = {}
+        resolvers: dict[str, Any] = {}
         max_mb = 0
         for site in config.sites:
             for app in site.applications:
                 try:
-                    sections = WebConfigResolver(config, site.name, app.path).for_path(app.path).sections
+                    resolver = WebConfigResolver(config, site.name, app.path)
+                    resolvers[app_key(site, app)] = _sections_at(resolver)
+                    sections = resolver.for_path(app.path).sections
                 except Exception as exc:  # a broken web.config: the worker reports it; no caching here
                     log.warning("response cache off for %s%s: %s", site.name, app.path, exc)
                     policies[app_key(site, app)] = AppCachePolicy(enabled=False)
                     continue
                 policies[app_key(site, app)] = AppCachePolicy.from_sections(sections)
                 max_mb = max(max_mb, int((sections.get("system.webServer/caching") or {}).get("maxCacheSize", 0) or 0))
-        self.cache.configure(policies, max_mb * 1024 * 1024)
+        self.cache.configure(policies, max_mb * 1024 * 1024, resolvers)
 
     def ctl_cache(self, msg: Message) -> None:
-        """``{"op": "cache", "action": "list" | "flush", "site_id"?, "url"?}``"""
+        """``{"op": "cache", "action": "list" | "flush", "site_id"?, "url"?, "path"?}``:
+        ``path`` flushes a configuration path (a URL path and everything below it; the
+        activation service sends it when a web.config changes, and waits for the reply
+        before it reports the change applied)."""
         assert self.control is not None
         if msg.get("action") == "flush":
             site_id = msg.get("site_id")
-            removed = self.cache.flush(int(site_id) if site_id is not None else None, msg.get("url") or None)
+            path = msg.get("path")
+            removed = self.cache.flush(int(site_id) if site_id is not None else None, msg.get("url") or None,
+                                       str(path) if path else None)
             self.control.reply(msg, result={"flushed": removed, **self.cache.stats()})
         else:
             self.control.reply(msg, result={"entries": self.cache.listing(), **self.cache.stats()})
@@ -388,9 +407,8 @@ class Listener:
             cache = self.cache
             if cache.slots:
                 entry = cache.lookup(route.site_id, exch)
-                if entry is not None:  # answered here, whatever the pool's state
-                    self.serve_cached(conn, exch, entry)
-                    return
+                if entry is not None and self.serve_cached(conn, exch, entry):
+                    return  # answered here, whatever the pool's state
             else:
                 cache.misses += 1
             if b"cache-control" in exch.headers and cache.only_if_cached(exch):
@@ -460,12 +478,25 @@ class Listener:
         conn.write(data)
         exch.finish()
 
-    def serve_cached(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> None:
+    def serve_cached(self, conn: HttpConnection, exch: Exchange, entry: CacheEntry) -> bool:
+        """Answer ``exch`` from ``entry``; False when the cache cannot (a precondition
+        fails: the worker answers the 412, with its error page) and the request goes on
+        to its pool."""
+        headers = exch.headers
+        conditional = not _CONDITIONALS.isdisjoint(headers)
+        status = 200
+        if conditional and entry.rfc is None:
+            status = self.cache.precondition(entry, exch) or 200
+            if status == 412:
+                cache = self.cache
+                cache.hits -= 1
+                cache.misses += 1
+                entry.hits -= 1
+                return False
         exch.cache_hit = True
         exch.response_started = True
-        headers = exch.headers
         if (exch.keep_alive and exch.http_minor == 1 and exch.method == "GET" and not entry.shared_age
-                and b"if-none-match" not in headers and b"if-modified-since" not in headers):
+                and not conditional):
             # the common hit: everything but the Date line was prepared when it was stored
             exch.status = 200
             data = b"".join((_STATUS_200, DATE.for_block(entry.tail), entry.tail))
@@ -476,18 +507,17 @@ class Listener:
                     and conn.pipeline[0] is exch and len(conn.pipeline) == 1:
                 self._memoize(conn, raw, exch, entry)
             exch.finish()
-            return
+            return True
         if entry.rfc is not None:  # (shared_age is set for these: never the common hit above)
             self._serve_stored(conn, exch, entry)
-            return
+            return True
         minor = max(exch.http_minor, 0)
-        not_modified = entry.etag or entry.last_modified
-        status = 304 if not_modified and self.cache.not_modified(entry, exch.headers) else 200
         exch.status = status
         parts = [status_line(status, minor), DATE.for_block(entry.block), entry.block]
         if entry.shared_age:
             parts.append(b"Age: %d\r\n" % int(time.monotonic() - entry.stored))
         self._send_entry(conn, exch, parts, entry, status == 200)
+        return True
 
     # ---- the response cache's fast path ------------------------------------------
     #
@@ -790,3 +820,11 @@ class Listener:
         self.httperr.flush()
         self.flush_access_log()
         await self.loop.run_in_executor(None, self.w3c.close)
+
+
+def _sections_at(resolver: Any) -> Any:
+    """url path -> the sections in effect there (for the response cache's per-path
+    settings; raises ConfigError for a broken web.config)."""
+    def sections(url: str) -> dict[str, Any]:
+        return resolver.for_path(url).sections  # type: ignore[no-any-return]
+    return sections

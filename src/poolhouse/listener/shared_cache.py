@@ -36,7 +36,7 @@ What is promised, by section of RFC 9111:
 
 from __future__ import annotations
 
-from email.utils import mktime_tz, parsedate_tz
+from ..http.dates import parse_http_date
 
 HEURISTIC_STATUS = frozenset((200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501))
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
@@ -119,16 +119,8 @@ def delta_seconds(arg: bytes | None) -> int | None:
 
 def http_date(value: bytes) -> float | None:
     """An HTTP-date (IMF-fixdate, RFC 850 or asctime) as a POSIX time, or None."""
-    try:
-        parsed = parsedate_tz(value.decode("latin-1"))
-    except (TypeError, ValueError):
-        return None
-    if parsed is None:
-        return None
-    try:
-        return float(mktime_tz(parsed))
-    except (OverflowError, ValueError):
-        return None
+    when = parse_http_date(value)
+    return float(when) if when is not None else None
 
 
 def age_value(lines: Fields) -> int | None:
@@ -223,14 +215,6 @@ def omitted_fields(cc: Directives) -> frozenset[bytes]:
         if arg:
             names.update(n.strip().lower() for n in arg.split(b",") if n.strip())
     return frozenset(names)
-
-
-def not_modified_since(last_modified: bytes, date: bytes, since: bytes) -> bool:
-    """RFC 9110 §13.1.3 for a stored response: not modified since the client's date
-    (the response's ``Date`` stands in for a missing ``Last-Modified``)."""
-    when = http_date(since)
-    modified = http_date(last_modified or date)
-    return when is not None and modified is not None and modified <= when
 
 
 def vary_names(lines: Fields) -> tuple[bytes, ...]:

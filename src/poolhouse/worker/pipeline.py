@@ -195,7 +195,7 @@ class Pipeline:
     __slots__ = ("modules", "before_map", "map", "after_map", "post", "post_finished",
                  "send_ok", "send_ok_names", "send_error", "send_error_names", "has_send", "pre", "single",
                  "send_gates", "send_ok_plain", "send_ok_plain_names", "static_headers",
-                 "traced", "tracer", "empty", "log_values")
+                 "traced", "tracer", "empty", "log_values", "per_client")
 
     def __init__(self, modules: list["Module"]) -> None:
         self.modules = modules
@@ -237,6 +237,9 @@ class Pipeline:
         pre_hooks = [(n, h, m) for table in (self.before_map, self.map, self.after_map)
                      for n, hooks, names in table for h, m in zip(hooks, names)]
         self.single = pre_hooks[0] if len(pre_hooks) == 1 and not self.traced else None
+        # computed once per configuration path: its responses depend on who asks, so the
+        # listener's response cache must not keep them (q.PER_CLIENT on every response)
+        self.per_client = any(m.per_client for m in modules)
         self.empty = not (self.before_map or self.map or self.after_map or self.post
                           or self.has_send or self.traced or self.log_values is not None)
 
@@ -270,6 +273,7 @@ class HttpContext:
     _items: dict[str, Any] | None = None
     _pending: tuple[str, str] | None = None
     waited: "asyncio.Future[Any] | None" = None  # see wait_for
+    kernel_cache_disabled = False  # see disable_kernel_cache
 
     def __init__(self, worker: Any, stream: "Stream", app: "WorkerApplication", selection: "Selection",
                  pipeline: Pipeline, path: str, raw_path: str, query: str) -> None:
@@ -403,6 +407,18 @@ class HttpContext:
                 (b"Content-Type", b"text/html; charset=UTF-8")] + list(headers or ())
         self.response = Response(status, 0, hdrs, body, True)
         return FINISH
+
+    def disable_kernel_cache(self) -> None:
+        """This request's response depends on who asked (IIS's
+        ``IHttpResponse::DisableKernelCache``): the listener's response cache will not
+        store it, and drops what it holds for the URL.  A module whose every answer at
+        a scope is per client sets the class attribute ``per_client`` instead."""
+        self.kernel_cache_disabled = True
+
+    @property
+    def per_client(self) -> bool:
+        """Does the response to this request depend on who asked?"""
+        return self.kernel_cache_disabled or self.pipeline.per_client
 
     def trace_event(self, name: str, level: int | None = None, area: str | None = None, **data: Any) -> None:
         """Record an event in the request's failed-request trace, if one is recorded at

@@ -186,6 +186,8 @@ class Stream:
             log_values = ctx.pipeline.log_values
             if log_values is not None:
                 fields = log_values(ctx, header_block, content_length)
+            if ctx.kernel_cache_disabled or ctx.pipeline.per_client:
+                flags |= q.PER_CLIENT
         self.worker.send(
             encode(q.RESPONSE, flags, self.sid,
                    q.marshal_response(status, header_block, content_length, body, substatus, username, fields,

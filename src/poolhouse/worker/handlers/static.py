@@ -36,10 +36,8 @@ What the caller can rely on:
 
 from __future__ import annotations
 
-import calendar
 import html
 import os
-import re
 import secrets
 import stat
 import threading
@@ -50,13 +48,14 @@ from functools import lru_cache
 from typing import Generic, TypeVar
 from urllib.parse import quote
 
+from ...http import conditional
+from ...http.dates import format_http_date
+from ...http.ranges import MAX_RANGES, if_range_holds, parse_ranges
+
 __all__ = ["FileBody", "StaticResponse", "StaticFileHandler", "MAX_RANGES", "RACY_SECONDS"]
 
 Headers = list[tuple[bytes, bytes]]
 V = TypeVar("V")
-
-MAX_RANGES = 64
-"""More byte-range-specs than this in one ``Range`` header and the header is ignored."""
 
 RACY_SECONDS = 2
 """Content modified more recently than this is not cached (see the module docstring)."""
@@ -64,16 +63,12 @@ RACY_SECONDS = 2
 _RACY_NS = RACY_SECONDS * 1_000_000_000
 _GET_HEAD = frozenset(("GET", "HEAD"))
 _HTML_UTF8 = b"text/html; charset=utf-8"
-_ETAG_RE = re.compile(r'(W/)?("[^"]*")')
 _QUERY_SAFE = "!$%&'()*+,/:;=?@[]~"
 _PATH_SAFE = "/!$&'()*+,;=:@~"
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _LONG_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _LONG_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
                 "September", "October", "November", "December")
-_MONTH_NUMBER = {name: i + 1 for i, name in enumerate(_MONTHS)}
 
 # directoryBrowse/@showFlags (IIS names; "None" is the empty set).
 _SHOW_DATE, _SHOW_TIME, _SHOW_SIZE, _SHOW_EXTENSION, _SHOW_LONG_DATE = 2, 4, 8, 16, 32
@@ -104,147 +99,21 @@ def _status(status: int, substatus: int = 0, headers: Headers | None = None) -> 
     return StaticResponse(status, substatus, headers if headers is not None else [], b"")
 
 
-# ---------------------------------------------------------------------------- dates, tags
-
-def _http_date(seconds: int) -> bytes:
-    """RFC 9110 IMF-fixdate."""
-    t = time.gmtime(seconds)
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode("ascii")
-
-
-def _number(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(text)
-    return int(text)
-
-
-@lru_cache(maxsize=512)
-def _parse_http_date(value: str) -> int | None:
-    """Seconds since the epoch for an IMF-fixdate, RFC 850 or asctime date; None if invalid
-    (an invalid date makes its header ignored, RFC 9110 §13.1.3-4)."""
-    fields = value.replace(",", " ").split()
-    try:
-        if len(fields) == 6 and fields[5] == "GMT":          # Sun, 06 Nov 1994 08:49:37 GMT
-            day, month, year, hms = fields[1], fields[2], _number(fields[3]), fields[4]
-        elif len(fields) == 4 and fields[3] == "GMT":        # Sunday, 06-Nov-94 08:49:37 GMT
-            day, month, short_year = fields[1].split("-")
-            year = _number(short_year)
-            year += 2000 if year < 70 else 1900 if year < 100 else 0
-            hms = fields[2]
-        elif len(fields) == 5:                               # Sun Nov  6 08:49:37 1994
-            month, day, hms, year = fields[1], fields[2], fields[3], _number(fields[4])
-        else:
-            return None
-        hours, minutes, seconds = (_number(part) for part in hms.split(":"))
-        mday = _number(day)
-        if not (1 <= mday <= 31 and hours < 24 and minutes < 60 and seconds <= 60):
-            return None
-        return calendar.timegm((year, _MONTH_NUMBER[month], mday, hours, minutes, seconds))
-    except (ValueError, KeyError, OverflowError):
-        return None
-
+# ---------------------------------------------------------------------------- validators
 
 @lru_cache(maxsize=4096)
 def _validators(mtime_ns: int, size: int) -> tuple[bytes, str, bytes, int]:
     """(ETag bytes, ETag str, Last-Modified, Last-Modified as whole seconds)."""
     etag = f'"{mtime_ns:x}:{size:x}"'
     mtime_s = mtime_ns // 1_000_000_000
-    return etag.encode("ascii"), etag, _http_date(mtime_s), mtime_s
+    return etag.encode("ascii"), etag, format_http_date(mtime_s), mtime_s
 
 
-def _matches(header: str, etag: str, strong: bool) -> bool:
-    """Does an If-Match / If-None-Match list match ``etag`` (RFC 9110 §8.8.3.2)?"""
-    if header == etag or header.strip() == "*":
-        return True
-    for match in _ETAG_RE.finditer(header):
-        if match.group(2) == etag and not (strong and match.group(1)):
-            return True
-    return False
-
-
-def _precondition(headers: dict[str, str], etag: str, mtime_s: int) -> int:
-    """RFC 9110 §13.2.2 evaluation order; 412, 304 or 0 (carry on)."""
-    if_match = headers.get("if-match")
-    if if_match is not None:
-        if not _matches(if_match, etag, strong=True):
-            return 412
-    else:
-        since = headers.get("if-unmodified-since")
-        if since is not None:
-            date = _parse_http_date(since)
-            if date is not None and mtime_s > date:
-                return 412
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None:
-        return 304 if _matches(if_none_match, etag, strong=False) else 0
-    since = headers.get("if-modified-since")
-    if since is not None:
-        date = _parse_http_date(since)
-        if date is not None and mtime_s <= date:
-            return 304
-    return 0
-
-
-def _if_range_holds(value: str, etag: str, mtime_s: int) -> bool:
-    value = value.strip()
-    if value.startswith('"'):
-        return value == etag                  # strong comparison
-    if value.startswith("W/"):
-        return False
-    return _parse_http_date(value) == mtime_s
-
-
-# ---------------------------------------------------------------------------------- ranges
-
-def _parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
-    """The satisfiable ranges (first, last inclusive) of a ``Range`` header: None when the
-    header is to be ignored (other unit, bad syntax, too many ranges), [] when nothing
-    in it is satisfiable (416)."""
-    unit, equals, spec = value.partition("=")
-    if not equals or unit.strip().lower() != "bytes":
-        return None
-    ranges: list[tuple[int, int]] = []
-    count = 0
-    try:
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            count += 1
-            if count > MAX_RANGES:
-                return None
-            first_text, dash, last_text = item.partition("-")
-            if not dash:
-                return None
-            if not first_text:                        # suffix: the last N bytes
-                suffix = _number(last_text)
-                if suffix and size:
-                    ranges.append((max(0, size - suffix), size - 1))
-                continue
-            first = _number(first_text)
-            last = _number(last_text) if last_text else size - 1
-            if last_text and last < first:
-                return None
-            if first < size:
-                ranges.append((first, min(last, size - 1)))
-    except ValueError:
-        return None
-    if not count:
-        return None
-    return _coalesce(ranges) if len(ranges) > 1 else ranges
-
-
-def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Merge overlapping or adjacent ranges; keep the client's order if none merge."""
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            if last > merged[-1][1]:
-                merged[-1] = (merged[-1][0], last)
-        else:
-            merged.append((first, last))
-    return ranges if len(merged) == len(ranges) else merged
+def _precondition(method: str, headers: dict[str, str], etag: str, mtime_s: int) -> int:
+    """RFC 9110 §13.2.2, shared with the listener's response cache; 412, 304 or 0."""
+    return conditional.evaluate(method, etag, mtime_s, headers.get("if-match"),
+                                headers.get("if-unmodified-since"), headers.get("if-none-match"),
+                                headers.get("if-modified-since"))
 
 
 # ----------------------------------------------------------------------------------- cache
@@ -403,7 +272,7 @@ class StaticFileHandler:
         if content_type is None:
             return _status(404, 3)
         etag, etag_text, last_modified, mtime_s = _validators(mtime_ns, size)
-        verdict = _precondition(headers, etag_text, mtime_s) if headers else 0
+        verdict = _precondition(method, headers, etag_text, mtime_s) if headers else 0
         if verdict == 412:
             return _status(412)
         if verdict == 304:
@@ -414,8 +283,8 @@ class StaticFileHandler:
             range_header = headers.get("range")
             if range_header is not None:
                 if_range = headers.get("if-range")
-                if if_range is None or _if_range_holds(if_range, etag_text, mtime_s):
-                    ranges = _parse_ranges(range_header, size)
+                if if_range is None or if_range_holds(if_range, etag_text, mtime_s):
+                    ranges = parse_ranges(range_header, size, MAX_RANGES)
             if data is None and size <= self._small:
                 try:
                     data, new_mtime_ns, new_size = self._load(path, mtime_ns, size)

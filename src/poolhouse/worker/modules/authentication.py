@@ -47,6 +47,7 @@ class AnonymousAuthenticationModule(Module):
     gets 401.2 (after the other authentication modules: priority LAST)."""
 
     priority = LAST
+    per_client = True  # enabled only when anonymous access is off
 
     def __init__(self, name: str, config: ModuleConfig) -> None:
         super().__init__(name, config)
@@ -204,6 +205,7 @@ class BasicAuthenticationModule(Module):
     (the realm, or the Host)."""
 
     send_errors_only = True
+    per_client = True
 
     def __init__(self, name: str, config: ModuleConfig) -> None:
         super().__init__(name, config)

@@ -39,6 +39,7 @@ def unix_groups(user: str) -> frozenset[str]:
 
 
 class UrlAuthorizationModule(Module):
+    per_client = True  # enabled only when the rules are not the stock allow-all
     def __init__(self, name: str, config: ModuleConfig) -> None:
         super().__init__(name, config)
         rules = []

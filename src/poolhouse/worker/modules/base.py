@@ -73,6 +73,11 @@ class Module:
     # (lower-case bytes), e.g. compression needs Accept-Encoding: a request without it
     # does not pay for the hook (nor, if it was the only one, for a Response object)
     send_gate: ClassVar[bytes | None] = None
+    # the module's outcome depends on who asks (the client's address, credentials): a
+    # scope where it is enabled is never answered from the listener's response cache
+    # (HTTP.sys's kernel cache; IIS modules call IHttpResponse::DisableKernelCache).  A
+    # module that decides per request calls ``ctx.disable_kernel_cache()`` instead.
+    per_client: ClassVar[bool] = False
 
     @property
     def static_headers(self) -> list[tuple[bytes, bytes]]:

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
+from ...http.encodings import choose_coding
 from ..apps import ASGI, CGI, HTTP_PLATFORM, PROTOCOL, PROXY, STATIC, WSGI
 from ..handlers.static import FileBody
 from ..pipeline import HttpContext, Response
@@ -94,28 +95,10 @@ def _type_enabled(types: list[tuple[str, str, bool]], content_type: bytes | None
 
 
 def choose(accept: str, schemes: list[tuple[str, int, int]]) -> tuple[str, int, int] | None:
-    """The scheme the client accepts best among the configured ones."""
-    if not accept:
-        return None
-    q: dict[str, float] = {}
-    for part in accept.split(","):
-        token, _, params = part.strip().partition(";")
-        token = token.strip().lower()
-        value = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                value = float(params[2:])
-            except ValueError:
-                value = 0.0
-        q[token] = value
-    best = None
-    best_q = 0.0
-    for scheme in schemes:
-        value = q.get(scheme[0], q.get("*", 0.0))
-        if value > best_q:
-            best, best_q = scheme, value
-    return best
+    """The scheme the client accepts best among the configured ones (the negotiation the
+    listener's response cache repeats to pick a stored variant: ``poolhouse.http.encodings``)."""
+    name = choose_coding(accept, [s[0] for s in schemes])
+    return next((s for s in schemes if s[0] == name), None) if name is not None else None
 
 
 class _Compression(Module):

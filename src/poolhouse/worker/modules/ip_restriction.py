@@ -23,6 +23,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class IpRestrictionModule(Module):
     priority = HIGH
+    per_client = True  # the verdict is the client address's
 
     def __init__(self, name: str, config: ModuleConfig) -> None:
         super().__init__(name, config)

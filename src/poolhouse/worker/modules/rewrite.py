@@ -48,6 +48,24 @@ def request_fs() -> FileSystem:
     return FileSystem(lambda p: stat.S_ISREG(mode(p)), lambda p: stat.S_ISDIR(mode(p)))
 _SAFE = "/:@!$&'()*+,;=-._~"
 
+# server variables that are constant for the process or derived from the requested URL:
+# rules whose conditions read only these leave the response cache alone (URL Rewrite's
+# "Interaction with IIS Output Caching"); any other makes the scope per client
+CACHE_SAFE_VARIABLES = frozenset((
+    "CACHE_URL", "DOCUMENT_ROOT", "HTTP_URL", "HTTP_HOST", "PATH_INFO", "PATH_TRANSLATED",
+    "QUERY_STRING", "REQUEST_FILENAME", "REQUEST_URI", "SCRIPT_FILENAME", "SCRIPT_NAME",
+    "SCRIPT_TRANSLATED", "UNENCODED_URL", "URL", "URL_PATH_INFO", "APP_POOL_ID",
+    "APPL_MD_PATH", "APPL_PHYSICAL_PATH", "GATEWAY_INTERFACE", "SERVER_SOFTWARE",
+    "SSI_EXEC_DISABLED",
+))
+
+
+def _reads_client(rules: list[Any]) -> bool:
+    """Do any of these rules' conditions read a server variable outside
+    CACHE_SAFE_VARIABLES (the client's address, a request header, HTTPS, ...)?"""
+    return any(name.upper() not in CACHE_SAFE_VARIABLES
+               for rule in rules for cond in rule.conditions for name in cond.input.variables)
+
 
 class RewriteModule(Module):
     """URL Rewrite.  Errors in the rules (a pattern Python cannot compile, an unknown
@@ -61,10 +79,15 @@ class RewriteModule(Module):
             self.rule_items = [i for i in items(config.section("rewrite/rules")) if i.get("enabled", True)]
             self.outbound = compile_outbound(config.section("rewrite/outboundRules"), self.maps)
             # distributed rules are compiled once their scopes are known (first request)
-            compile_rules(self.rule_items, self.maps)
+            distributed = compile_rules(self.rule_items, self.maps)
         except PatternError as exc:
             raise AppLoadError(f"URL Rewrite: {exc}") from None
         self.rules: list[Any] | None = None if self.rule_items else list(self.global_rules)
+        self._per_client = _reads_client(self.global_rules) or _reads_client(distributed)
+
+    @property  # type: ignore[override]
+    def per_client(self) -> bool:  # (a class attribute elsewhere: here it depends on the rules)
+        return self._per_client
 
     def enabled(self) -> bool:
         return bool(self.global_rules or self.rule_items or self.outbound)
@@ -153,6 +176,8 @@ class RewriteModule(Module):
                     pipeline = ctx.app.pipeline_for(sel.web, PROXY)
                 except AppLoadError as exc:
                     return ctx.fail(500, 0, str(exc))
+                if ctx.pipeline.per_client:  # what ran so far decided per client
+                    ctx.kernel_cache_disabled = True
                 ctx.pipeline = pipeline if pipeline is not None else EMPTY_PIPELINE
             return None
         if action == REDIRECT:
@@ -186,6 +211,8 @@ class RewriteModule(Module):
         ctx.raw_path = raw
         ctx.query = query
         ctx._vars = None  # URL-dependent server variables follow the new URL
+        if ctx.pipeline.per_client:  # what ran so far decided per client
+            ctx.kernel_cache_disabled = True
         ctx.pipeline = sel.pipeline if sel.pipeline is not None else EMPTY_PIPELINE
         return None
 
