@@ -39,7 +39,6 @@ _HEAD_TOO_LONG = (400, "RequestLength", "The size of the request headers is too 
 _BAD_REQUEST = (400, "BadRequest", "")
 _BAD_HOST = (400, "Hostname", "The request hostname is invalid.")
 _BAD_URL = (400, "URL", "The request URL is invalid.")
-_NO_HOST = (400, "Hostname", "The request has no Host header.")
 _BAD_CODING = (501, "N/I", "The request's Transfer-Encoding is not implemented.")
 # A request line's bytes besides the method and the target: " ", " HTTP/1.1", CRLF, and
 # the CRLF that ends the head.
@@ -280,7 +279,7 @@ class HttpConnection(asyncio.Protocol):
                 headers[at] = authority
             host = headers[at]
         elif hosts or parser.get_http_version() == "1.1":
-            self.head_error = _BAD_HOST if hosts else _NO_HOST  # RFC 9112 §3.2: exactly one Host
+            self.head_error = _BAD_HOST  # RFC 9112 §3.2: exactly one Host (HTTP.sys answers both alike)
             raise HeadTooLarge
         elif authority is not None:  # HTTP/1.0 without Host: the target names it
             host = authority
