@@ -284,7 +284,7 @@ class BasicAuthenticationModule(Module):
                 elif self.pam_service and "\x00" not in user + password:
                     return ctx.run_in_thread(_pam_source_check, self.pam_service, user, password,
                                              executor=auth_executor())
-                source, ok, groups, reason = "usersFile", False, frozenset(), "not listed"
+                source, ok, groups, reason = "usersFile", False, frozenset[str](), "not listed"
             else:
                 ctx.waited = None
                 source, ok, groups, reason = waited.result()
