@@ -257,7 +257,8 @@ def test_asgi_path_is_text_and_raw_path_bytes(sem: Server) -> None:
 
 
 @pytest.mark.parametrize("path", ["/py/admin/x", "/py/ADMIN/x", "/py/admin./x", "/py/admin%20/x",
-                                  "/py/Admin.%20./x", "/PY/admin/x", "/py/private/x", "/py/PRIVATE./x"])
+                                  "/py/Admin.%20./x", "/PY/admin/x", "/py/private/x", "/py/PRIVATE./x",
+                                  "/py./admin/x", "/py%20/ADMIN/x"])
 def test_folder_authorization_holds_for_every_spelling(sem: Server, path: str) -> None:
     r = httpx.get(sem.url(path), timeout=30)
     assert r.status_code == 401, (path, r.text[:300])
