@@ -71,3 +71,14 @@ def test_location_path_applies_to_every_spelling(tmp_path: Path) -> None:
     resolver = site.resolver("/app")
     for url in ("/app/reports/a", "/app/REPORTS./a", "/app/Reports /a"):
         assert _denied(resolver.for_path(url)), url
+
+
+def test_folders_with_one_configuration_path_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    site = Site(tmp_path)
+    (tmp_path / "app" / "Reports").mkdir()
+    (tmp_path / "app" / "REPORTS.").mkdir()
+    _deny(site, "app/REPORTS.")
+    with caplog.at_level("WARNING", logger="poolhouse.config"):
+        wc = site.resolver("/app").for_path("/app/Reports/x")
+    assert _denied(wc)  # "REPORTS." comes first in name order: its web.config for both
+    assert any("one configuration path" in r.getMessage() for r in caplog.records)

@@ -213,9 +213,17 @@ class WebConfigResolver:
         names: dict[str, str] = {}
         try:
             with os.scandir(folder) as entries:
-                for entry in entries:
+                for entry in sorted(entries, key=lambda e: e.name):
                     if entry.is_dir():
-                        names.setdefault(_segment_key(entry.name), entry.name)
+                        key = _segment_key(entry.name)
+                        other = names.setdefault(key, entry.name)
+                        if other != entry.name:
+                            text = (f"{os.path.join(folder, other)} and {entry.name!r} beside it have one "
+                                    "configuration path (names differing only in case or trailing dots "
+                                    "and spaces): one web.config serves both")
+                            if text not in self._warned:
+                                self._warned.add(text)
+                                log.warning("%s", text)
         except OSError:
             pass
         if len(self._listings) >= MAX_CACHED:
