@@ -61,3 +61,11 @@ def host_name(host: str, default: str = "") -> str:
         end = host.find("]")
         return host[: end + 1] if end != -1 else host
     return host.rsplit(":", 1)[0] or default
+
+
+def wsgi_str(path: str) -> str:
+    """PEP 3333's "bytes in a str": a decoded URL path (UTF-8, undecodable bytes kept as
+    surrogates by ``urlpath.normalize``) back to its bytes, as latin-1 text.  Frameworks
+    re-encode with latin-1 and decode UTF-8 themselves (Werkzeug, Django), so ``/café``
+    matches its route and ``/x%ff`` is theirs to refuse."""
+    return path.encode("utf-8", "surrogateescape").decode("latin-1")

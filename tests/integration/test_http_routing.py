@@ -91,7 +91,8 @@ def test_host_names_wildcard_and_longest_application_path(poolhouse_server: Call
     assert body(port0, "/x", "A.Example:%d" % port0)[:3] == ["1", "/", "/x"]
     assert body(port0, "/x", "b.example")[:3] == ["2", "/", "/x"]
     assert body(port0, "/x", "c.example")[:3] == ["3", "/", "/x"]
-    assert body(port0, "/x", None)[:3] == ["3", "/", "/x"]
+    status, _, data = request(port0, "/x", None)  # HTTP/1.1 must name a host (RFC 9112 §3.2)
+    assert status == 400 and b"hostname is invalid" in data
     assert body(port1, "/x", "only.example")[:3] == ["4", "/", "/x"]
 
     # longest application path wins, on segment boundaries, case-insensitively

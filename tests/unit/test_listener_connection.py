@@ -47,6 +47,7 @@ class FakeListener:
         self.cache = FakeCache()
         self.started: list[Any] = []
         self.errors: list[tuple[str, int | None]] = []
+        self.counters: dict[str, int] = {}
 
     def start(self, conn: HttpConnection, exch: Any) -> None:
         exch.started = True
@@ -153,7 +154,8 @@ def test_dribbled_unfinished_header_line_is_bounded() -> None:
 
 def test_head_just_under_the_limit_in_pieces_is_accepted() -> None:
     conn, listener, transport = make()
-    data = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 990) for i in range(15)) + b"\r\n"
+    data = (b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 990) for i in range(15)) + b"\r\n")
     feed(conn, data, "random")
     assert listener.errors == [] and len(listener.started) == 1
 

@@ -7,6 +7,9 @@ Public API (what the listener, the activation service and the workers call):
 - ``WebConfigResolver(server, site_name, app_path).for_path(url) -> WebConfig`` — the
   effective ``system.webServer`` + ``appSettings`` configuration at a URL, cached per
   folder and refreshed when a contributing file changes.
+- ``config_path(url) -> str`` — the configuration path a URL path is matched by (lower
+  case, trailing dots and spaces of each segment dropped, as IIS on NTFS): the key for
+  anything kept per configuration path.
 - ``ConfigError`` — every violation, with file, line, section and reason.
 
 Around them: ``writer.ConfigWriter`` (read and change configuration at a level, keeping
@@ -30,11 +33,11 @@ from .model import (
     WebConfig,
     WebLimits,
 )
-from .resolver import WebConfigResolver
+from .resolver import WebConfigResolver, config_path
 from .server import load_server_config
 
 __all__ = [
     "Application", "Binding", "ConfigError", "HandlerMapping", "LogFile", "MimeMap", "Pool",
     "ServerConfig", "Site", "SiteLimits", "VirtualDirectory", "WebConfig",
-    "WebConfigResolver", "WebLimits", "load_server_config",
+    "WebConfigResolver", "WebLimits", "config_path", "load_server_config",
 ]

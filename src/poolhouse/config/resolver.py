@@ -43,6 +43,28 @@ def _norm(url: str) -> str:
     return "/" + "/".join(parts)
 
 
+def config_path(url: str) -> str:
+    """The configuration path of a URL path (already percent-decoded, dot segments
+    resolved), as IIS on NTFS matches it: lower case, single slashes, no trailing slash
+    (but "/"), and each segment without its trailing dots and spaces — ``/App/ADMIN./x``,
+    ``/app/admin%20/x`` and ``/app/admin/x`` name the same folder, so they get the same
+    ``web.config`` and ``<location>`` settings (URL authorization included) whatever the
+    spelling.  Everything that keys on a URL's configuration (this resolver, a cache
+    flushed by path) uses this one function."""
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    parts = []
+    for seg in path.split("/"):
+        if seg[-1:] in (".", " "):
+            seg = seg.rstrip(". ")
+        if seg:
+            parts.append(seg)
+    return "/" + "/".join(parts).lower()
+
+
+def _segment_key(name: str) -> str:
+    return name.rstrip(". ").lower()
+
+
 class _Stat:
     __slots__ = ("checked", "path", "mtime")
 
@@ -87,6 +109,7 @@ class WebConfigResolver:
         self._warned: set[str] = set()
         self._extra: dict[str, tuple[float, ...]] = {}  # configSource files' mtimes
         self._error_at: dict[str, float] = {}
+        self._listings: dict[str, tuple[float, dict[str, str]]] = {}  # see _names_in
         self._oldest_check = 0.0
         # URL -> (valid until, result): repeated URLs skip the walk for up to a second
         self._recent: OrderedDict[str, tuple[float, model.WebConfig | ConfigError]] = (
@@ -97,7 +120,7 @@ class WebConfigResolver:
     def for_path(self, url_path: str) -> model.WebConfig:
         """The effective configuration at ``url_path``; raises ConfigError when a
         contributing file is invalid (the request gets a 500.19)."""
-        url = _norm(url_path)
+        url = config_path(url_path)
         with self._lock:
             now = time.monotonic()
             recent = self._recent.get(url)
@@ -159,10 +182,54 @@ class WebConfigResolver:
                         rest = rel[len(v.path.rstrip("/")):].strip("/")
                         if rest and not v.allow_sub_dir_config:
                             return None
-                        folder = os.path.join(v.physical_path, rest) if rest else v.physical_path
+                        folder = self._on_disk(v.physical_path, rest) if rest else v.physical_path
                         return folder, True
                 return None
         return None
+
+    def _on_disk(self, base: str, rest: str) -> str:
+        """``base/rest`` where ``rest`` is part of a configuration path (lower case, no
+        trailing dots or spaces): each segment as spelled when that exists, else the
+        entry of the folder whose name matches it as NTFS would (case-insensitively,
+        trailing dots and spaces ignored).  A folder is listed only when a spelling is
+        not found, at most once per STAT_INTERVAL."""
+        folder = base
+        segments = rest.split("/")
+        for i, seg in enumerate(segments):
+            exact = os.path.join(folder, seg)
+            if not os.path.lexists(exact):
+                name = self._names_in(folder).get(seg)
+                if name is None:  # nothing there (no web.config either)
+                    return os.path.join(exact, *segments[i + 1:])
+                exact = os.path.join(folder, name)
+            folder = exact
+        return folder
+
+    def _names_in(self, folder: str) -> dict[str, str]:
+        now = time.monotonic()
+        hit = self._listings.get(folder)
+        if hit is not None and now - hit[0] < STAT_INTERVAL:
+            return hit[1]
+        names: dict[str, str] = {}
+        try:
+            with os.scandir(folder) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if entry.is_dir():
+                        key = _segment_key(entry.name)
+                        other = names.setdefault(key, entry.name)
+                        if other != entry.name:
+                            text = (f"{os.path.join(folder, other)} and {entry.name!r} beside it have one "
+                                    "configuration path (names differing only in case or trailing dots "
+                                    "and spaces): one web.config serves both")
+                            if text not in self._warned:
+                                self._warned.add(text)
+                                log.warning("%s", text)
+        except OSError:
+            pass
+        if len(self._listings) >= MAX_CACHED:
+            self._listings.clear()
+        self._listings[folder] = (now, names)
+        return names
 
     def _check_server_files(self, now: float) -> None:
         if now - self._server_checked < STAT_INTERVAL:

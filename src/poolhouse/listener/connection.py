@@ -8,6 +8,7 @@ are parsed and held (their bodies buffered up to one window) until their turn.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections import deque
@@ -21,6 +22,8 @@ from .responses import error_response
 
 if TYPE_CHECKING:
     from .server import Listener
+
+log = logging.getLogger("poolhouse.listener")
 
 MAX_PIPELINE = 16
 # HTTP.sys's defaults: MaxFieldLength (one header line, or the URL) and MaxRequestBytes
@@ -36,8 +39,15 @@ _HEAD_TOO_LONG = (400, "RequestLength", "The size of the request headers is too 
 _BAD_REQUEST = (400, "BadRequest", "")
 _BAD_HOST = (400, "Hostname", "The request hostname is invalid.")
 _BAD_URL = (400, "URL", "The request URL is invalid.")
+_BAD_CODING = (501, "N/I", "The request's Transfer-Encoding is not implemented.")
+# A request line's bytes besides the method and the target: " ", " HTTP/1.1", CRLF, and
+# the CRLF that ends the head.
+_LINE_OVERHEAD = 13
 _AUTHORITY = re.compile(
     rb"(?:[A-Za-z0-9._~!$&'()*+,;=%:-]*@)?(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+
+
+_dropped_noted = False  # the first dropped header is logged, the others counted
 
 
 class HeadTooLarge(Exception):
@@ -50,7 +60,7 @@ class HttpConnection(asyncio.Protocol):
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
         "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
         "deferred_error", "site_id", "bytes_written", "drain_mark", "tunnel", "tunnel_held",
-        "sender", "memo_raw",
+        "sender", "memo_raw", "dropped",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -68,7 +78,8 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.headers: list[bytes] = []
         self.url = b""
-        self.header_bytes = 0
+        self.header_bytes = 0  # raw bytes of the header lines dropped from the current head
+        self.dropped = 0  # header lines dropped from the current head (names with "_")
         self.requests = 0
         self.parser_busy = 0.0  # when the current request's head began (0: not in a head)
         self.head_error: tuple[int, str, str] | None = None
@@ -210,6 +221,7 @@ class HttpConnection(asyncio.Protocol):
         self.headers = []
         self.url = b""
         self.header_bytes = 0
+        self.dropped = 0
         self.head_raw = 0
         self.parser_busy = self.last_activity
 
@@ -222,6 +234,18 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # Sizes are checked once the head is complete (one C-level sum): while it
         # arrives, ``head_raw`` bounds what can pile up.
+        if b"_" in name:
+            # As nginx, gunicorn and mod_wsgi do: "X_Forwarded_For" would become the same
+            # CGI/WSGI variable as "X-Forwarded-For" (and "Content_Length" would pass for
+            # a header no proxy in front of us checked), so it never reaches a worker.
+            if len(name) + len(value) > MAX_FIELD_LENGTH:
+                self.head_error = _FIELD_TOO_LONG
+                raise HeadTooLarge
+            self.dropped += 1
+            self.header_bytes += len(name) + len(value) + 4
+            if self.dropped == 1:
+                self._note_dropped(name)
+            return
         headers = self.headers
         headers.append(name.lower())
         if value and (value[-1] == 32 or value[-1] == 9):
@@ -232,20 +256,39 @@ class HttpConnection(asyncio.Protocol):
         self.parser_busy = 0.0
         parser = self.parser
         headers = self.headers
-        if len(self.url) + sum(map(len, headers)) > MAX_REQUEST_BYTES:
+        raw_method = parser.get_method()
+        # MaxRequestBytes counts the head as sent: each header line with its ": " and
+        # CRLF (a run of 2,000 tiny headers is 2,000 lines of overhead, not nothing)
+        if (len(raw_method) + len(self.url) + sum(map(len, headers)) + 2 * len(headers) + self.header_bytes
+                + _LINE_OVERHEAD > MAX_REQUEST_BYTES):
             self._head_too_large()
-        method = parser.get_method().decode("ascii", "replace")
+        method = raw_method.decode("ascii", "replace")
         url = self.url
+        authority = None
         if url[:1] != b"/" or b"#" in url:
-            url = self._odd_target(url, method)
+            url, authority = self._odd_target(url, method)
         body_length = 0
         expect_continue = False
         names = headers[::2]
         hosts = names.count(b"host")
-        if hosts > 1:
-            self.head_error = _BAD_HOST  # RFC 9112 §3.2: exactly one Host
+        if hosts == 1:
+            at = names.index(b"host") * 2 + 1
+            if authority is not None:
+                # RFC 9112 §3.2.2: the target's authority replaces Host, for routing and
+                # for the application alike
+                headers[at] = authority
+            host = headers[at]
+        elif hosts or parser.get_http_version() == "1.1":
+            self.head_error = _BAD_HOST  # RFC 9112 §3.2: exactly one Host (HTTP.sys answers both alike)
             raise HeadTooLarge
-        host = headers[names.index(b"host") * 2 + 1] if hosts else b""
+        elif authority is not None:  # HTTP/1.0 without Host: the target names it
+            host = authority
+            headers += (b"host", authority)
+            names.append(b"host")
+        else:
+            host = b""
+        if self.dropped:
+            self._count_dropped()
         if b"content-length" in names or b"transfer-encoding" in names or b"expect" in names:
             chunked = False
             for i in range(0, len(headers), 2):
@@ -254,6 +297,13 @@ class HttpConnection(asyncio.Protocol):
                     body_length = int(headers[i + 1])
                 elif name == b"transfer-encoding":
                     chunked = True
+                    value = headers[i + 1]
+                    if value != b"chunked" and any(
+                            c.strip() not in (b"chunked", b"") for c in value.lower().split(b",")):
+                        # RFC 9112 §6.1: a coding the server does not understand (the
+                        # parser has made sure chunked comes last)
+                        self.head_error = _BAD_CODING
+                        raise HeadTooLarge
                 elif name == b"expect":
                     if headers[i + 1].lower() == b"100-continue":
                         expect_continue = True
@@ -282,24 +332,49 @@ class HttpConnection(asyncio.Protocol):
         elif len(pipeline) > MAX_PIPELINE:
             self.pause_for(self)
 
-    def _odd_target(self, url: bytes, method: str) -> bytes:
+    def _odd_target(self, url: bytes, method: str) -> tuple[bytes, bytes | None]:
         """Request-targets other than origin-form (RFC 9112 §3.2): ``*`` only for OPTIONS,
-        absolute-form with an http(s) authority; a fragment is dropped."""
+        absolute-form with an http(s) authority; a fragment is dropped.  Absolute-form
+        becomes origin-form and its authority (without user info) is returned: it
+        replaces Host."""
         url = url.split(b"#", 1)[0]
         if url[:1] == b"/":
-            return url
+            return url, None
         if url == b"*":
             if method == "OPTIONS":
-                return url
+                return url, None
         elif method == "CONNECT":
             if _AUTHORITY.fullmatch(url) and b"@" not in url:
-                return url
+                return url, None
         elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
-            authority = url.split(b"//", 1)[1].split(b"/", 1)[0]
+            rest = url.split(b"//", 1)[1]
+            end = len(rest)
+            for sep in (b"/", b"?"):
+                at = rest.find(sep)
+                if at != -1 and at < end:
+                    end = at
+            authority = rest[:end]
             if authority and _AUTHORITY.fullmatch(authority):
-                return url
+                target = rest[end:]
+                if target[:1] != b"/":
+                    target = b"/" + target
+                return target, authority.rpartition(b"@")[2]
         self.head_error = _BAD_URL
         raise HeadTooLarge
+
+    def _note_dropped(self, name: bytes) -> None:
+        global _dropped_noted
+        if not _dropped_noted:
+            _dropped_noted = True
+            log.info("a request header with '_' in its name (%r) was dropped; such headers never reach "
+                     "applications (further ones are only counted: counters 'headers_dropped')",
+                     name[:64].decode("latin-1"))
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("dropped request header %r", name[:64].decode("latin-1"))
+
+    def _count_dropped(self) -> None:
+        counters = self.listener.counters
+        counters["headers_dropped"] = counters.get("headers_dropped", 0) + self.dropped
 
     def _head_too_large(self) -> None:
         headers = self.headers
@@ -307,9 +382,8 @@ class HttpConnection(asyncio.Protocol):
             if len(headers[i]) + len(headers[i + 1]) > MAX_FIELD_LENGTH:
                 self.head_error = _FIELD_TOO_LONG
                 raise HeadTooLarge
-        if sum(map(len, headers)) > MAX_REQUEST_BYTES:
-            self.head_error = _HEAD_TOO_LONG
-            raise HeadTooLarge
+        self.head_error = _HEAD_TOO_LONG
+        raise HeadTooLarge
 
     def on_body(self, body: bytes) -> None:
         exch = self.parsing

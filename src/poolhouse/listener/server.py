@@ -778,6 +778,7 @@ class Listener:
             "connections": len(self.connections),
             "requests": self.counters["requests"],
             "requests_per_second": self.requests_per_second,
+            "headers_dropped": self.counters.get("headers_dropped", 0),  # names with "_"
             "pools": {
                 name: {
                     "state": q.state,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..config import ConfigError
+from ..urlpath import wsgi_str
 from ..config.model import Application, HandlerMapping, ServerConfig, Site, WebConfig
 from .app_environment import claim_process_environment, with_environment
 from .handlers.wfastcgi import is_wfastcgi
@@ -230,7 +231,7 @@ class WorkerApplication:
         self._mappings: dict[int, tuple[WebConfig, list[Mapping]]] = {}
         self._selections: dict[tuple[str, str], Selection] = {}
         self.environ_base: dict[str, Any] = {
-            "SCRIPT_NAME": self.base,
+            "SCRIPT_NAME": self.base if self.base.isascii() else wsgi_str(self.base),
             "APPL_PHYSICAL_PATH": app.physical_path,
             "APPL_MD_PATH": f"/LM/W3SVC/{site.id}/ROOT{self.base}",
             "INSTANCE_ID": str(site.id),

@@ -57,7 +57,7 @@ def error_page(status: int, substatus: int, detail: str = "") -> bytes:
         f"<title>{code} - {html.escape(phrase)}</title></head><body>"
         f"<h1>HTTP Error {code} - {html.escape(phrase)}</h1><p>{html.escape(message)}</p>{extra}"
         "</body></html>\n"
-    ).encode()
+    ).encode("utf-8", "replace")  # a path that is not UTF-8 (/x%ff) holds surrogates
 
 
 # 500.19: the detail is a ConfigError's text, "<file>:<line>: <section>: <reason>"
@@ -124,4 +124,4 @@ def detailed_error_page(status: int, substatus: int, info: list[tuple[str, str]]
         f"<h2>{html.escape(substatus_message(status, substatus))}</h2>"
         f"<h3>Detailed Error Information:</h3><table class=\"detailed\">{rows}</table>{extra}{more}"
         "</body></html>\n"
-    ).encode()
+    ).encode("utf-8", "replace")  # a path that is not UTF-8 (/x%ff) holds surrogates

@@ -97,6 +97,10 @@ def _settle(fut: asyncio.Future[None], exc: Exception | None) -> None:
 def build_scope(head: RequestHead, root_path: str, path: str, raw_path: bytes, query: str,
                 state: dict[str, Any]) -> dict[str, Any]:
     headers = head.headers
+    if not path.isascii():
+        # the ASGI spec: UTF-8 decoded text; bytes that are not UTF-8 become U+FFFD here
+        # (``raw_path`` keeps them), never surrogates an application cannot encode
+        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return {
         "type": "http",
         "asgi": ASGI_VERSION,
@@ -160,7 +164,12 @@ class AsgiRequest:
         if kind == "http.response.start":
             if self.headers is not None:
                 raise RuntimeError("http.response.start sent twice")
-            self.status = int(message["status"])
+            status = int(message["status"])
+            if not 200 <= status <= 999:
+                # an interim (1xx) status cannot be the answer: the client would wait for
+                # the final one, and the next response on the connection would pass for it
+                raise BadResponseHeader(f"status {status} is not a final status (200-999)")
+            self.status = status
             self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
             return
         if kind == "http.response.body":
@@ -219,7 +228,7 @@ async def run_asgi(app: AsgiApp, scope: dict[str, Any], stream: Stream) -> None:
     try:
         await app(scope, req.receive, req.send)
     except BadResponseHeader as exc:
-        log.error("ASGI application sent a bad header for %s: %s", scope["path"], exc)
+        log.error("ASGI application sent a bad response head for %s: %s", scope["path"], exc)
         if not req.head_sent:
             stream.worker.error_response(stream, 500, 0)
         else:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ...urlpath import host_name
+from ...urlpath import host_name, wsgi_str
 from ...ipc.queue import FileRange, RequestHead
 from ..stream import BadResponseHeader, Stream, build_header_block
 
@@ -98,6 +98,10 @@ class StartResponse:
             if not isinstance(status, str) or len(status) < 3 or not status[:3].isdigit():
                 raise ValueError(f"invalid WSGI status {status!r}")
             code = int(status[:3])
+            if code < 200:
+                # an interim (1xx) status cannot be the answer: the client would wait for
+                # the final one, and the next response on the connection would pass for it
+                raise ValueError(f"WSGI status {status!r} is not a final status (200-999)")
             if len(_STATUS_CACHE) < 1000:
                 _STATUS_CACHE[status] = code
         self.status = code
@@ -466,7 +470,7 @@ def build_environ(base: dict[str, Any], app_base: dict[str, Any], head: RequestH
     env = base.copy()
     env.update(app_base)
     env["REQUEST_METHOD"] = head.method
-    env["PATH_INFO"] = path_info
+    env["PATH_INFO"] = path_info if path_info.isascii() else wsgi_str(path_info)
     env["QUERY_STRING"] = query
     env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.http_minor else "HTTP/1.0"
     env["wsgi.url_scheme"] = head.scheme

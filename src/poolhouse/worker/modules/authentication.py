@@ -9,9 +9,12 @@ line, ``#`` comments::
     alice:$2b$12$...bcrypt hash...:admins,editors
     bob:$argon2id$v=19$...:editors            (argon2 needs the argon2-cffi package)
 
-The third field lists the user's groups (roles for URL authorization).  Verified
-credentials are remembered for 15 minutes (IIS's TokenCacheModule does the same for
-logon tokens), so the deliberately slow hash is computed once per user and password.
+The third field lists the user's groups (roles for URL authorization).  The deliberately
+slow hash is checked on a thread (the worker goes on serving while it runs), and a
+verified user and password are remembered for TOKEN_TTL (IIS's TokenCacheModule keeps
+logon tokens the same way, for longer): keyed by an HMAC of both under a secret of the
+process (no password, nor a plain hash of one, is kept), at most TOKEN_CACHE entries,
+forgotten as soon as the users file changes.  Failures are never remembered.
 
 Or PAM: the extension ``basicAuthentication/@pamService`` names a PAM service (a file
 of ``/etc/pam.d``, e.g. ``login``); a user the users file does not list (or every user,
@@ -25,10 +28,12 @@ from __future__ import annotations
 import base64
 import grp
 import hashlib
+import hmac
 import logging
 import os
 import pwd
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,7 +43,9 @@ from .base import LAST, Module, ModuleConfig
 
 log = logging.getLogger("poolhouse.worker")
 
-TOKEN_TTL = 900.0
+TOKEN_TTL = 60.0
+TOKEN_CACHE = 1024
+_TOKEN_SECRET = os.urandom(32)  # per process: a token key says nothing outside it
 
 
 class AnonymousAuthenticationModule(Module):
@@ -73,6 +80,7 @@ class UsersFile:
         self.stamp: tuple[float, int] | None = None
         self.users: dict[str, tuple[str, frozenset[str]]] = {}
         self.checked = 0.0
+        self.generation = 0  # counts reloads: a remembered verification is of one generation
 
     @classmethod
     def get(cls, path: str) -> "UsersFile":
@@ -91,6 +99,8 @@ class UsersFile:
         except OSError as exc:
             if self.stamp is not None or not self.users:
                 log.error("basicAuthentication usersFile %s: %s", self.path, exc)
+            if self.stamp is not None:
+                self.generation += 1
             self.users, self.stamp = {}, None
             return
         stamp = (st.st_mtime, st.st_size)
@@ -109,6 +119,7 @@ class UsersFile:
                     continue
                 users[name.lower()] = (digest, frozenset(g.strip().lower() for g in groups.split(",") if g.strip()))
         self.users, self.stamp = users, stamp
+        self.generation += 1
 
     def listed(self, user: str) -> bool:
         self.refresh()
@@ -119,12 +130,15 @@ class UsersFile:
         entry = self.users.get(user.lower())
         return entry[1] if entry else frozenset()
 
-    def verify(self, user: str, password: str) -> bool:
+    def digest(self, user: str) -> str | None:
         self.refresh()
         entry = self.users.get(user.lower())
-        if entry is None:
-            return False
-        return check_password(password, entry[0])
+        return entry[0] if entry is not None else None
+
+    def verify(self, user: str, password: str) -> bool:
+        """Blocking (the hash is slow on purpose): for a thread, not the event loop."""
+        digest = self.digest(user)
+        return digest is not None and check_password(password, digest)
 
 
 def check_password(password: str, digest: str) -> bool:
@@ -147,6 +161,16 @@ def check_password(password: str, digest: str) -> bool:
             return False
     log.error("unsupported password hash (use bcrypt or argon2)")
     return False
+
+
+def _hash_check(password: str, digest: str, generation: int) -> tuple[str, bool, frozenset[str], str]:
+    """On an auth thread: the users file's hash (the generation it was read from comes back
+    as the last field, so what is remembered is tied to the file that verified it)."""
+    return "usersFile", check_password(password, digest), frozenset(), str(generation)
+
+
+def _pam_source_check(service: str, user: str, password: str) -> tuple[str, bool, frozenset[str], str]:
+    return ("PAM", *pam_check(service, user, password))
 
 
 def hash_password(password: str, rounds: int = 12) -> str:
@@ -172,16 +196,20 @@ def unix_groups(user: str) -> frozenset[str]:
     return frozenset(names)
 
 
-_pam_threads: ThreadPoolExecutor | None = None
+_auth_threads: ThreadPoolExecutor | None = None
 
 
-def pam_executor() -> ThreadPoolExecutor:
-    """The worker's PAM threads: a few, apart from the application's, so slow PAM
-    checks (pam_unix delays a failure by seconds) never hold up a WSGI request."""
-    global _pam_threads
-    if _pam_threads is None:
-        _pam_threads = ThreadPoolExecutor(4, thread_name_prefix="pam")
-    return _pam_threads
+def auth_executor() -> ThreadPoolExecutor:
+    """The worker's credential-checking threads (password hashes, PAM): a few, apart
+    from the application's, so slow checks (bcrypt by design; pam_unix delays a failure
+    by seconds) never hold up the event loop or a WSGI request."""
+    global _auth_threads
+    if _auth_threads is None:
+        _auth_threads = ThreadPoolExecutor(4, thread_name_prefix="auth")
+    return _auth_threads
+
+
+pam_executor = auth_executor
 
 
 def pam_check(service: str, user: str, password: str) -> tuple[bool, frozenset[str], str]:
@@ -217,7 +245,8 @@ class BasicAuthenticationModule(Module):
             path = os.path.join(config.physical_path, path)
         self.users = UsersFile.get(path) if path else None
         self.pam_service = str(sec.get("pamService", "") or "").strip()
-        self._tokens: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        # HMAC(user, password) -> (valid until, roles, users file generation)
+        self._tokens: OrderedDict[bytes, tuple[float, frozenset[str], int]] = OrderedDict()
 
     def enabled(self) -> bool:
         if self.on and self.users is None and not self.pam_service:
@@ -237,34 +266,46 @@ class BasicAuthenticationModule(Module):
             return ctx.fail(401, 1, "Malformed Basic credentials.")
         if ctx.trace is not None and ctx.waited is None:
             ctx.trace_event("AUTH_START", authType="Basic", user=user)
-        key = (user.lower(), hashlib.sha256(password.encode()).hexdigest())
+        users = self.users
+        listed = users is not None and users.listed(user)  # re-reads a changed file (once a second)
+        generation = users.generation if users is not None else 0
+        key = hmac.new(_TOKEN_SECRET, user.lower().encode("utf-8", "surrogatepass") + b"\0"
+                       + password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
         now = time.monotonic()
-        token = self._tokens.get(key)
-        if token is None or token[0] < now:
-            roles: frozenset[str] | None = None
-            source = "usersFile"
-            if self.users is not None and self.users.listed(user):
-                if self.users.verify(user, password):
-                    roles = self.users.roles(user)
-            elif self.pam_service and "\x00" not in user + password:
-                source = "PAM"
-                waited = ctx.waited
-                if waited is None:  # check on a PAM thread; this hook runs again after
-                    return ctx.run_in_thread(pam_check, self.pam_service, user, password,
-                                             executor=pam_executor())
+        tokens = self._tokens
+        token = tokens.get(key)
+        if token is None or token[0] < now or token[2] != generation:
+            waited = ctx.waited
+            if waited is None:
+                if listed:
+                    assert users is not None
+                    digest = users.digest(user)
+                    if digest is not None:  # the hash runs on a thread; this hook runs again after
+                        return ctx.run_in_thread(_hash_check, password, digest, generation,
+                                                 executor=auth_executor())
+                elif self.pam_service and "\x00" not in user + password:
+                    return ctx.run_in_thread(_pam_source_check, self.pam_service, user, password,
+                                             executor=auth_executor())
+                source, ok, groups, reason = "usersFile", False, frozenset[str](), "not listed"
+            else:
                 ctx.waited = None
-                ok, groups, reason = waited.result()
-                if ok:
-                    roles = groups
-                else:
+                source, ok, groups, reason = waited.result()
+                if source == "PAM" and not ok:
                     log.info("PAM service %s refused user %r: %s", self.pam_service, user, reason)
+            roles: frozenset[str] | None = None
+            if ok:
+                if source == "PAM":
+                    roles = groups  # remembered until the users file (if any) changes too
+                elif users is not None:
+                    roles, generation = users.roles(user), int(reason)
             if roles is None:
-                self._tokens.pop(key, None)
+                tokens.pop(key, None)
                 ctx.trace_event("AUTH_FAILED", authType="Basic", user=user, source=source)
                 return ctx.fail(401, 1, f"Logon failed for user {user!r}.")
-            if len(self._tokens) > 10000:
-                self._tokens.clear()
-            token = self._tokens[key] = (now + TOKEN_TTL, roles)
+            token = tokens[key] = (now + TOKEN_TTL, roles, generation)
+            if len(tokens) > TOKEN_CACHE:
+                # the oldest verifications go first; an expired one is dropped when met
+                tokens.popitem(last=False)
         ctx.user = user
         ctx.auth_type = "Basic"
         ctx.roles = token[1]
@@ -281,5 +322,5 @@ class BasicAuthenticationModule(Module):
         return None
 
 
-__all__ = ["AnonymousAuthenticationModule", "BasicAuthenticationModule", "UsersFile", "check_password",
-           "hash_password", "pam_check", "unix_groups", "FINISH"]
+__all__ = ["AnonymousAuthenticationModule", "BasicAuthenticationModule", "UsersFile", "auth_executor",
+           "check_password", "hash_password", "pam_check", "unix_groups", "FINISH"]

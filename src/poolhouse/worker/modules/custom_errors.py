@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any
 
-from ...urlpath import host_name
+from ...urlpath import host_name, wsgi_str
 from ..apps import STATIC, WSGI
 from ..error_pages import detailed_error_page, error_page
 from ..pipeline import HttpContext, Response
@@ -171,7 +171,7 @@ class CustomErrorModule(Module):
             return None, _HTML
         if sel.kind == WSGI:
             environ = {
-                "REQUEST_METHOD": "GET", "SCRIPT_NAME": app.base, "PATH_INFO": path[len(app.base):],
+                "REQUEST_METHOD": "GET", "SCRIPT_NAME": wsgi_str(app.base), "PATH_INFO": wsgi_str(path[len(app.base):]),
                 "QUERY_STRING": query, "SERVER_NAME": host_name(ctx.headers.get("host", ""), "localhost"),
                 "SERVER_PORT": str(ctx.stream.head.server_port), "SERVER_PROTOCOL": "HTTP/1.1",
                 "REMOTE_ADDR": ctx.client_addr, "wsgi.version": (1, 0), "wsgi.url_scheme": ctx.scheme,
