@@ -7,7 +7,8 @@ import pytest
 
 from poolhouse.config import load_server_config
 from poolhouse.config.resolver import WebConfigResolver
-from poolhouse.listener.response_cache import AppCachePolicy, _under, config_path_key
+from poolhouse.config import config_path
+from poolhouse.listener.response_cache import AppCachePolicy, _under
 
 
 def _policy() -> AppCachePolicy:
@@ -59,7 +60,7 @@ def test_compression_off_where_the_module_is_removed_or_disabled() -> None:
 
 @pytest.mark.parametrize(("target", "prefix", "under"), [
     (b"/docs/f.txt", "/docs", True),
-    (b"/DOCS/f.txt", config_path_key("/docs"), True),
+    (b"/DOCS/f.txt", config_path("/docs"), True),
     (b"/docs./f.txt", "/docs", True),                           # trailing dot of a segment
     (b"/docs%20/f.txt", "/docs", True),                         # trailing space, percent-encoded
     (b"/docs/sub/f.txt?x=1", "/docs", True),
@@ -68,4 +69,4 @@ def test_compression_off_where_the_module_is_removed_or_disabled() -> None:
     (b"/anything", "/", True),
 ])
 def test_configuration_paths_match_as_iis_matches_them(target: bytes, prefix: str, under: bool) -> None:
-    assert _under(target, config_path_key(prefix)) is under
+    assert _under(target, config_path(prefix)) is under

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..config import config_path
 from ..http import conditional
 from ..http.dates import parse_http_date
 from ..http.encodings import choose_coding
@@ -285,26 +286,21 @@ def precondition(method: str, etag: str, last_modified: int | None, headers: tup
                                 _field(headers, b"if-modified-since"))
 
 
-def config_path_key(path: str) -> str:
-    """A URL path as IIS matches configuration paths on NTFS: case-insensitively, and
-    ignoring the trailing dots and spaces of each segment."""
-    return "/".join(seg if seg in (".", "..") else seg.rstrip(". ") for seg in path.lower().split("/"))
-
-
 def _folder_key(target: bytes) -> str:
     """The configuration path of a request target's folder."""
     try:
-        path = config_path_key(normalize(split_target(target)[0]))
+        url = normalize(split_target(target)[0])
     except (BadPath, ValueError):
         return "/"
-    return path.rsplit("/", 1)[0] or "/"
+    path = config_path(url)
+    return path if url.endswith("/") else path.rsplit("/", 1)[0] or "/"
 
 
 def _under(target: bytes, prefix: str) -> bool:
     """Is the (raw) request target at or below the configuration path ``prefix``
-    (already through ``config_path_key``, without a trailing slash but for "/")?"""
+    (already through ``config_path``)?"""
     try:
-        path = config_path_key(normalize(split_target(target)[0]))
+        path = config_path(normalize(split_target(target)[0]))
     except (BadPath, ValueError):
         return True  # cannot tell: flushed
     return prefix in ("", "/") or path == prefix or path.startswith(prefix + "/")
@@ -399,7 +395,7 @@ class ResponseCache:
         """Remove the entries of a site (all sites: None), of one URL, or at and below
         a configuration path (``path``: a URL path, matched as IIS matches configuration
         paths).  Returns how many went."""
-        prefix = config_path_key(path).rstrip("/") or "/" if path is not None else None
+        prefix = config_path(path) if path is not None else None
         doomed = [e for e in self.lru.values()
                   if (site_id is None or e.key[0] == site_id)
                   and (url is None or e.url.lower() == url.lower())
