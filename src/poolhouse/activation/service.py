@@ -846,7 +846,10 @@ class ActivationService:
         self.notifier.stopping("draining: " + self.status_line())
         if getattr(self, "config_watch", None) is not None:
             await self.config_watch.stop()
+        # the whole stop is bounded by the longest shutdownTimeLimit (plus a few seconds
+        # for processes to exit): the packaged unit's TimeoutStopSec allows for that
         limit = max([p.config.shutdown_time_limit for p in self.pools.values()] or [90.0])
+        deadline = time.monotonic() + limit
         for pool in self.pools.values():
             if not pool.ready_workers and self.listener_control is not None:
                 # nothing will serve what waits in this pool's queue: refuse it now
@@ -861,8 +864,11 @@ class ActivationService:
             if w.state == ORPHANED:
                 w.kill()  # kept for debugging while we ran; nothing is left behind
             else:
-                w.drain(w.pool.shutdown_time_limit, "service stopping")
-        deadline = time.monotonic() + limit + 2
+                # what the listener's drain left in flight has the rest of its pool's
+                # shutdownTimeLimit, not a second one
+                left = w.pool.shutdown_time_limit - (time.monotonic() - (deadline - limit))
+                w.drain(max(1.0, left), "service stopping")
+        deadline = max(deadline, time.monotonic() + 1.0) + 2
         while any(w.state != DEAD for w in workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.listener_control is not None:
