@@ -84,11 +84,11 @@ class GroupServer(Server):
 def group_server(tmp_path: Path) -> Iterator[Callable[[], GroupServer]]:
     started: list[GroupServer] = []
 
-    def start() -> GroupServer:
+    def start(files: dict[str, str] | None = None) -> GroupServer:
         root = tmp_path / f"srv{len(started)}"
         (root / "app").mkdir(parents=True)
-        (root / "app" / "app.py").write_text(textwrap.dedent(APP))
-        (root / "app" / "web.config").write_text(WEBCONFIG)
+        for rel, text in (files or {"app/app.py": APP, "app/web.config": WEBCONFIG}).items():
+            (root / rel).write_text(textwrap.dedent(text))
         port = free_port()
         cfg = root / "applicationHost.config"
         cfg.write_text(CONFIG.replace("{root}", str(root)).replace("{port}", str(port)))
@@ -115,7 +115,7 @@ def _stop_with_request_in_flight(server: GroupServer, send: Callable[[], None]) 
     the server took to exit after the signal."""
     assert httpx.get(server.url("/pid"), timeout=30).status_code == 200  # a worker runs
     server.remember_descendants()
-    assert len(server.descendants) >= 2  # the listener and the worker, in the group
+    assert len(server.descendants) >= 2  # the listener and the worker
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.get, server.url("/slow?3"), timeout=30)
         server.wait_for(lambda: any(r.get("url") == "/slow?3" for r in server.api("list", what="requests")),
@@ -129,7 +129,7 @@ def _stop_with_request_in_flight(server: GroupServer, send: Callable[[], None]) 
 
 
 def _check_clean_stop(server: GroupServer, response: httpx.Response, took: float) -> None:
-    assert response.status_code == 200 and response.text == "slow done"
+    assert response.status_code == 200 and response.text == "slow done", response.text
     assert server.proc is not None and server.proc.returncode == 0
     # the request ends ~3 s after the signal; the stop follows it at once (the old
     # behaviour waited out the 10 s kill timer): 5 s and a margin for a loaded machine
@@ -192,3 +192,43 @@ def test_sigterm_to_one_worker_alone_recycles_it(group_server) -> None:
     assert any(e["event"] == "worker_signalled" and e["pid"] == old for e in events)
     exits = [e for e in events if e["event"] == "worker_exited" and e["pid"] == old]
     assert exits and exits[0]["reason"] == "stopped"
+
+
+# a backend with the default SIGTERM disposition (it dies at once, in-flight request and all)
+PLATFORM_APP = """\
+import http.server, os, time
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/slow?3":
+            time.sleep(3)
+        body = b"slow done" if self.path.startswith("/slow") else b"1"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["HTTP_PLATFORM_PORT"])), Handler).serve_forever()
+"""
+
+PLATFORM_WEB = f"""<?xml version="1.0" encoding="utf-8"?>
+<configuration>
+  <system.webServer>
+    <handlers>
+      <add name="httpPlatformHandler" path="*" verb="*" modules="httpPlatformHandler" resourceType="Unspecified" />
+    </handlers>
+    <httpPlatform processPath="{sys.executable}" arguments="main.py" startupTimeLimit="20" />
+  </system.webServer>
+</configuration>"""
+
+
+def test_group_signal_spares_the_http_platform_process(group_server) -> None:
+    """An httpPlatform process belongs to its worker: it is in a process group of its
+    own, so a signal to the server's group does not cut the request it is answering; the
+    worker stops it when the service has drained the worker."""
+    server = group_server({"app/main.py": PLATFORM_APP, "app/web.config": PLATFORM_WEB})
+    assert server.proc is not None
+    response, took = _stop_with_request_in_flight(server, lambda: os.killpg(server.proc.pid, signal.SIGTERM))
+    assert response.status_code == 200 and response.text == "slow done", response.text
+    assert server.proc.returncode == 0 and took < 10.0
+    server.wait_for(lambda: server.leftover() == [], timeout=10)

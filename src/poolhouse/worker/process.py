@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from typing import Any, cast
 
@@ -351,6 +352,10 @@ class WorkerProcess:
             await lifespan.shutdown(self.shutdown_timeout)
         if self.wsgi is not None:
             self.wsgi.close()
+        platform = sys.modules.get("poolhouse.worker.handlers.http_platform")
+        if platform is not None:
+            # the httpPlatform processes are this worker's: SIGTERM, then SIGKILL after 2 s
+            await self.loop.run_in_executor(None, platform.stop_all)
 
     # ---- queue frames -------------------------------------------------------------
 
