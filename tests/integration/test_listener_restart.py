@@ -171,3 +171,34 @@ def test_worker_whose_queue_the_listener_closes_is_drained(poolhouse_server) -> 
     drained = [e for e in events if e["event"] == "worker_state" and e["pid"] == pid_b and e["new"] == "Draining"]
     assert drained and "closed by the listener" in drained[0]["reason"]
     assert "broke the queue protocol" in server.stderr()
+
+
+SLOW_BOOT = apphost(
+    sites="""
+    <site name="A" id="1">
+      <application path="/" applicationPool="PoolA">
+        <virtualDirectory path="/" physicalPath="{root}/a" />
+      </application>
+      <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+    </site>""",
+    pools='<add name="PoolA" startMode="AlwaysRunning" />',
+)
+
+
+def test_listener_dies_while_a_worker_loads_its_application(poolhouse_server) -> None:
+    """A worker still importing its application when the listener dies takes the new
+    listener's queue socket when it has booted: it becomes ready there, and no second
+    worker is started."""
+    files = {"a/app.py": "import time\ntime.sleep(4)  # a slow import\n" + APP, "a/web.config": WEBCONFIG}
+    server = poolhouse_server(SLOW_BOOT, files)
+    booting = server.wait_for(lambda: [w for w in server.workers("PoolA") if w["state"] == "Initializing"],
+                              timeout=20)[0]
+    old = _listener(server)
+    old.kill()
+    old.wait(10)
+    server.wait_for(lambda: any(e["event"] == "worker_reattached" for e in server.events()), timeout=30)
+    pid, hits = _hit(server.url("/count"))
+    assert (pid, hits) == (booting["pid"], 1)
+    events = server.events()
+    assert [e["pid"] for e in events if e["event"] == "worker_started"] == [pid]
+    assert not [e for e in events if e["event"] == "worker_exited"]

@@ -207,7 +207,9 @@ class ActivationService:
         if self.fd_channel is not None:
             self.fd_channel.close()
         self.fd_channel = fd_ours
-        self.listener_control = await open_control(control_ours, self.on_listener_message, self._listener_lost)
+        generation = self.listener_generation
+        self.listener_control = await open_control(control_ours, self.on_listener_message,
+                                                   lambda exc: self._listener_lost(exc, generation))
         self.program_listener()
         self.loop.create_task(self._watch_listener(self.listener_proc))
         try:
@@ -256,6 +258,14 @@ class ActivationService:
             await self.reattach_workers()
         finally:
             self.listener_restarting = False
+        for pool in self.pools.values():
+            # requests the new listener asked a worker for while the others were being
+            # re-attached, and AlwaysRunning pools whose worker could not be kept
+            if (pool.state == STARTED and pool.config.start_mode == "AlwaysRunning"
+                    and not pool.live_workers and not pool.spawning):
+                self.start_worker(pool)
+            else:
+                self._maybe_respawn(pool)
 
     async def reattach_workers(self) -> None:
         """Give every running worker a queue to the new listener (new socket pairs: the
@@ -283,7 +293,12 @@ class ActivationService:
                 else:
                     w.drain(pool.config.shutdown_time_limit, "could not be re-attached to the new listener")
 
-    def _listener_lost(self, exc: Exception | None) -> None:
+    def _listener_lost(self, exc: Exception | None, generation: int) -> None:
+        if generation != self.listener_generation or self.stopping:
+            return  # an older listener's channel, or the end of a stop
+        # its channel closes as it dies: its workers' reports of a lost queue, which may
+        # come before its exit is reaped, are about this death
+        self.listener_restarting = True
         if self.listener_proc is not None and self.listener_proc.returncode is None and not self.stopping:
             try:
                 self.listener_proc.kill()
@@ -362,8 +377,8 @@ class ActivationService:
         """Start one worker of ``pool`` in the background.  It counts as starting (and
         against maxProcesses) from this moment, so two decisions in one loop turn (a
         worker's exit and the listener's demand) cannot both start one."""
-        if pool.state != STARTED or self.stopping or self.fd_channel is None:
-            return
+        if pool.state != STARTED or self.stopping or self.fd_channel is None or self.listener_restarting:
+            return  # (after a listener restart, AlwaysRunning pools and demand start them)
         pool.spawning += 1
         pool.pre_spawn += 1
         self.loop.create_task(self._start_worker(pool, recycle))
