@@ -137,6 +137,7 @@ class WorkerHandle:
         control_ours, control_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd_ours, fd_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd_ours.shutdown(socket.SHUT_RD)  # it only carries descriptors to the worker
+        fd_ours.setblocking(False)  # a worker that does not read it is not re-attached, never waited for
         self.fd_out = fd_ours
         python = self.pool.python_executable or sys.executable
         ident: dict[str, Any] = {}
@@ -165,6 +166,13 @@ class WorkerHandle:
                 start_new_session=False,
                 **ident,
             )
+        except BaseException:
+            for ours, _ in pairs.values():
+                ours.close()
+            control_ours.close()
+            fd_ours.close()
+            self.fd_out = None
+            raise
         finally:
             for _, theirs in pairs.values():
                 theirs.close()
@@ -190,8 +198,8 @@ class WorkerHandle:
     def reattach(self, fd_channel: socket.socket, generation: int) -> bool:
         """Attach this running worker to a new listener: fresh pairs of its listener
         sockets, the worker's ends over its descriptor channel, the listener's over
-        ``fd_channel``.  False (nothing sent to the listener) if the worker cannot be
-        reached; the caller stops it then."""
+        ``fd_channel``.  False if the worker or the listener cannot be reached (an end
+        that did arrive finds its peer closed); the caller then drains the worker."""
         if self.fd_out is None or self.proc is None or self.proc.returncode is not None:
             return False
         try:
