@@ -30,6 +30,19 @@ def app(environ, start_response):
         worker = next(o for o in gc.get_objects() if isinstance(o, WorkerProcess))
         worker.transport.write(struct.pack("<BBII", 2, 0, 1, 0xFFFFFFFF))
         body = b"broken"
+    elif path == "/write-fd-channel":
+        # a hostile application: write on the channel that brings descriptors from the
+        # service (and offer it one of ours)
+        import array, gc, socket
+        from poolhouse.worker.process import WorkerProcess
+        worker = next(o for o in gc.get_objects() if isinstance(o, WorkerProcess))
+        sock = worker.fd_receiver._sock
+        try:
+            sock.sendmsg([b'{"op": "attach_worker"}'],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0]))])
+            body = b"sent"
+        except OSError as exc:
+            body = type(exc).__name__.encode()
     elif path == "/slow":
         time.sleep(float(environ.get("QUERY_STRING") or 1))
         body = b"slow done"
@@ -202,3 +215,12 @@ def test_listener_dies_while_a_worker_loads_its_application(poolhouse_server) ->
     events = server.events()
     assert [e["pid"] for e in events if e["event"] == "worker_started"] == [pid]
     assert not [e for e in events if e["event"] == "worker_exited"]
+
+
+def test_application_cannot_write_on_its_descriptor_channel(poolhouse_server) -> None:
+    """The channel that brings a worker its new queue socket goes one way: the worker
+    shut its sending side before loading any application, so application code cannot
+    hand the service anything on it."""
+    server = poolhouse_server(CONFIG, FILES, extra_ports=1)
+    r = httpx.get(f"http://127.0.0.1:{server.ports[1]}/write-fd-channel", timeout=30)
+    assert r.status_code == 200 and r.text == "BrokenPipeError", r.text
