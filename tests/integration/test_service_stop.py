@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,11 +69,13 @@ class GroupServer(Server):
     """The server in a session (and process group) of its own, as a service manager or
     a shell's job control starts it, so the test can signal the whole group."""
 
+    prefix: list[str] = []  # a command that runs the server, as ``timeout`` does
+
     def start(self, wait: bool = True) -> None:
         self.state_dir.mkdir(exist_ok=True)
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "poolhouse.admin.cli", "--state-dir", str(self.state_dir),
+            [*self.prefix, sys.executable, "-m", "poolhouse.admin.cli", "--state-dir", str(self.state_dir),
              "serve", "-c", str(self.config)],
             stdout=self._stderr, stderr=self._stderr, stdin=subprocess.DEVNULL, start_new_session=True,
         )
@@ -84,7 +87,7 @@ class GroupServer(Server):
 def group_server(tmp_path: Path) -> Iterator[Callable[[], GroupServer]]:
     started: list[GroupServer] = []
 
-    def start(files: dict[str, str] | None = None) -> GroupServer:
+    def start(files: dict[str, str] | None = None, prefix: list[str] | None = None) -> GroupServer:
         root = tmp_path / f"srv{len(started)}"
         (root / "app").mkdir(parents=True)
         for rel, text in (files or {"app/app.py": APP, "app/web.config": WEBCONFIG}).items():
@@ -93,6 +96,7 @@ def group_server(tmp_path: Path) -> Iterator[Callable[[], GroupServer]]:
         cfg = root / "applicationHost.config"
         cfg.write_text(CONFIG.replace("{root}", str(root)).replace("{port}", str(port)))
         server = GroupServer(root, cfg, port, [port])
+        server.prefix = prefix or []
         started.append(server)
         server.start()
         return server
@@ -153,6 +157,22 @@ def test_signal_to_the_process_group_drains(group_server, sig: signal.Signals) -
     assert server.proc is not None
     response, took = _stop_with_request_in_flight(server, lambda: os.killpg(server.proc.pid, sig))
     _check_clean_stop(server, response, took)
+
+
+def test_stop_by_timeout_drains(group_server) -> None:
+    """``timeout`` (coreutils) passes a SIGTERM it gets on to its whole process group."""
+    timeout = shutil.which("timeout")
+    if timeout is None:
+        pytest.skip("no timeout command")
+    server = group_server(prefix=[timeout, "600"])
+    assert server.proc is not None
+    response, took = _stop_with_request_in_flight(server, lambda: server.proc.send_signal(signal.SIGTERM))
+    assert response.status_code == 200 and response.text == "slow done", response.text
+    assert took < 8.0, f"the stop took {took:.1f} s"
+    assert server.leftover() == []
+    assert not any(e["event"] == "listener_exited" for e in server.events())
+    exits = [e for e in server.events() if e["event"] == "worker_exited"]
+    assert exits and all(e["reason"] == "stopped" for e in exits), exits
 
 
 def test_sigterm_to_the_service_alone_still_drains(group_server) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from poolhouse.activation.sd_notify import socket_address, watchdog_interval
+from poolhouse.activation.sd_notify import socket_address
 
 from .conftest import apphost
 
@@ -112,15 +112,6 @@ def test_sd_notify_ready_status_watchdog_stopping(poolhouse_server, monkeypatch,
         assert stopping["STATUS"].startswith("draining")
     finally:
         sock.close()
-
-
-def test_no_notify_socket_no_watchdog() -> None:
-    assert watchdog_interval(None, None, 1) is None
-    assert watchdog_interval("1000000", None, 1) == 0.5
-    assert watchdog_interval("1000000", "2", 1) is None  # WATCHDOG_PID names another process
-    assert watchdog_interval("1000000", "1", 1) == 0.5
-    assert watchdog_interval("bogus", None, 1) is None
-    assert socket_address("@x") == b"\0x" and socket_address("/run/x") == "/run/x"
 
 
 def _unit() -> configparser.RawConfigParser:
