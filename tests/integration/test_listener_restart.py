@@ -224,3 +224,34 @@ def test_application_cannot_write_on_its_descriptor_channel(poolhouse_server) ->
     server = poolhouse_server(CONFIG, FILES, extra_ports=1)
     r = httpx.get(f"http://127.0.0.1:{server.ports[1]}/write-fd-channel", timeout=30)
     assert r.status_code == 200 and r.text == "BrokenPipeError", r.text
+
+
+def test_draining_worker_ends_cleanly_when_the_listener_dies(poolhouse_server) -> None:
+    """A worker that was draining (recycled, finishing a request) when the listener died
+    has nothing left to answer for: it exits as stopped (code 0, no crash event), and its
+    replacement is re-attached."""
+    server = poolhouse_server(CONFIG, FILES, extra_ports=1)
+    url_a = f"http://127.0.0.1:{server.ports[0]}"
+    old_pid, _ = _hit(url_a + "/count")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, url_a + "/slow?4", timeout=30)
+        server.wait_for(lambda: any(r.get("url") == "/slow?4" for r in server.api("list", what="requests")),
+                        timeout=10)
+        assert server.cli("recycle", "apppool", "PoolA").returncode == 0
+        server.wait_for(lambda: any(w["pid"] == old_pid and w["state"] == "Draining" for w in server.workers("PoolA")),
+                        timeout=20)
+        old = _listener(server)
+        old.kill()
+        old.wait(10)
+        try:
+            slow.result()
+        except httpx.TransportError:
+            pass
+    server.wait_for(lambda: [e for e in server.events() if e["event"] == "worker_exited" and e["pid"] == old_pid],
+                    timeout=20)
+    [gone] = [e for e in server.events() if e["event"] == "worker_exited" and e["pid"] == old_pid]
+    assert gone["exit_code"] == 0 and gone["reason"] == "stopped", gone
+    server.wait_for(lambda: any(e["event"] == "worker_reattached" for e in server.events()), timeout=30)
+    new_pid, hits = _hit(url_a + "/count")
+    assert new_pid != old_pid and hits == 1
+    assert "Traceback" not in server.stderr()

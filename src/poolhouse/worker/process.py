@@ -320,6 +320,7 @@ class WorkerProcess:
         if proto is not self.queue or self.done.is_set():
             return
         if self.draining:
+            self.detach_queue()  # nothing more can be answered; what is left goes nowhere
             self.exit(exit_codes.STOPPED)
             return
         dropped = self.detach_queue()
@@ -374,8 +375,9 @@ class WorkerProcess:
     def _flush(self) -> None:
         self._flush_scheduled = False
         out, self._out = self._out, []
-        if self.transport is not None and out:
-            self.transport.writelines(out)
+        transport = self.transport
+        if transport is not None and out and not transport.is_closing():
+            transport.writelines(out)
 
     def call_threadsafe(self, fn: Any, *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
