@@ -27,13 +27,19 @@ $(ALT_STAMP): pyproject.toml | $(STAMP)
 	$(ALT_VENV)/bin/python -m pip install -q 'flask>=2.3,<3' 'werkzeug>=2.3,<3' -e .
 	touch $(ALT_STAMP)
 
-# Programs the tests drive for real (goaccess parses the W3C log), from Debian's packages.
+# Programs the tests drive for real (goaccess parses the W3C log, systemd-analyze checks
+# the shipped unit file), from Debian's packages.
 system-deps:
 	@command -v goaccess >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq goaccess) >/dev/null \
 	      || echo "warning: could not install goaccess; the W3C log format test will be skipped"; \
 	  else echo "warning: goaccess missing (install it to run the W3C log format test)"; fi; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd) >/dev/null \
+	      || echo "warning: could not install systemd; the unit file check will be skipped"; \
+	  else echo "warning: systemd-analyze missing (install systemd to run the unit file check)"; fi; }
 
 install: $(STAMP) $(ALT_STAMP) system-deps
 

@@ -39,6 +39,7 @@ RECYCLE_REASONS: dict[str, tuple[int | None, str]] = {
     "administrator": (RECYCLE_ADMIN, "OnDemand"),
     "configuration change": (RECYCLE_CONFIG, "ConfigChange"),
     "requestTimeout": (None, ""),  # Poolhouse: a request outlived <python requestTimeout>
+    "signal": (None, ""),  # Poolhouse: SIGTERM/SIGINT sent to the worker alone
 }
 
 

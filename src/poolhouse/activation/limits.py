@@ -10,6 +10,12 @@ controllers (a writable cgroup2 mount whose subtree we may delegate), each pool 
   count, a kernel backstop for a runaway allocation between two measurements (the
   recycle itself still happens by measurement at the configured value).
 
+Under a service manager that delegated the service's own cgroup to it (systemd's
+``Delegate=yes``, which the packaged unit sets), the pools' cgroups go beneath that one
+instead, so the service manager still sees (and, at the end of a stop, kills) every
+worker: the service moves itself to ``<own>/service`` (a cgroup with processes cannot
+also hand controllers to children) and the pools get ``<own>/pools/<pool>``.
+
 Otherwise (no cgroup v2, controllers not delegated, read-only) everything is done by
 measurement: CPU time of the pool's workers is summed over ``resetInterval`` and
 ``KillW3wp`` stops them; ``Throttle`` cannot be enforced and is logged as such; memory is
@@ -41,7 +47,8 @@ def _cgroup2_root() -> str | None:
 
 
 def _own_cgroup() -> str:
-    """This process's cgroup v2 path ("/" at the top), from /proc/self/cgroup."""
+    """This process's cgroup v2 path ("/" at the top; ``/system.slice/poolhouse.service``
+    under systemd), from /proc/self/cgroup."""
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as fh:
             for line in fh:
@@ -52,11 +59,23 @@ def _own_cgroup() -> str:
     return "/"
 
 
+def _delegated(path: str) -> bool:
+    """systemd marks a cgroup it delegated (Delegate=yes) with this extended attribute."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class CgroupManager:
     """Per-pool cgroups when possible; ``available`` False means measurement only."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str | None = None, own: str | None = None) -> None:
         self.available = False
+        self.delegated = False
         self.base = ""
         self.why = ""
         # CGI containment (docs/pipeline.md): each worker gets a cgroup of its own, owned
@@ -66,21 +85,26 @@ class CgroupManager:
         self.delegation_why = ""
         self.workers: dict[int, str] = {}
         self.leftovers: list[str] = []
-        root = _cgroup2_root()
+        root = root if root is not None else _cgroup2_root()
         if root is None:
             self.why = self.delegation_why = "no cgroup v2 hierarchy is mounted"
             return
-        base = os.path.join(root, "poolhouse")
+        own = own if own is not None else _own_cgroup()
+        here = os.path.join(root, own.strip("/")) if own.strip("/") else root
+        managed = here != root and os.path.isdir(here) and _delegated(here)
+        if managed:
+            self._use_delegated(here)  # the pools' limits beneath our own unit
         # the workers' own groups go below the service's own cgroup (under systemd, the
-        # unit's: a stop still reaches every worker; the unit wants Delegate=yes), or at
-        # the top of the hierarchy when the service runs there
-        own = _own_cgroup()
-        delegation = os.path.join(root, own.strip("/"), "poolhouse") if own.strip("/") else base
+        # unit's: a stop still reaches every worker), beside the pools' limit groups
+        delegation = self.base if self.available else os.path.join(here, "poolhouse")
         try:
             os.makedirs(delegation, exist_ok=True)
             self.delegation = delegation
         except OSError as exc:
             self.delegation_why = f"cannot create {delegation}: {exc.strerror}"
+        if managed:
+            return  # a delegated unit's cgroup, with or without its controllers: never the top
+        base = os.path.join(root, "poolhouse")
         try:
             with open(os.path.join(root, "cgroup.controllers"), encoding="utf-8") as fh:
                 controllers = set(fh.read().split())
@@ -101,6 +125,32 @@ class CgroupManager:
             self.why = f"cannot delegate cpu and memory under {root}: {exc.strerror}"
             return
         self.available = True
+        self.base = base
+
+    def _use_delegated(self, here: str) -> None:
+        """Our own delegated cgroup: move into a leaf, then hand cpu and memory down."""
+        try:
+            with open(os.path.join(here, "cgroup.controllers"), encoding="utf-8") as fh:
+                controllers = set(fh.read().split())
+        except OSError as exc:
+            self.why = f"cannot read {here}/cgroup.controllers: {exc.strerror}"
+            return
+        missing = {"cpu", "memory"} - controllers
+        if missing:
+            self.why = f"the delegated cgroup {here} does not offer {', '.join(sorted(missing))}"
+            return
+        leaf, base = os.path.join(here, "service"), os.path.join(here, "pools")
+        try:
+            os.makedirs(leaf, exist_ok=True)
+            os.makedirs(base, exist_ok=True)
+            _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+            _write(os.path.join(here, "cgroup.subtree_control"), "+cpu +memory")
+            _write(os.path.join(base, "cgroup.subtree_control"), "+cpu +memory")
+        except OSError as exc:
+            self.why = f"cannot delegate cpu and memory under {here}: {exc.strerror}"
+            return
+        self.available = True
+        self.delegated = True
         self.base = base
 
     def describe(self) -> str:

@@ -2,8 +2,14 @@
 starts and supervises the listener, starts workers on demand, notices their deaths,
 replaces and recycles them, and serves the management API.
 
-Signal handlers only enqueue; the service's loop does the work (SIGTERM: drain and stop,
-SIGHUP: reload the configuration).
+Signal handlers only enqueue; the service's loop does the work (SIGTERM or SIGINT: drain
+and stop, SIGHUP: reload the configuration).  The listener and the workers do not stop by
+themselves on SIGTERM/SIGINT, which a service manager or a shell may send to the whole
+process group: they are drained from here, in order.  A worker that reports such a
+signal while the service got none was signalled alone, and is recycled.
+
+Under systemd (``Type=notify``) the service reports READY/RELOADING/STOPPING, a STATUS
+line and watchdog pings (``sd_notify``).
 """
 
 from __future__ import annotations
@@ -37,13 +43,22 @@ from .limits import CgroupManager, memory_kb
 from .management import ManagementServer
 from .monitor import Monitor
 from .pools import RAPID_FAIL, STARTED, STOPPED, PoolRuntime
+from .sd_notify import Notifier
 from .sockets import open_listening_socket
 from .states import ORPHANED, SUSPENDED
-from .workers import DEAD, DRAINING, READY, WorkerHandle
+from .workers import DEAD, DRAINING, INITIALIZING, READY, WorkerHandle
 
 log = logging.getLogger("poolhouse.activation")
 
 LISTENER_RESTART_DELAY = 0.5
+# A worker's report of SIGTERM/SIGINT is acted on only if the service has not been told to
+# stop within this time: a signal to the process group reaches every process at once,
+# and the worker's report may arrive before the service's own signal is dispatched.
+SIGNAL_GRACE = 2.0
+# A worker that lost its queue while the listener lives (the listener closed it) is
+# drained after this long unless a new listener's attach reached it meanwhile.
+QUEUE_LOST_GRACE = 2.0
+STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to the service manager
 
 
 class ActivationService:
@@ -71,6 +86,9 @@ class ActivationService:
         self.started_at = time.time()
         self.listener_started = 0.0
         self.listener_restarts = 0
+        self.listener_generation = 0  # counts the listeners started; workers know theirs
+        self.listener_restarting = False  # from a listener's death to its workers' re-attach
+        self.notifier = Notifier.from_environment()  # before any child inherits $NOTIFY_SOCKET
         self.identities = IdentityAllocator(self.state_dir)
         self.cgroups = CgroupManager()
         self.interpreters = InterpreterCheck()
@@ -106,6 +124,37 @@ class ActivationService:
                          identities="per-pool users" if self.identities.is_root else
                          f"not root: every worker runs as uid {os.geteuid()}",
                          limits=self.cgroups.describe())
+        if self.notifier.enabled:
+            self.notifier.ready(self.status_line())
+            self.loop.create_task(self._notify_loop())
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: pools and workers."""
+        started = sum(1 for p in self.pools.values() if p.state == STARTED)
+        ready = sum(1 for p in self.pools.values() for w in p.workers if w.state == READY)
+        others = sum(1 for p in self.pools.values() for w in p.workers if w.state not in (READY, DEAD))
+        listener = (f"listener pid {self.listener_proc.pid}" if self.listener_proc is not None
+                    and self.listener_proc.returncode is None else "listener restarting")
+        return (f"{started}/{len(self.pools)} application pools started, {ready} worker(s) ready"
+                + (f", {others} starting/draining" if others else "") + f", {listener}")
+
+    async def _notify_loop(self) -> None:
+        """WATCHDOG=1 every half WatchdogSec (from this loop: a service whose loop hangs
+        stops pinging, and systemd restarts it), and STATUS= when it changed."""
+        interval = min(self.notifier.watchdog or STATUS_INTERVAL, STATUS_INTERVAL)
+        last_status = ""
+        next_status = 0.0
+        while not self.stopping:
+            if self.notifier.watchdog:
+                self.notifier.ping()
+            now = time.monotonic()
+            if now >= next_status:
+                status = self.status_line()
+                if status != last_status:
+                    self.notifier.status(status)
+                    last_status = status
+                next_status = now + STATUS_INTERVAL
+            await asyncio.sleep(interval)
 
     def apply_sockets(self, config: ServerConfig) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         """Open the sockets the configuration's bindings need, close the ones it no
@@ -139,6 +188,7 @@ class ActivationService:
                  for (ip, port), s in self.sockets.items()]
         self.listener_ready.clear()
         self.listener_started = time.monotonic()
+        self.listener_generation += 1
         try:
             self.listener_proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "poolhouse.listener",
@@ -157,7 +207,9 @@ class ActivationService:
         if self.fd_channel is not None:
             self.fd_channel.close()
         self.fd_channel = fd_ours
-        self.listener_control = await open_control(control_ours, self.on_listener_message, self._listener_lost)
+        generation = self.listener_generation
+        self.listener_control = await open_control(control_ours, self.on_listener_message,
+                                                   lambda exc: self._listener_lost(exc, generation))
         self.program_listener()
         self.loop.create_task(self._watch_listener(self.listener_proc))
         try:
@@ -220,18 +272,64 @@ class ActivationService:
         if self.stopping:
             return
         self.events.emit("listener_exited", logging.ERROR, pid=proc.pid, reason=exit_codes.describe(code))
-        # Workers lose their queue with the listener and exit; start a new listener on
-        # the same sockets (their backlog kept every waiting connection).  A listener
-        # that keeps dying young is restarted ever more slowly.
-        lived = time.monotonic() - self.listener_started
-        self.listener_restarts = self.listener_restarts + 1 if lived < 10 else 0
-        await asyncio.sleep(min(30.0, LISTENER_RESTART_DELAY * (2 ** min(self.listener_restarts, 6))))
-        if not self.stopping:
+        # The requests it held are lost with its connections.  Start a new listener on
+        # the same sockets (their backlog kept every waiting connection) and re-attach the
+        # running workers to it, warm.  A listener that keeps dying young is restarted
+        # ever more slowly.
+        self.listener_restarting = True
+        try:
+            lived = time.monotonic() - self.listener_started
+            self.listener_restarts = self.listener_restarts + 1 if lived < 10 else 0
+            await asyncio.sleep(min(30.0, LISTENER_RESTART_DELAY * (2 ** min(self.listener_restarts, 6))))
+            if self.stopping:
+                return
             for pool in self.pools.values():
                 pool.demand = False
             await self.start_listener()
+            await self.reattach_workers()
+        finally:
+            self.listener_restarting = False
+        for pool in self.pools.values():
+            # requests the new listener asked a worker for while the others were being
+            # re-attached, and AlwaysRunning pools whose worker could not be kept
+            if (pool.state == STARTED and pool.config.start_mode == "AlwaysRunning"
+                    and not pool.live_workers and not pool.spawning):
+                self.start_worker(pool)
+            else:
+                self._maybe_respawn(pool)
 
-    def _listener_lost(self, exc: Exception | None) -> None:
+    async def reattach_workers(self) -> None:
+        """Give every running worker a queue to the new listener (new socket pairs: the
+        worker's ends over its descriptor channel, the listener's over the listener's),
+        once the listener has taken its configuration.  A worker that cannot be reached
+        is stopped; its pool starts another on demand."""
+        control, channel = self.listener_control, self.fd_channel
+        if control is None or channel is None or control.closed:
+            return
+        try:
+            # answered after the "configure" sent before it: the pools' queues exist
+            await asyncio.wait_for(control.request({"op": "stats"}), 30)
+        except (asyncio.TimeoutError, ConnectionError):
+            log.error("the new listener does not answer; its workers are not re-attached")
+            return
+        for pool in self.pools.values():
+            for w in list(pool.workers):
+                if w.state == SUSPENDED:
+                    w.resume()  # the new listener has no record of the suspension
+                if w.state not in (READY, INITIALIZING) or w.listener_generation == self.listener_generation:
+                    continue
+                if w.reattach(channel, self.listener_generation):
+                    self.events.emit("worker_reattached", apppool=pool.name, worker=w.id, pid=w.pid,
+                                     listener=self.listener_proc.pid if self.listener_proc else None)
+                else:
+                    w.drain(pool.config.shutdown_time_limit, "could not be re-attached to the new listener")
+
+    def _listener_lost(self, exc: Exception | None, generation: int) -> None:
+        if generation != self.listener_generation or self.stopping:
+            return  # an older listener's channel, or the end of a stop
+        # its channel closes as it dies: its workers' reports of a lost queue, which may
+        # come before its exit is reaped, are about this death
+        self.listener_restarting = True
         if self.listener_proc is not None and self.listener_proc.returncode is None and not self.stopping:
             try:
                 self.listener_proc.kill()
@@ -310,8 +408,8 @@ class ActivationService:
         """Start one worker of ``pool`` in the background.  It counts as starting (and
         against maxProcesses) from this moment, so two decisions in one loop turn (a
         worker's exit and the listener's demand) cannot both start one."""
-        if pool.state != STARTED or self.stopping or self.fd_channel is None:
-            return
+        if pool.state != STARTED or self.stopping or self.fd_channel is None or self.listener_restarting:
+            return  # (after a listener restart, AlwaysRunning pools and demand start them)
         pool.spawning += 1
         pool.pre_spawn += 1
         self.loop.create_task(self._start_worker(pool, recycle))
@@ -365,6 +463,7 @@ class ActivationService:
             if pool.state != STARTED or self.stopping:
                 return None
             worker = WorkerHandle(pool.config, self.events, self.on_worker_exit, self.on_worker_message, identity)
+            worker.listener_generation = self.listener_generation
             pool.workers.append(worker)
             pool.pre_spawn -= 1
             counted = False
@@ -421,6 +520,33 @@ class ActivationService:
         elif op == "recycle_me" and pool is not None:
             if msg.get("reason") == "requests":
                 self.recycle_worker(pool, worker, "requests", requests=msg.get("requests"))
+        elif op == "signalled" and pool is not None:
+            self.loop.call_later(SIGNAL_GRACE, self._worker_signalled, pool, worker, str(msg.get("signal"))[:16])
+        elif op == "queue_lost" and pool is not None:
+            self.loop.call_later(QUEUE_LOST_GRACE, self._worker_queue_lost, pool, worker,
+                                 worker.listener_generation)
+
+    def _worker_signalled(self, pool: PoolRuntime, worker: WorkerHandle, signame: str) -> None:
+        """SIGTERM/SIGINT reached the worker and, SIGNAL_GRACE later, not the service: it
+        was meant for that worker (an administrator's kill, an application asking to be
+        restarted).  The worker is recycled (overlapped), or drained if it cannot be."""
+        if self.stopping or worker.state not in (READY, INITIALIZING):
+            return
+        self.events.emit("worker_signalled", logging.WARNING, apppool=pool.name, worker=worker.id,
+                         pid=worker.pid, signal=signame)
+        if not (worker.state == READY and self.recycle_worker(pool, worker, "signal", signal=signame)):
+            worker.drain(pool.config.shutdown_time_limit, f"{signame} to the worker")
+
+    def _worker_queue_lost(self, pool: PoolRuntime, worker: WorkerHandle, generation: int) -> None:
+        """The worker's queue closed.  With the listener dead, its replacement re-attaches
+        the worker; otherwise the running listener closed it (the worker broke the queue
+        protocol), and the worker is drained."""
+        if (self.stopping or self.listener_restarting or worker.listener_generation != generation
+                or generation != self.listener_generation or worker.state not in (READY, INITIALIZING)):
+            return
+        if self.listener_proc is None or self.listener_proc.returncode is not None:
+            return  # its death is being handled: the restart re-attaches
+        worker.drain(pool.config.shutdown_time_limit, "its queue connection was closed by the listener")
 
     def _retire_replaced(self, pool: PoolRuntime, new: WorkerHandle) -> None:
         """Overlapped recycling: once the replacement is ready (and warmed up), the old
@@ -751,19 +877,26 @@ class ActivationService:
         while True:
             sig = await self._signals.get()
             if sig in (signal.SIGTERM, signal.SIGINT):
+                self.events.emit("service_signalled", signal=signal.Signals(sig).name)
                 self.loop.create_task(self.stop())
                 return
             if sig == signal.SIGHUP:
+                self.notifier.reloading()
                 await self.reload()
+                self.notifier.ready(self.status_line())
 
     async def stop(self) -> None:
         if self.stopping:
             return
         self.stopping = True
         self.events.emit("service_stopping")
+        self.notifier.stopping("draining: " + self.status_line())
         if getattr(self, "config_watch", None) is not None:
             await self.config_watch.stop()
+        # the whole stop is bounded by the longest shutdownTimeLimit (plus a few seconds
+        # for processes to exit): the packaged unit's TimeoutStopSec allows for that
         limit = max([p.config.shutdown_time_limit for p in self.pools.values()] or [90.0])
+        deadline = time.monotonic() + limit
         for pool in self.pools.values():
             if not pool.ready_workers and self.listener_control is not None:
                 # nothing will serve what waits in this pool's queue: refuse it now
@@ -778,8 +911,11 @@ class ActivationService:
             if w.state == ORPHANED:
                 w.kill()  # kept for debugging while we ran; nothing is left behind
             else:
-                w.drain(w.pool.shutdown_time_limit, "service stopping")
-        deadline = time.monotonic() + limit + 2
+                # what the listener's drain left in flight has the rest of its pool's
+                # shutdownTimeLimit, not a second one
+                left = w.pool.shutdown_time_limit - (time.monotonic() - (deadline - limit))
+                w.drain(max(1.0, left), "service stopping")
+        deadline = max(deadline, time.monotonic() + 1.0) + 2
         while any(w.state != DEAD for w in workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.listener_control is not None:
@@ -795,6 +931,7 @@ class ActivationService:
         for sock in self.sockets.values():
             sock.close()
         self.events.emit("service_stopped")
+        self.notifier.close()
         self.events.close()
         self.stopped.set()
 

@@ -1,10 +1,15 @@
 """Spawning and watching one worker process.
 
 A worker is a fresh interpreter (``python -m poolhouse.worker``), never a fork of the
-service.  It inherits two sockets: its end of the queue socket (the other end goes to the
-listener over the descriptor channel, so the worker can only ever reach its own pool's
-queue) and its end of a control socket to us.  We learn of its death at once from the
-process exit (``proc.wait``) and from the control socket closing.
+service.  It inherits its end of each socket to the listener (``LISTENER_SOCKETS``: the
+queue socket; the other end goes to the listener over the listener's descriptor channel,
+so the worker can only ever reach its own pool's queue), its end of a control socket to
+us, and a descriptor channel from us.  We learn of its death at once from the process
+exit (``proc.wait``) and from the control socket closing.
+
+When the listener dies and a new one starts, a running worker is re-attached rather than
+replaced (``reattach``): new pairs of the same sockets, the worker's ends over its
+descriptor channel, the listener's ends to the new listener.
 """
 
 from __future__ import annotations
@@ -41,6 +46,31 @@ JITTER = 0.05
 
 __all__ = ["SPAWNING", "INITIALIZING", "READY", "SUSPENDED", "ORPHANED", "DRAINING", "DEAD",
            "WorkerHandle", "jittered"]
+
+
+# The sockets between a worker and the listener, by name: each is a pair made at spawn and
+# made again when a new listener replaces a dead one.  The worker gets one end (inherited
+# at spawn, over its descriptor channel at a re-attach), the listener the other, labelled
+# {"op": "attach_worker", "socket": name, ...}.  A new kind of socket is one more entry.
+LISTENER_SOCKETS: dict[str, socket.SocketKind] = {"queue": socket.SOCK_STREAM}
+
+
+def listener_socket_pairs() -> dict[str, tuple[socket.socket, socket.socket]]:
+    """(the listener's end, the worker's end) of each of ``LISTENER_SOCKETS``."""
+    pairs: dict[str, tuple[socket.socket, socket.socket]] = {}
+    try:
+        for name, kind in LISTENER_SOCKETS.items():
+            pairs[name] = socket.socketpair(socket.AF_UNIX, kind)
+    except OSError:
+        _close_pairs(pairs)
+        raise
+    return pairs
+
+
+def _close_pairs(pairs: dict[str, tuple[socket.socket, socket.socket]]) -> None:
+    for ours, theirs in pairs.values():
+        ours.close()
+        theirs.close()
 
 
 def jittered(value: float) -> float:
@@ -84,6 +114,8 @@ class WorkerHandle:
         self._on_exit = on_exit
         self._on_message = on_message
         self._kill_timer: asyncio.TimerHandle | None = None
+        self.fd_out: socket.socket | None = None  # our end of the worker's descriptor channel
+        self.listener_generation = 0  # which listener it is attached to (ActivationService)
 
     @property
     def pid(self) -> int:
@@ -100,8 +132,13 @@ class WorkerHandle:
                          pid=self.pid, old=old, new=new, reason=reason)
 
     async def spawn(self, fd_channel: socket.socket, init: Message, env: dict[str, str], log_level: str) -> None:
-        queue_listener, queue_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pairs = listener_socket_pairs()
+        queue_listener, queue_worker = pairs["queue"]
         control_ours, control_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd_ours, fd_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fd_ours.shutdown(socket.SHUT_RD)  # it only carries descriptors to the worker
+        fd_ours.setblocking(False)  # a worker that does not read it is not re-attached, never waited for
+        self.fd_out = fd_ours
         python = self.pool.python_executable or sys.executable
         ident: dict[str, Any] = {}
         if self.identity is not None and self.identity.switch:
@@ -121,25 +158,66 @@ class WorkerHandle:
                 "--pool", self.pool.name, "--worker-id", self.id,
                 "--queue-fd", str(queue_worker.fileno()),
                 "--control-fd", str(control_worker.fileno()),
+                "--fd-channel", str(fd_worker.fileno()),
                 "--log-level", log_level,
-                pass_fds=(queue_worker.fileno(), control_worker.fileno()),
+                pass_fds=(queue_worker.fileno(), control_worker.fileno(), fd_worker.fileno()),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=False,
                 **ident,
             )
+        except BaseException:
+            for ours, _ in pairs.values():
+                ours.close()
+            control_ours.close()
+            fd_ours.close()
+            self.fd_out = None
+            raise
         finally:
-            queue_worker.close()
+            for _, theirs in pairs.values():
+                theirs.close()
             control_worker.close()
+            fd_worker.close()
         try:
-            send_fd(fd_channel, {"op": "attach_worker", "pool": self.pool.name,
-                                 "worker_id": self.id, "pid": self.proc.pid}, queue_listener.fileno())
+            self.hand_to_listener(fd_channel, {name: ours for name, (ours, _) in pairs.items()})
         finally:
-            queue_listener.close()
+            for ours, _ in pairs.values():
+                ours.close()
         self.set_state(INITIALIZING, "process started")
         self.control = await open_control(control_ours, self._message, self._control_lost)
         self.control.send(init)
         asyncio.get_running_loop().create_task(self._watch())
+
+    def hand_to_listener(self, fd_channel: socket.socket, ends: dict[str, socket.socket]) -> None:
+        """The listener's ends of this worker's sockets, over the listener's descriptor
+        channel (the pid is the one we spawned, never one the worker claims)."""
+        for name, sock in ends.items():
+            send_fd(fd_channel, {"op": "attach_worker", "socket": name, "pool": self.pool.name,
+                                 "worker_id": self.id, "pid": self.pid}, sock.fileno())
+
+    def reattach(self, fd_channel: socket.socket, generation: int) -> bool:
+        """Attach this running worker to a new listener: fresh pairs of its listener
+        sockets, the worker's ends over its descriptor channel, the listener's over
+        ``fd_channel``.  False if the worker or the listener cannot be reached (an end
+        that did arrive finds its peer closed); the caller then drains the worker."""
+        if self.fd_out is None or self.proc is None or self.proc.returncode is not None:
+            return False
+        try:
+            pairs = listener_socket_pairs()
+        except OSError as exc:
+            log.error("cannot make the sockets to re-attach worker %s: %s", self.id, exc)
+            return False
+        try:
+            for name, (_, theirs) in pairs.items():
+                send_fd(self.fd_out, {"op": "attach", "socket": name}, theirs.fileno())
+            self.hand_to_listener(fd_channel, {name: ours for name, (ours, _) in pairs.items()})
+        except OSError as exc:
+            log.error("cannot re-attach worker %s: %s", self.id, exc)
+            return False
+        finally:
+            _close_pairs(pairs)
+        self.listener_generation = generation
+        return True
 
     async def _watch(self) -> None:
         from ..ipc import exit_codes
@@ -157,9 +235,15 @@ class WorkerHandle:
             self.ready.exception()  # retrieved: nobody may be waiting
         if self.control is not None:
             self.control.close()
+        if self.fd_out is not None:
+            self.fd_out.close()
+            self.fd_out = None
         self._on_exit(self, code)
 
     def _message(self, msg: Message) -> None:
+        if msg["op"] == "queue_attached":
+            self.credits = int(msg.get("credits", self.credits))
+            self.last_activity = time.monotonic()
         if msg["op"] == "ready":
             self.credits = int(msg.get("credits", 1))
             self.ready_at = time.time()

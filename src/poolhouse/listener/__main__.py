@@ -4,7 +4,9 @@
 
 ``--sockets`` lists the inherited listening sockets as ``[{"fd":…, "ip":…, "port":…,
 "protocol":…}]``; the activation service owns them, so a restarted listener takes over
-the same kernel backlog.
+the same kernel backlog.  SIGTERM and SIGINT are logged and otherwise left to the
+service (see ``amain``); to replace a listener, kill it: the service starts another and
+re-attaches the running workers to it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ import uvloop
 from .server import Listener
 
 
+def _signalled(name: str) -> None:
+    logging.getLogger("poolhouse.listener").info(
+        "%s received: the listener stops when the activation service drains it", name)
+
+
 async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     listener = Listener(args.state_dir, json.loads(args.sockets))
-    # The activation service decides when we stop (control "exit", or the channel closes);
-    # a terminal's SIGINT is for it, not for us.
-    loop.add_signal_handler(signal.SIGINT, lambda: None)
-    loop.add_signal_handler(signal.SIGTERM, listener.stopped.set)
+    # The activation service decides when we stop (control "drain" then "exit", or its
+    # channel closes).  A SIGTERM or SIGINT reaching us was sent to the whole process
+    # group or cgroup (a service manager's stop, ``timeout``, Ctrl-C) and reached the
+    # service too, which drains us; stopping here would cut every connection off.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _signalled, sig.name)
     control = socket.socket(fileno=args.control_fd)
     fds = socket.socket(fileno=args.fd_channel)
     await listener.boot(control, fds)

@@ -345,6 +345,8 @@ class Listener:
             await asyncio.sleep(0.05)
         self.httperr.flush()
         self.flush_access_log()
+        if self.stopped.is_set():
+            return  # shutting down (the channel is gone): shutdown() closes the logs
         await self.loop.run_in_executor(None, self.w3c.sync)
         assert self.control is not None
         self.control.reply(msg, result={"open_connections": len(self.connections)})
@@ -357,7 +359,7 @@ class Listener:
             self.loop.create_task(self._listen(socket.socket(fileno=fd), label["ip"], int(label["port"]),
                                                label.get("protocol", "http")))
             return
-        if label.get("op") != "attach_worker":
+        if label.get("op") != "attach_worker" or label.get("socket", "queue") != "queue":
             os.close(fd)
             return
         pool = self.pools.get(label["pool"])

@@ -1,7 +1,10 @@
 """Entry point of a worker process, started by the activation service (a fresh
 interpreter, never a fork of it):
 
-    python -m poolhouse.worker --pool NAME --worker-id ID --queue-fd N --control-fd M
+    python -m poolhouse.worker --pool NAME --worker-id ID --queue-fd N --control-fd M [--fd-channel K]
+
+SIGTERM and SIGINT are reported to the activation service, which drains the worker (see
+``WorkerProcess.signalled``); every other signal is the application's to use.
 
 The exit code tells the activation service why the worker ended (``ipc.exit_codes``).
 """
@@ -26,16 +29,24 @@ async def amain(args: argparse.Namespace) -> int:
 
     loop = asyncio.get_running_loop()
     worker = WorkerProcess(args.pool, args.worker_id)
-    loop.add_signal_handler(signal.SIGTERM, worker.drain)
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the activation service decides
+    # Handlers, not SIG_IGN: a program the application starts gets the default
+    # dispositions back at exec (an ignored signal would stay ignored in it).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.signalled, sig.name)
     try:
         queue_sock = socket.socket(fileno=args.queue_fd)
         control_sock = socket.socket(fileno=args.control_fd)
+        fd_sock = socket.socket(fileno=args.fd_channel) if args.fd_channel is not None else None
     except OSError as exc:
         logging.error("cannot use the inherited channels: %s", exc)
         return exit_codes.BOOT_FAILED
+    if fd_sock is not None:
+        try:
+            fd_sock.shutdown(socket.SHUT_WR)  # the channel only brings descriptors from the service
+        except OSError:
+            pass
     try:
-        await worker.boot(queue_sock, control_sock)
+        await worker.boot(queue_sock, control_sock, fd_sock)
     except (AppLoadError, LifespanError) as exc:
         logging.error("application failed to load: %s", exc)
         return exit_codes.APP_LOAD_FAILED
@@ -53,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--queue-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--fd-channel", type=int, default=None)
     parser.add_argument("--log-level", default="INFO")
     try:
         args = parser.parse_args(argv)

@@ -1,9 +1,15 @@
 """The worker process (w3wp): takes requests of one pool from its queue socket, maps each
 to its application and handler, and answers through the same socket.
 
-Two channels, both inherited at spawn: the queue socket to the listener (the only queue
-this worker can reach), and a control socket to the activation service (configuration,
-pings, drain).  Frames to the listener are coalesced per loop turn into one write.
+Channels inherited at spawn: the queue socket to the listener (the only queue this worker
+can reach), a control socket to the activation service (configuration, pings, drain), and
+a descriptor channel from the service.  Frames to the listener are coalesced per loop
+turn into one write.
+
+When the listener dies its queue socket closes: the requests this worker had in flight
+are gone with the listener's connections (what the application still writes for them is
+dropped), and the worker waits, warm, for the service to hand it the queue socket of the
+new listener over the descriptor channel (``attach``).  Only a draining worker exits then.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from typing import Any, cast
 
@@ -20,7 +27,7 @@ from ..config import ConfigError
 from ..config.model import ServerConfig
 from ..ipc import exit_codes
 from ..ipc import queue as q
-from ..ipc.control import ControlProtocol, Message, open_control
+from ..ipc.control import ControlProtocol, FdReceiver, Message, open_control
 from ..ipc.frames import FrameDecoder, FrameError, encode
 from ..urlpath import BadPath, normalize, split_target
 from .apps import (ASGI, CGI, HTTP_PLATFORM, PROTOCOL, PROXY, STATIC, WSGI, AppLoadError, Selection,
@@ -46,25 +53,31 @@ WARMUP_SID = 0xFFFFFF00  # stream ids of initialization requests (never the list
 
 
 class QueueProtocol(asyncio.Protocol):
+    """One queue connection to one listener.  A worker outlives its listener: frames of a
+    connection that is no longer the worker's current one are ignored."""
+
     def __init__(self, worker: "WorkerProcess") -> None:
         self.worker = worker
         self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.worker.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.worker.queue is not self:
+            return
         try:
             frames = self.decoder.feed(data)
         except FrameError as exc:
             log.error("listener broke the queue protocol: %s", exc)
-            self.worker.exit(exit_codes.QUEUE_LOST)
+            if self.transport is not None:
+                self.transport.abort()  # as a lost queue: the service decides what follows
             return
         self.worker.on_frames(frames)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.worker.queue_lost()
+        self.worker.queue_lost(self)
 
 
 class WorkerProcess:
@@ -73,6 +86,11 @@ class WorkerProcess:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.queue: QueueProtocol | None = None  # the current queue connection
+        self.queue_sock: socket.socket | None = None  # the queue socket until boot connects it
+        self.booted = False
+        self.credits = 0
+        self.fd_receiver: FdReceiver | None = None
         self.control: ControlProtocol | None = None
         self.apps: dict[str, WorkerApplication] = {}
         self.streams: dict[int, Stream] = {}
@@ -97,8 +115,12 @@ class WorkerProcess:
 
     # ---- boot ---------------------------------------------------------------------
 
-    async def boot(self, queue_sock: socket.socket, control_sock: socket.socket) -> None:
+    async def boot(self, queue_sock: socket.socket, control_sock: socket.socket,
+                   fd_sock: socket.socket | None = None) -> None:
+        self.queue_sock = queue_sock
         self.control = await open_control(control_sock, self.on_control, self.control_lost)
+        if fd_sock is not None:
+            self.fd_receiver = FdReceiver(fd_sock, self.on_fd)
         done = self.loop.create_task(self.done.wait())
         config = self.loop.create_task(self.config_event.wait())
         await asyncio.wait([done, config], return_when=asyncio.FIRST_COMPLETED)
@@ -138,8 +160,12 @@ class WorkerProcess:
             credits = max(credits, ASGI_CREDITS)
         warmed = await self.warm_up(bool(self.init_msg.get("recycle")), pool.startup_time_limit)
         self.recycle_at = int(self.init_msg.get("recycle_after_requests", 0))
-        _, _proto = await self.loop.connect_accepted_socket(lambda: QueueProtocol(self), sock=queue_sock)
-        self.send(q.encode_ready(os.getpid(), credits))
+        self.credits = credits
+        self.booted = True
+        # the socket a new listener's attach brought during boot, if one did
+        sock, self.queue_sock = self.queue_sock, None
+        assert sock is not None
+        await self.connect_queue(sock)
         self.control.send({"op": "ready", "pid": os.getpid(), "credits": credits, "warmup": warmed})
         log.info("worker %s of pool %s ready: %d application(s), %d credit(s)",
                  self.worker_id, self.pool_name, len(self.apps), credits)
@@ -214,6 +240,19 @@ class WorkerProcess:
         else:
             log.warning("unknown control op %r", op)
 
+    def signalled(self, name: str) -> None:
+        """SIGTERM or SIGINT reached this worker.  It does not act on it by itself: a
+        signal to the whole process group (a service manager's stop, ``timeout``, Ctrl-C)
+        also reached the activation service, which drains every worker in order, and a
+        worker that left its queue now would lose the requests it holds.  It tells the
+        service, which recycles this worker if the signal was meant for it alone."""
+        log.info("%s received: the activation service decides (it stops this worker if "
+                 "the signal was not also meant for the whole server)", name)
+        if self.control is not None:
+            self.control.send({"op": "signalled", "signal": name})
+        elif not self.done.is_set():
+            self.exit(exit_codes.STOPPED)  # not booted far enough to have a service to ask
+
     def control_lost(self, exc: Exception | None) -> None:
         if not self.done.is_set():
             log.error("activation service went away; worker exiting")
@@ -234,9 +273,75 @@ class WorkerProcess:
         if not self.streams:
             self.exit(exit_codes.STOPPED)
 
-    def queue_lost(self) -> None:
-        if not self.done.is_set():
-            self.exit(exit_codes.STOPPED if self.draining else exit_codes.QUEUE_LOST)
+    # ---- the queue connection (and its replacement when the listener is replaced) ---
+
+    async def connect_queue(self, sock: socket.socket) -> None:
+        """Serve the queue on ``sock`` and offer our credits on it."""
+        _, proto = await self.loop.connect_accepted_socket(lambda: QueueProtocol(self), sock=sock)
+        proto = cast(QueueProtocol, proto)
+        if self.done.is_set() or self.draining:
+            if proto.transport is not None:
+                proto.transport.close()
+            return
+        if self.queue is not None:  # the old one has not told us it closed yet
+            self.detach_queue()
+        self.queue, self.transport = proto, proto.transport
+        self.send(q.encode_ready(os.getpid(), self.credits))
+
+    def on_fd(self, label: Message, fd: int) -> None:
+        """A descriptor from the activation service: the worker's end of a socket to a
+        new listener (``{"op": "attach", "socket": name}``)."""
+        handlers = {"queue": self.attach_queue}
+        handler = handlers.get(str(label.get("socket"))) if label.get("op") == "attach" else None
+        if handler is None:
+            log.error("descriptor with label %r from the activation service ignored", label)
+            os.close(fd)
+            return
+        handler(socket.socket(fileno=fd))
+
+    def attach_queue(self, sock: socket.socket) -> None:
+        if self.done.is_set() or self.draining:
+            sock.close()
+        elif not self.booted:
+            # the listener died while we loaded the applications: boot connects this one
+            if self.queue_sock is not None:
+                self.queue_sock.close()
+            self.queue_sock = sock
+        else:
+            log.info("worker %s attached to a new listener", self.worker_id)
+            self.loop.create_task(self._attached(sock))
+
+    async def _attached(self, sock: socket.socket) -> None:
+        await self.connect_queue(sock)
+        if self.control is not None and self.queue is not None:
+            self.control.send({"op": "queue_attached", "pid": os.getpid(), "credits": self.credits})
+
+    def queue_lost(self, proto: QueueProtocol) -> None:
+        if proto is not self.queue or self.done.is_set():
+            return
+        if self.draining:
+            self.detach_queue()  # nothing more can be answered; what is left goes nowhere
+            self.exit(exit_codes.STOPPED)
+            return
+        dropped = self.detach_queue()
+        log.warning("queue connection to the listener lost (%d request(s) in flight dropped with the "
+                    "listener's connections); waiting for the activation service to attach a new one", dropped)
+        if self.control is not None:
+            self.control.send({"op": "queue_lost", "dropped": dropped})
+
+    def detach_queue(self) -> int:
+        """Leave the current queue connection: its streams are ended here (the
+        application sees them cancelled, as when a client goes away, and what it still
+        writes for them goes nowhere); returns how many there were."""
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.ended = True
+            stream.cancel()
+        self._out.clear()
+        if self.queue is not None and self.queue.transport is not None:
+            self.queue.transport.abort()
+        self.queue, self.transport = None, None
+        return len(streams)
 
     def exit(self, code: int) -> None:
         self.exit_code = code
@@ -248,6 +353,10 @@ class WorkerProcess:
             await lifespan.shutdown(self.shutdown_timeout)
         if self.wsgi is not None:
             self.wsgi.close()
+        platform = sys.modules.get("poolhouse.worker.handlers.http_platform")
+        if platform is not None:
+            # the httpPlatform processes are this worker's: SIGTERM, then SIGKILL after 2 s
+            await self.loop.run_in_executor(None, platform.stop_all)
 
     # ---- queue frames -------------------------------------------------------------
 
@@ -266,8 +375,9 @@ class WorkerProcess:
     def _flush(self) -> None:
         self._flush_scheduled = False
         out, self._out = self._out, []
-        if self.transport is not None and out:
-            self.transport.writelines(out)
+        transport = self.transport
+        if transport is not None and out and not transport.is_closing():
+            transport.writelines(out)
 
     def call_threadsafe(self, fn: Any, *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
@@ -298,7 +408,8 @@ class WorkerProcess:
                 log.error("unknown frame type %d from the listener", ftype)
 
     def stream_ended(self, stream: Stream) -> None:
-        self.streams.pop(stream.sid, None)
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
         ctx = stream.ctx
         if ctx is not None:
             stream.ctx = None  # no stream <-> context cycle left for the garbage collector

@@ -173,7 +173,11 @@ class PlatformProcess:
         try:
             proc = subprocess.Popen(args, cwd=self.folder or None, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else out,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=_die_with_parent,
+                                    # its own process group: a stop signalled to the server's
+                                    # group is the service's to carry out; the worker stops
+                                    # this process when it exits (stop_all)
+                                    start_new_session=True)
         except OSError as exc:
             raise RuntimeError(f"cannot start {args[0]}: {exc}") from None
         finally:
