@@ -1,9 +1,10 @@
 """Spawning and watching one worker process.
 
 A worker is a fresh interpreter (``python -m poolhouse.worker``), never a fork of the
-service.  It inherits two sockets: its end of the queue socket (the other end goes to the
-listener over the descriptor channel, so the worker can only ever reach its own pool's
-queue) and its end of a control socket to us.  We learn of its death at once from the
+service.  It inherits three sockets: its end of the queue socket and of its file channel
+(the other ends go to the listener over the descriptor channel, so the worker can only
+ever reach its own pool's queue; the file channel carries the descriptors of files the
+listener sends for it, ipc/queue.py) and its end of a control socket to us.  We learn of its death at once from the
 process exit (``proc.wait``) and from the control socket closing.
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config.model import Pool
-from ..ipc.control import ControlProtocol, Message, open_control, send_fd
+from ..ipc.control import ControlProtocol, Message, open_control, send_fds
 from .events import SHUTDOWN_TIMEOUT, EventLog
 from .states import (
     DEAD, DRAINING, INITIALIZING, ORPHANED, READY, SPAWNING, SUSPENDED, WORKER_TRANSITIONS, check,
@@ -101,6 +102,7 @@ class WorkerHandle:
 
     async def spawn(self, fd_channel: socket.socket, init: Message, env: dict[str, str], log_level: str) -> None:
         queue_listener, queue_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        files_listener, files_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         control_ours, control_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         python = self.pool.python_executable or sys.executable
         ident: dict[str, Any] = {}
@@ -121,21 +123,29 @@ class WorkerHandle:
                 "--pool", self.pool.name, "--worker-id", self.id,
                 "--queue-fd", str(queue_worker.fileno()),
                 "--control-fd", str(control_worker.fileno()),
+                "--files-fd", str(files_worker.fileno()),
                 "--log-level", log_level,
-                pass_fds=(queue_worker.fileno(), control_worker.fileno()),
+                pass_fds=(queue_worker.fileno(), control_worker.fileno(), files_worker.fileno()),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=False,
                 **ident,
             )
+        except BaseException:
+            queue_listener.close()
+            files_listener.close()
+            raise
         finally:
             queue_worker.close()
             control_worker.close()
+            files_worker.close()
         try:
-            send_fd(fd_channel, {"op": "attach_worker", "pool": self.pool.name,
-                                 "worker_id": self.id, "pid": self.proc.pid}, queue_listener.fileno())
+            send_fds(fd_channel, {"op": "attach_worker", "pool": self.pool.name,
+                                  "worker_id": self.id, "pid": self.proc.pid},
+                     [queue_listener.fileno(), files_listener.fileno()])
         finally:
             queue_listener.close()
+            files_listener.close()
         self.set_state(INITIALIZING, "process started")
         self.control = await open_control(control_ours, self._message, self._control_lost)
         self.control.send(init)

@@ -1,7 +1,7 @@
 """Entry point of a worker process, started by the activation service (a fresh
 interpreter, never a fork of it):
 
-    python -m poolhouse.worker --pool NAME --worker-id ID --queue-fd N --control-fd M
+    python -m poolhouse.worker --pool NAME --worker-id ID --queue-fd N --control-fd M [--files-fd F]
 
 The exit code tells the activation service why the worker ended (``ipc.exit_codes``).
 """
@@ -31,11 +31,12 @@ async def amain(args: argparse.Namespace) -> int:
     try:
         queue_sock = socket.socket(fileno=args.queue_fd)
         control_sock = socket.socket(fileno=args.control_fd)
+        files_sock = socket.socket(fileno=args.files_fd) if args.files_fd >= 0 else None
     except OSError as exc:
         logging.error("cannot use the inherited channels: %s", exc)
         return exit_codes.BOOT_FAILED
     try:
-        await worker.boot(queue_sock, control_sock)
+        await worker.boot(queue_sock, control_sock, files_sock)
     except (AppLoadError, LifespanError) as exc:
         logging.error("application failed to load: %s", exc)
         return exit_codes.APP_LOAD_FAILED
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--queue-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--files-fd", type=int, default=-1)  # the file channel (ipc/queue.py)
     parser.add_argument("--log-level", default="INFO")
     try:
         args = parser.parse_args(argv)

@@ -1,17 +1,21 @@
 """The worker process (w3wp): takes requests of one pool from its queue socket, maps each
 to its application and handler, and answers through the same socket.
 
-Two channels, both inherited at spawn: the queue socket to the listener (the only queue
-this worker can reach), and a control socket to the activation service (configuration,
-pings, drain).  Frames to the listener are coalesced per loop turn into one write.
+Channels inherited at spawn: the queue socket to the listener (the only queue this
+worker can reach), its file channel (descriptors of the files the listener sends for it,
+opened here as this worker's user), and a control socket to the activation service
+(configuration, pings, drain).  Frames to the listener are coalesced per loop turn into
+one write.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import os
 import socket
+import stat
 import time
 from typing import Any, cast
 
@@ -35,6 +39,7 @@ from .pipeline import HttpContext
 log = logging.getLogger("poolhouse.worker")
 
 FILE_CHUNK = 256 * 1024
+FILES_TIMEOUT = 5.0  # seconds a descriptor may wait to be taken by the listener
 ASGI_CREDITS = 100
 # Requests the listener may hand an inline (threads="0") worker ahead: they are still
 # run one at a time, but a batch arrives in one read and leaves in one write, which is
@@ -73,6 +78,7 @@ class WorkerProcess:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.files: socket.socket | None = None  # the file channel (None: files go as body frames)
         self.control: ControlProtocol | None = None
         self.apps: dict[str, WorkerApplication] = {}
         self.streams: dict[int, Stream] = {}
@@ -97,7 +103,12 @@ class WorkerProcess:
 
     # ---- boot ---------------------------------------------------------------------
 
-    async def boot(self, queue_sock: socket.socket, control_sock: socket.socket) -> None:
+    async def boot(self, queue_sock: socket.socket, control_sock: socket.socket,
+                   files_sock: socket.socket | None = None) -> None:
+        if files_sock is not None:
+            # blocking with a bound: a record is a few bytes the listener reads at once
+            files_sock.settimeout(FILES_TIMEOUT)
+            self.files = files_sock
         self.control = await open_control(control_sock, self.on_control, self.control_lost)
         done = self.loop.create_task(self.done.wait())
         config = self.loop.create_task(self.config_event.wait())
@@ -139,7 +150,7 @@ class WorkerProcess:
         warmed = await self.warm_up(bool(self.init_msg.get("recycle")), pool.startup_time_limit)
         self.recycle_at = int(self.init_msg.get("recycle_after_requests", 0))
         _, _proto = await self.loop.connect_accepted_socket(lambda: QueueProtocol(self), sock=queue_sock)
-        self.send(q.encode_ready(os.getpid(), credits))
+        self.send(q.encode_ready(credits))
         self.control.send({"op": "ready", "pid": os.getpid(), "credits": credits, "warmup": warmed})
         log.info("worker %s of pool %s ready: %d application(s), %d credit(s)",
                  self.worker_id, self.pool_name, len(self.apps), credits)
@@ -498,20 +509,38 @@ class WorkerProcess:
 
     def send_file_body(self, stream: Stream, body: FileBody) -> None:
         """The body of a response whose head is out: the listener sends the file range
-        itself (q.RESPONSE_FILE) unless a SendResponse hook transforms the body
-        (compression), which needs the bytes here."""
-        if stream.body_filter is None:
+        itself (q.RESPONSE_FILE, from a descriptor opened here, as this worker's user)
+        unless a SendResponse hook transforms the body (compression), which needs the
+        bytes here."""
+        if stream.body_filter is None and self.files is not None:
             try:
-                st = os.stat(body.path)
+                fd = os.open(body.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError as exc:
                 log.error("sending %s failed: %s", body.path, exc)
                 stream.reset()
                 return
-            if body.offset + body.length <= st.st_size:
-                stream.send_file(q.FileRange(os.path.abspath(body.path), body.offset, body.length,
-                                             st.st_size, st.st_mtime_ns))
-                return
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and body.offset + body.length <= st.st_size:
+                    stream.send_file(fd, q.FileRange(body.offset, body.length, st.st_size, st.st_mtime_ns))
+                    return
+            finally:
+                os.close(fd)  # the listener holds its own reference from here on
         self.loop.create_task(self._send_file(stream, body))
+
+    def pass_file(self, sid: int, fd: int) -> bool:
+        """Hand ``fd`` to the listener for stream ``sid`` on the file channel; it must go
+        before the RESPONSE_FILE frame that uses it (this call returns once it is queued)."""
+        files = self.files
+        if files is None:
+            return False
+        try:
+            files.sendmsg([q.encode_file_record(sid)],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))])
+        except OSError as exc:
+            log.error("passing a file to the listener failed: %s", exc)
+            return False
+        return True
 
     async def _send_file(self, stream: Stream, body: FileBody) -> None:
         try:
