@@ -89,6 +89,10 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"evil pool alive"]
     queue, files = channels()
+    if case == "ready":  # announce itself again, well-formed, with many credits
+        os.write(queue, frame(READY, 0, 0, struct.pack("<i", 100000)))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"announced"]
     sid = my_stream(q["tok"])
     path = q.get("path", "")
     size, mtime = int(q.get("size", "0")), int(q.get("mtime", "0"))
@@ -97,7 +101,6 @@ def app(environ, start_response):
     if case == "path":
         # the old exploit: claim to be pid 1, then name a file for the root listener to open
         out.append(frame(READY, 0, 0, marshal.dumps((1, 32), 4)))
-        out.append(frame(READY, 0, 0, struct.pack("<i", 1000)))
         out.append(frame(RESPONSE, 0, sid, head))
         out.append(frame(RESPONSE_FILE, END, sid, marshal.dumps((path, 0, size, size, mtime), 4)))
     else:
@@ -262,6 +265,7 @@ def test_forged_ready_and_file_by_path_send_nothing(attacked) -> None:  # type: 
     for name, path in targets.items():
         data = attack(server, "path", path)
         assert_nothing_leaked(data, marker, path)
+    assert attack(server, "ready").endswith(b"announced")
     err = server.stderr()
     assert "malformed READY" in err and "sent READY again; ignored" in err
     assert err.count("RESPONSE_FILE without a descriptor") >= len(targets)
