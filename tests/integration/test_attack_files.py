@@ -313,3 +313,119 @@ def test_a_flood_of_descriptors_is_closed_and_bounded_in_the_log(attacked) -> No
     assert "a descriptor for a stream it does not own" in err or "several descriptors at once" in err
     assert err.count("nothing is sent for it") <= 25 + sent // 1000
     assert raw_get(server.port, "/index.html").endswith(b"good pool")
+
+
+# ---- symbolic links out of a site's folders ------------------------------------------
+
+OPEN_SITE = """
+      <site name="Open" id="3">
+        <application path="/" applicationPool="Evil">
+          <virtualDirectory path="/" physicalPath="{root}/open" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port2}:" /></bindings>
+        <symbolicLinks allowOutsideRoot="true" />
+      </site>"""
+
+
+def links_config(open_site: bool) -> str:
+    return apphost(
+        """
+      <site name="Good" id="1">
+        <application path="/" applicationPool="Good">
+          <virtualDirectory path="/" physicalPath="{root}/good" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+      </site>
+      <site name="Evil" id="2">
+        <application path="/" applicationPool="Evil">
+          <virtualDirectory path="/" physicalPath="{root}/evil" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port1}:" /></bindings>
+      </site>""" + (OPEN_SITE if open_site else ""),
+        pools='<add name="Good" /><add name="Evil" />')
+
+
+DEFAULT_DOC = ('<defaultDocument enabled="true"><files><clear /><add value="page.html" /></files>'
+               '</defaultDocument>')
+
+
+@pytest.fixture
+def linked(poolhouse_server, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    open_site = request.node.name.startswith("test_a_site_may")
+    marker = "SECRET-" + secrets.token_hex(8)
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    secret = vault / "root-only.txt"
+    secret.write_text(f"{marker} of root\n" * 10)
+    os.chmod(secret, 0o600)
+    big = vault / "big.bin"  # past the small-file limit: sent by the listener
+    big.write_bytes(marker.encode() * 100000)
+    os.chmod(big, 0o600)
+    public = tmp_path / "public"
+    public.mkdir()
+    (public / "shared.txt").write_text("shared outside the site\n")
+    (public / "dd.config").write_text(DEFAULT_DOC)
+    server = poolhouse_server(links_config(open_site), files={
+        "good/index.html": "good pool", "good/private.txt": f"{marker} of the good pool\n",
+        "evil/index.html": "evil pool", "evil/inside/real.txt": "inside the root\n",
+        "evil/conf/page.html": "a page", "evil/conf/web.config":
+            '<configuration><system.webServer><defaultDocument configSource="dd.config" />'
+            '</system.webServer></configuration>',
+        "evil/conf2/page.html": "a page", "evil/docs/placeholder": "",
+        "open/index.html": "open", "open/conf/page.html": "linked default document",
+        "open/conf/web.config":
+            '<configuration><system.webServer><defaultDocument configSource="dd.config" />'
+            '</system.webServer></configuration>',
+    }, extra_ports=2)
+    evil = server.root / "evil"
+    os.chmod(server.root / "good" / "private.txt", 0o600)
+    (evil / "shadow.txt").symlink_to("/etc/shadow")
+    (evil / "secret.txt").symlink_to(secret)
+    (evil / "big.bin").symlink_to(big)
+    (evil / "neighbour").symlink_to(server.root / "good")
+    (evil / "neighbour.txt").symlink_to(server.root / "good" / "private.txt")
+    (evil / "alias.txt").symlink_to(evil / "inside" / "real.txt")  # stays inside: fine
+    (evil / "alias").symlink_to("inside")
+    (evil / "docs" / "index.html").symlink_to(secret)  # a default document out of the root
+    (evil / "conf" / "dd.config").symlink_to(secret)
+    (evil / "conf2" / "web.config").symlink_to(secret)
+    if open_site:
+        (server.root / "open" / "shared.txt").symlink_to(public / "shared.txt")
+        (server.root / "open" / "conf" / "dd.config").symlink_to(public / "dd.config")
+    return server, marker
+
+
+def test_content_symlinks_out_of_the_root_are_404(linked) -> None:  # type: ignore[no-untyped-def]
+    server, marker = linked
+    evil = server.ports[1]
+    assert raw_get(evil, "/index.html").endswith(b"evil pool")
+    for target in ("/shadow.txt", "/secret.txt", "/big.bin", "/neighbour/private.txt", "/neighbour/index.html",
+                   "/neighbour.txt"):
+        data = raw_get(evil, target)
+        assert data.startswith(b"HTTP/1.1 404"), (target, data[:200])
+        assert marker.encode() not in data and b"root:" not in data
+    # a default document out of the root is not served either (no listing: 403.14)
+    data = raw_get(evil, "/docs/")
+    assert data.startswith(b"HTTP/1.1 403") and marker.encode() not in data
+    # links that stay inside keep working
+    assert raw_get(evil, "/alias.txt").endswith(b"inside the root\n")
+    assert raw_get(evil, "/alias/real.txt").endswith(b"inside the root\n")
+    assert raw_get(server.port, "/index.html").endswith(b"good pool")
+
+
+def test_config_symlinks_out_of_the_folder_are_500_19_without_content(linked) -> None:  # type: ignore[no-untyped-def]
+    server, marker = linked
+    evil = server.ports[1]
+    for target in ("/conf/", "/conf2/"):  # configSource through a link; web.config itself a link
+        data = raw_get(evil, target)
+        assert data.startswith(b"HTTP/1.1 500"), data[:300]
+        assert b"500.19" in data and b"symbolic link" in data
+        assert marker.encode() not in data
+    assert raw_get(evil, "/index.html").endswith(b"evil pool")
+
+
+def test_a_site_may_allow_links_out_of_its_root(linked) -> None:  # type: ignore[no-untyped-def]
+    server, marker = linked
+    open_site = server.ports[2]
+    assert raw_get(open_site, "/shared.txt").endswith(b"shared outside the site\n")
+    assert raw_get(open_site, "/conf/").endswith(b"linked default document")

@@ -436,8 +436,9 @@ class WorkerProcess:
         headers = {hdrs[i].decode("latin-1"): hdrs[i + 1].decode("latin-1") for i in range(0, len(hdrs), 2)}
         url_path = (app.base + rel) if rel != "/" or not app.base else app.base + "/"
         stream.stage = "ExecuteRequestHandler"
-        path = app.physical(rel)
-        resp = handler.serve(head.method, url_path, path, headers, query)
+        root, path = app.mapped(rel)
+        resp = handler.serve(head.method, url_path, path, headers, query,
+                             None if app.site.symlinks_outside_root else root)
         if (resp.status == 200 and head.method == "GET" and type(resp.body) is bytes and not query
                 and "\r" not in path and "\n" not in path):
             # the listener's response cache keeps this file until it changes (and strips this)
@@ -470,8 +471,10 @@ class WorkerProcess:
             if stream.head.method == "HEAD":
                 stream.respond(status, block, content_length, b"", True)
                 return
-            stream.respond(status, block, content_length, b"", False)
-            self.send_file_body(stream, body)
+            fd = self.open_file_body(stream, body)
+            if fd >= 0:
+                stream.respond(status, block, content_length, b"", False)
+                self.send_file_body(stream, body, fd)
             return
         if stream.head.method == "HEAD":
             stream.respond(status, block, content_length, b"", True)
@@ -499,26 +502,36 @@ class WorkerProcess:
             if stream.head.method == "HEAD":
                 stream.respond(out.status, block, body.length, b"", True, close)
             else:
-                stream.respond(out.status, block, body.length, b"", False, close)
-                self.send_file_body(stream, body)
+                fd = self.open_file_body(stream, body)
+                if fd >= 0:
+                    stream.respond(out.status, block, body.length, b"", False, close)
+                    self.send_file_body(stream, body, fd)
             return
         if stream.head.method == "HEAD":
             stream.respond(out.status, block, len(body), b"", True, close)
         else:
             stream.respond(out.status, block, len(body), body, True, close)
 
-    def send_file_body(self, stream: Stream, body: FileBody) -> None:
-        """The body of a response whose head is out: the listener sends the file range
-        itself (q.RESPONSE_FILE, from a descriptor opened here, as this worker's user)
-        unless a SendResponse hook transforms the body (compression), which needs the
-        bytes here."""
+    def open_file_body(self, stream: Stream, body: FileBody) -> int:
+        """Open the file of a response body before its head goes out, as this worker's
+        user (the kernel decides whether it may be read): the descriptor, or -1 once the
+        request got its error (403 unreadable, 404 gone)."""
+        try:
+            return os.open(body.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except PermissionError as exc:
+            log.warning("cannot open %s: %s", body.path, exc)
+            self.error_response(stream, 403, 0)
+        except OSError as exc:
+            log.warning("cannot open %s: %s", body.path, exc)
+            self.error_response(stream, 404, 0)
+        return -1
+
+    def send_file_body(self, stream: Stream, body: FileBody, fd: int) -> None:
+        """The body of a response whose head is out, from ``fd`` (owned from here): the
+        listener sends the file range itself (q.RESPONSE_FILE, the descriptor passed on
+        the file channel) unless a SendResponse hook transforms the body (compression),
+        which needs the bytes here."""
         if stream.body_filter is None and self.files is not None:
-            try:
-                fd = os.open(body.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError as exc:
-                log.error("sending %s failed: %s", body.path, exc)
-                stream.reset()
-                return
             try:
                 st = os.fstat(fd)
                 if stat.S_ISREG(st.st_mode) and body.offset + body.length <= st.st_size:
@@ -526,7 +539,8 @@ class WorkerProcess:
                     return
             finally:
                 os.close(fd)  # the listener holds its own reference from here on
-        self.loop.create_task(self._send_file(stream, body))
+            fd = -1
+        self.loop.create_task(self._send_file(stream, body, fd))
 
     def pass_file(self, sid: int, fd: int) -> bool:
         """Hand ``fd`` to the listener for stream ``sid`` on the file channel; it must go
@@ -542,9 +556,9 @@ class WorkerProcess:
             return False
         return True
 
-    async def _send_file(self, stream: Stream, body: FileBody) -> None:
+    async def _send_file(self, stream: Stream, body: FileBody, fd: int = -1) -> None:
         try:
-            with open(body.path, "rb") as fh:
+            with (open(fd, "rb") if fd >= 0 else open(body.path, "rb")) as fh:
                 fh.seek(body.offset)
                 remaining = body.length
                 while remaining > 0:

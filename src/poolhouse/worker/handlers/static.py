@@ -50,7 +50,7 @@ from functools import lru_cache
 from typing import Generic, TypeVar
 from urllib.parse import quote
 
-__all__ = ["FileBody", "StaticResponse", "StaticFileHandler", "MAX_RANGES", "RACY_SECONDS"]
+__all__ = ["FileBody", "StaticResponse", "StaticFileHandler", "MAX_RANGES", "RACY_SECONDS", "within_root"]
 
 Headers = list[tuple[bytes, bytes]]
 V = TypeVar("V")
@@ -301,6 +301,18 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+@lru_cache(maxsize=256)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root).rstrip("/") + "/"
+
+
+def within_root(path: str, root: str) -> bool:
+    """Is ``path``, symbolic links resolved, ``root`` or below it (its real path)?"""
+    real_root = _real_root(root)
+    real = os.path.realpath(path)
+    return real.startswith(real_root) or real + "/" == real_root
+
+
 def _open_regular(path: str) -> int:
     """Open for reading without ever blocking on a FIFO swapped in since the stat."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -349,10 +361,15 @@ class StaticFileHandler:
     # -------------------------------------------------------------------------- entry
 
     def serve(self, method: str, url_path: str, physical_path: str, headers: dict[str, str],
-              query_string: str = "") -> StaticResponse:
-        """Answer one request for ``physical_path``; ``headers`` have lower-case names."""
+              query_string: str = "", root: str | None = None) -> StaticResponse:
+        """Answer one request for ``physical_path``; ``headers`` have lower-case names.
+        ``root``: the physical folder of the virtual directory; a path whose real path
+        (symbolic links resolved) leaves it is 404, as is a default document that does.
+        None: symbolic links are followed wherever they lead."""
         if "\x00" in physical_path or (".." in physical_path
                                        and ".." in physical_path.split("/")):
+            return _status(404)
+        if root is not None and not within_root(physical_path, root):
             return _status(404)
         try:
             st = os.stat(physical_path)
@@ -369,7 +386,7 @@ class StaticFileHandler:
             return self._redirect_to_directory(url_path, query_string)
         if self._default_document_enabled:
             found = self._find_default_document(physical_path, st)
-            if found is not None:
+            if found is not None and (root is None or within_root(found[0], root)):
                 path, doc = found
                 return self._serve_file(method, path, doc.st_mtime_ns, doc.st_size, headers)
         if self._browse:
