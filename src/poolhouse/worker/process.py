@@ -531,7 +531,7 @@ class WorkerProcess:
         listener sends the file range itself (q.RESPONSE_FILE, the descriptor passed on
         the file channel) unless a SendResponse hook transforms the body (compression),
         which needs the bytes here."""
-        if stream.body_filter is None and self.files is not None:
+        if stream.body_filter is None and self.can_pass_files:
             try:
                 st = os.fstat(fd)
                 if stat.S_ISREG(st.st_mode) and body.offset + body.length <= st.st_size:
@@ -541,6 +541,12 @@ class WorkerProcess:
                 os.close(fd)  # the listener holds its own reference from here on
             fd = -1
         self.loop.create_task(self._send_file(stream, body, fd))
+
+    @property
+    def can_pass_files(self) -> bool:
+        """The listener can send files for us: a file channel, and the queue connected
+        (initialization pages run before it is, and their responses go nowhere)."""
+        return self.files is not None and self.transport is not None
 
     def pass_file(self, sid: int, fd: int) -> bool:
         """Hand ``fd`` to the listener for stream ``sid`` on the file channel; it must go

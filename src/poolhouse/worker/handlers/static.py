@@ -307,7 +307,26 @@ def _real_root(root: str) -> str:
 
 
 def within_root(path: str, root: str) -> bool:
-    """Is ``path``, symbolic links resolved, ``root`` or below it (its real path)?"""
+    """Is ``path``, symbolic links resolved, ``root`` or below it (its real path)?
+
+    On the request path: the components below ``root`` are ``lstat``'ed (usually one or
+    two), and only when one is a link is the whole path resolved; ``root``'s own links
+    are resolved once.  A component that does not exist ends the walk (nothing there to
+    serve: the caller's stat answers 404)."""
+    if path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/" or root.endswith("/")):
+        current = root.rstrip("/")
+        for part in path[len(root):].split("/"):
+            if not part:
+                continue
+            current += "/" + part
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:
+                return True
+            if stat.S_ISLNK(mode):
+                break
+        else:
+            return True
     real_root = _real_root(root)
     real = os.path.realpath(path)
     return real.startswith(real_root) or real + "/" == real_root

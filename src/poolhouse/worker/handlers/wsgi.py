@@ -340,7 +340,7 @@ class WsgiHandler:
                     length = int(value)
                 except ValueError:
                     return False
-        found = wrapper.file_range(length) if stream.worker.files is not None else None
+        found = wrapper.file_range(length) if stream.worker.can_pass_files else None
         if found is None:
             return False
         fd, ref = found
