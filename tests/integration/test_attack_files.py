@@ -152,8 +152,9 @@ def app(environ, start_response):
             os.close(own)
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"flooded %d" % sent]
-        # "nofd" passes nothing at all
-        out.append(frame(RESPONSE, 0, sid, head))
+        # "nofd" and "nohead" pass nothing at all
+        if case != "nohead":
+            out.append(frame(RESPONSE, 0, sid, head))
         out.append(frame(RESPONSE_FILE, END, sid, rng))
     os.write(queue, b"".join(out))
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -297,6 +298,13 @@ def test_forged_descriptors_are_refused(attacked, case: str, reason: str) -> Non
     # every descriptor it passed was closed again, and both pools keep serving
     server.wait_for(lambda: listener_fds(server) == before, timeout=10)
     assert raw_get(server.port, "/index.html").endswith(b"good pool")
+    assert raw_get(server.ports[1], "/").endswith(b"evil pool alive")
+
+
+def test_a_file_without_a_head_or_descriptor_is_a_502(attacked) -> None:  # type: ignore[no-untyped-def]
+    server, marker, targets = attacked
+    data = attack(server, "nohead", targets["root"])
+    assert data.startswith(b"HTTP/1.1 502") and marker.encode() not in data
     assert raw_get(server.ports[1], "/").endswith(b"evil pool alive")
 
 

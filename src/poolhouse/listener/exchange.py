@@ -340,12 +340,18 @@ class Exchange:
         self.response_body(b"", q.END_STREAM)
 
     def file_failed(self, reason: str) -> None:
-        """The head is out and the file cannot follow: the connection is closed."""
+        """The file cannot follow its head: the connection is closed (a 502 if no head
+        went out)."""
+        if self.done:
+            return
         log.error("cannot send %s's file: %s", self.target[:200].decode("latin-1"), reason)
-        self.done = True
         if self.worker is not None:
             self.worker.cancel(self.stream)
         self.release_worker()
+        if not self.response_started:
+            self.conn.send_error(self, 502, "File_Not_Sendable")
+            return
+        self.done = True
         self.conn.abort_exchange(self, "File_Not_Sendable")
 
     def _ack(self, n: int) -> None:

@@ -136,15 +136,17 @@ class WorkerLink(asyncio.Protocol):
         fd = -1
         try:
             if self.files is None:
+                log.error("worker %s sent RESPONSE_FILE without a file channel (stream %d)", self.worker_id, sid)
                 raise FileRefused("RESPONSE_FILE from a worker without a file channel")
-            fd = self.files.take(sid)
+            fd = self.files.take(sid)  # refusals are logged there (bounded)
             if not flags & q.END_STREAM:
                 raise ValueError("a file reference must end its stream")
             ref = q.decode_file(payload)
         except (ValueError, FileRefused) as exc:
             if fd >= 0:
                 os.close(fd)
-            log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
+            if isinstance(exc, ValueError):
+                log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
             self._terminal(sid)
             if exch is not None:
                 exch.file_failed(str(exc))
