@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import fcntl
 import logging
 import os
 import socket
@@ -69,19 +70,13 @@ def check_descriptor(fd: int, ref: FileRange) -> None:
                 else "a directory" if stat.S_ISDIR(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
         raise FileRefused(f"the descriptor is {kind}, not a regular file")
-    flags = _fcntl_flags(fd)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if flags & _O_PATH or flags & os.O_ACCMODE not in _READABLE:
         raise FileRefused("the descriptor is not open for reading")
     if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
         raise FileChanged("the file changed after its response head was built")
     if ref.offset + ref.length > st.st_size:
         raise FileRefused(f"the range ({ref.length} bytes at {ref.offset}) is outside the file ({st.st_size})")
-
-
-def _fcntl_flags(fd: int) -> int:
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_GETFL)
 
 
 class FileChannel:

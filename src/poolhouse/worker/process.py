@@ -106,8 +106,7 @@ class WorkerProcess:
     async def boot(self, queue_sock: socket.socket, control_sock: socket.socket,
                    files_sock: socket.socket | None = None) -> None:
         if files_sock is not None:
-            # blocking with a bound: a record is a few bytes the listener reads at once
-            files_sock.settimeout(FILES_TIMEOUT)
+            files_sock.setblocking(False)
             self.files = files_sock
         self.control = await open_control(control_sock, self.on_control, self.control_lost)
         done = self.loop.create_task(self.done.wait())
@@ -554,9 +553,19 @@ class WorkerProcess:
         files = self.files
         if files is None:
             return False
+        record = [q.encode_file_record(sid)]
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))]
         try:
-            files.sendmsg([q.encode_file_record(sid)],
-                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))])
+            try:
+                files.sendmsg(record, rights)
+            except BlockingIOError:
+                # the listener has not read the channel yet: wait for it, boundedly (a
+                # record is a few bytes it reads as soon as its loop turns)
+                files.settimeout(FILES_TIMEOUT)
+                try:
+                    files.sendmsg(record, rights)
+                finally:
+                    files.setblocking(False)
         except OSError as exc:
             log.error("passing a file to the listener failed: %s", exc)
             return False
