@@ -180,3 +180,47 @@ def test_descriptor_checks(tmp_path: Path) -> None:
         a.close(), b.close()
         for fd in (r, w, d, null):
             os.close(fd)
+
+
+def listener_open_files(server, name: str) -> int:  # type: ignore[no-untyped-def]
+    """How many descriptors of the listener point at a file called ``name``."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        if "poolhouse.listener" in " ".join(child.cmdline()):
+            return sum(1 for f in child.open_files() if os.path.basename(f.path) == name)
+    raise AssertionError("no listener process")
+
+
+def test_descriptors_outlive_the_worker_and_die_with_the_client(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """The listener holds its own reference to a file it sends: a worker that dies
+    mid-send does not cut the download, and a client that goes away mid-send leaves no
+    descriptor behind."""
+    server = poolhouse_server(site(), files={"www/index.html": "home", "app/app.py": APP,
+                                             "app/web.config": WSGI_WEB_CONFIG})
+    sha = make_big(server.root, 64 * MB)
+    with httpx.Client(base_url=server.base, timeout=60) as c:
+        assert c.get("/index.html").text == "home"
+        pid = server.workers("AppPool")[0]["pid"]
+        digest = hashlib.sha256()
+        n = 0
+        with c.stream("GET", "/big.bin") as r:
+            pieces = r.iter_bytes(MB)
+            first = next(pieces)
+            digest.update(first)
+            n += len(first)
+            os.kill(pid, 9)  # the worker that opened the file is gone
+            for piece in pieces:
+                digest.update(piece)
+                n += len(piece)
+        assert (r.status_code, n, digest.hexdigest()) == (200, 64 * MB, sha)
+        server.wait_for(lambda: listener_open_files(server, "big.bin") == 0, timeout=10)
+        assert c.get("/index.html").text == "home"  # a new worker (on demand)
+    # a client that reads a little and leaves
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = 0
+        while got < 2 * MB:
+            got += len(s.recv(65536))
+        assert listener_open_files(server, "big.bin") == 1
+    server.wait_for(lambda: listener_open_files(server, "big.bin") == 0, timeout=15)
+    with httpx.Client(base_url=server.base, timeout=60) as c:
+        assert c.get("/index.html").text == "home"
