@@ -175,3 +175,37 @@ def test_the_worker_end_closing_closes_the_channel(loop: asyncio.AbstractEventLo
     assert chan.closed
     with pytest.raises(FileRefused, match="after the file channel closed"):
         chan.take(1)
+
+
+def test_attach_record_carries_the_queue_socket_and_the_file_channel(loop: asyncio.AbstractEventLoop) -> None:
+    """The activation service hands a worker's two sockets to the listener in one record
+    of its descriptor channel; a record with too many descriptors is dropped whole."""
+    from poolhouse.ipc.control import MAX_FDS, FdReceiver, fd_pair, send_fds
+
+    base = open_fds()
+    ours, theirs = fd_pair()
+    got: list[tuple[dict[str, object], list[int]]] = []
+
+    async def make() -> FdReceiver:
+        return FdReceiver(ours, lambda label, fds: got.append((label, fds)))
+
+    receiver = loop.run_until_complete(make())
+    queue_a, queue_b = socket.socketpair()
+    files_a, files_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    send_fds(theirs, {"op": "attach_worker", "pool": "P", "worker_id": "P#1", "pid": 42},
+             [queue_a.fileno(), files_a.fileno()])
+    with pytest.raises(ValueError):
+        send_fds(theirs, {"op": "x"}, [])
+    sock = socket.socket(fileno=os.dup(theirs.fileno()))
+    sock.sendmsg([b'{"op": "attach_worker"}'],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [queue_a.fileno()] * (MAX_FDS + 1)))])
+    sock.close()
+    turn(loop)
+    assert len(got) == 1 and got[0][0]["pid"] == 42
+    q_fd, f_fd = got[0][1]
+    assert socket.socket(fileno=f_fd).type == socket.SOCK_SEQPACKET
+    os.close(q_fd)
+    receiver.close()
+    for s in (theirs, queue_a, queue_b, files_a, files_b):
+        s.close()
+    assert open_fds() == base
