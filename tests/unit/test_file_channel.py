@@ -209,3 +209,29 @@ def test_attach_record_carries_the_queue_socket_and_the_file_channel(loop: async
     for s in (theirs, queue_a, queue_b, files_a, files_b):
         s.close()
     assert open_fds() == base
+
+
+def test_looking_for_a_descriptor_is_bounded(loop: asyncio.AbstractEventLoop, secret: Path) -> None:
+    """A worker that keeps its file channel full cannot hold the listener's loop in
+    ``take``: it reads at most RECORDS_PER_TAKE records, then refuses."""
+    from poolhouse.listener.file_send import RECORDS_PER_TAKE
+
+    chan, worker = channel(loop, {1})
+    worker.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", socket.SO_SNDBUF), 16 << 20)
+    worker.setblocking(False)
+    fd = os.open(secret, os.O_RDONLY)
+    queued = 0
+    try:
+        while queued < RECORDS_PER_TAKE + 500:
+            send(worker, q.encode_file_record(9), [fd])
+            queued += 1
+    except BlockingIOError:
+        pass
+    if queued <= RECORDS_PER_TAKE:
+        pytest.skip(f"the socket buffer holds only {queued} records here")
+    with pytest.raises(FileRefused, match="without a descriptor"):
+        chan.take(1)
+    assert chan.forgeries == RECORDS_PER_TAKE + 1  # the records read, and the refusal
+    os.close(fd)
+    chan.close()
+    worker.close()

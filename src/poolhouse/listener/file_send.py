@@ -46,6 +46,7 @@ SMALL = 64 * 1024          # what goes through the transport when the socket is 
 MAX_FDS_PER_RECORD = 8     # room for this many in one read: more is a forgery (and the
                            # kernel closes any that do not fit)
 RECORDS_PER_TURN = 64      # file channel records read per loop wake-up
+RECORDS_PER_TAKE = 1024    # at most read looking for the descriptor of a RESPONSE_FILE
 LOGGED_FORGERIES = 20      # per worker; after that one line per LOG_EVERY
 LOG_EVERY = 1000
 _READABLE = (os.O_RDONLY, os.O_RDWR)
@@ -103,7 +104,7 @@ class FileChannel:
         not yet read is already queued: the channel is read now."""
         fd = self.pending.pop(sid, None)
         if fd is None and not self.closed:
-            self._read(1 << 30)
+            self._read(RECORDS_PER_TAKE, sid)
             fd = self.pending.pop(sid, None)
         if fd is None:
             reason = "RESPONSE_FILE without a descriptor" if not self.closed else \
@@ -140,11 +141,13 @@ class FileChannel:
     def _readable(self) -> None:
         self._read(RECORDS_PER_TURN)
 
-    def _read(self, limit: int) -> None:
+    def _read(self, limit: int, want: int = -1) -> None:
+        """Read up to ``limit`` records (stopping early once one for stream ``want`` is
+        in): bounded, so a worker writing records without pause cannot hold the loop."""
         sock = self.sock
         space = socket.CMSG_SPACE(4 * MAX_FDS_PER_RECORD)
         for _ in range(limit):
-            if self.closed:
+            if self.closed or want in self.pending:
                 return
             try:
                 data, ancdata, flags, _ = sock.recvmsg(16, space, socket.MSG_CMSG_CLOEXEC)
