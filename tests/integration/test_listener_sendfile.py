@@ -18,7 +18,8 @@ import pytest
 
 from poolhouse.admin.cert import generate
 from poolhouse.ipc.queue import FileRange
-from poolhouse.listener.file_send import FileChanged, FileRefused, check_descriptor
+from poolhouse.listener.file_channel import FileRefused
+from poolhouse.listener.file_send import FileChanged, check_descriptor
 
 from .conftest import apphost
 

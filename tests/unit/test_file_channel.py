@@ -1,4 +1,4 @@
-"""The listener's end of a worker's file channel (listener/file_send.py FileChannel), fed
+"""The listener's end of a worker's file channel (listener/file_channel.py), fed
 by a real SOCK_SEQPACKET pair: descriptors are matched to their stream whichever arrives
 first, and every forged or unused descriptor is closed, refused and logged."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from poolhouse.ipc import queue as q
-from poolhouse.listener.file_send import LOGGED_FORGERIES, FileChannel, FileRefused
+from poolhouse.listener.file_channel import LOGGED_FORGERIES, FileChannel, FileRefused
 
 
 def open_fds() -> int:
@@ -214,7 +214,7 @@ def test_attach_record_carries_the_queue_socket_and_the_file_channel(loop: async
 def test_looking_for_a_descriptor_is_bounded(loop: asyncio.AbstractEventLoop, secret: Path) -> None:
     """A worker that keeps its file channel full cannot hold the listener's loop in
     ``take``: it reads at most RECORDS_PER_TAKE records, then refuses."""
-    from poolhouse.listener.file_send import RECORDS_PER_TAKE
+    from poolhouse.listener.file_channel import RECORDS_PER_TAKE
 
     chan, worker = channel(loop, {1})
     worker.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", socket.SO_SNDBUF), 16 << 20)

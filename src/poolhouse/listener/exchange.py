@@ -17,7 +17,8 @@ from marshal import dumps as _dumps
 
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
-from .file_send import FileChanged, FileRefused, FileSender, check_descriptor
+from .file_channel import FileRefused
+from .file_send import FileChanged, FileSender, check_descriptor
 from .response_cache import FILE_MARKER, MARKER, PROFILED, UPSTREAM_MARKER, strip_file_marker
 from .responses import DATE, STATUS_LINE_11, status_line
 

@@ -1,7 +1,7 @@
 """Large static responses sent by the listener itself (``q.RESPONSE_FILE``).
 
 A worker answering with a big file sends the head, then passes the open file on its
-*file channel* (``FileChannel``: a SOCK_SEQPACKET socket created with its queue socket at
+*file channel* (file_channel.py: a SOCK_SEQPACKET socket created with its queue socket at
 spawn) as an ``SCM_RIGHTS`` descriptor tagged with the stream id, then a RESPONSE_FILE
 frame with the range and the size and mtime it built the head from.  The worker opened
 the file as its own user, so the kernel has already decided whether it may read it; the
@@ -20,46 +20,28 @@ watch the socket for us.  Bursts are bounded so one fast client cannot hold the 
 
 from __future__ import annotations
 
-import array
-import asyncio
 import fcntl
-import logging
 import os
-import socket
 import stat
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..ipc import queue as q
 from ..ipc.queue import FileRange
+from .file_channel import FileRefused
 
 if TYPE_CHECKING:
     from .exchange import Exchange
-
-log = logging.getLogger("poolhouse.listener")
 
 SENDFILE_CHUNK = 1 << 20   # one sendfile call
 BURST = 8 << 20            # bytes sent before yielding to the loop
 TLS_CHUNK = 256 * 1024     # one read on a TLS connection
 SMALL = 64 * 1024          # what goes through the transport when the socket is full
 
-MAX_FDS_PER_RECORD = 8     # room for this many in one read: more is a forgery (and the
-                           # kernel closes any that do not fit)
-RECORDS_PER_TURN = 64      # file channel records read per loop wake-up
-RECORDS_PER_TAKE = 1024    # at most read looking for the descriptor of a RESPONSE_FILE
-LOGGED_FORGERIES = 20      # per worker; after that one line per LOG_EVERY
-LOG_EVERY = 1000
 _READABLE = (os.O_RDONLY, os.O_RDWR)
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
 class FileChanged(Exception):
     """The file is not the one the worker built the response head for."""
-
-
-class FileRefused(Exception):
-    """The worker's RESPONSE_FILE cannot be honoured: no descriptor, a forged one, or a
-    descriptor that is not a readable regular file holding the range."""
 
 
 def check_descriptor(fd: int, ref: FileRange) -> None:
@@ -78,134 +60,6 @@ def check_descriptor(fd: int, ref: FileRange) -> None:
         raise FileChanged("the file changed after its response head was built")
     if ref.offset + ref.length > st.st_size:
         raise FileRefused(f"the range ({ref.length} bytes at {ref.offset}) is outside the file ({st.st_size})")
-
-
-class FileChannel:
-    """The listener's end of one worker's file channel: descriptors tagged with a stream
-    id, kept until that stream's RESPONSE_FILE takes them.  ``owns(sid)`` says whether the
-    stream is the worker's and in flight; every descriptor that is not taken is closed
-    (stream ended, forgery, worker gone), and at most one waits per stream, so a worker
-    cannot make the listener hold more descriptors than it has requests."""
-
-    def __init__(self, sock: socket.socket, worker: str, owns: Callable[[int], bool]) -> None:
-        self.sock = sock
-        self.worker = worker
-        self.owns = owns
-        self.pending: dict[int, int | str] = {}  # stream -> descriptor, or why it was refused
-        self.forgeries = 0
-        self.closed = False
-        self._loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        self._loop.add_reader(sock.fileno(), self._readable)
-
-    def take(self, sid: int) -> int:
-        """The descriptor passed for ``sid`` (the caller closes it); FileRefused if none
-        or a forged one was.  The worker sends the descriptor before the frame, so one
-        not yet read is already queued: the channel is read now."""
-        fd = self.pending.pop(sid, None)
-        if fd is None and not self.closed:
-            self._read(RECORDS_PER_TAKE, sid)
-            fd = self.pending.pop(sid, None)
-        if fd is None:
-            reason = "RESPONSE_FILE without a descriptor" if not self.closed else \
-                "RESPONSE_FILE after the file channel closed"
-            self._forgery(reason, sid)
-            raise FileRefused(reason)
-        if isinstance(fd, str):
-            raise FileRefused(fd)
-        return fd
-
-    def drop(self, sid: int) -> None:
-        """The stream ended without using the descriptor passed for it."""
-        fd = self.pending.pop(sid, None)
-        if isinstance(fd, int):
-            os.close(fd)
-            self._forgery("a descriptor its stream never used", sid)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self._loop.remove_reader(self.sock.fileno())
-        except (RuntimeError, ValueError):
-            pass
-        self.sock.close()  # descriptors still queued in it are released by the kernel
-        pending, self.pending = self.pending, {}
-        for fd in pending.values():
-            if isinstance(fd, int):
-                os.close(fd)
-
-    # ---- reading --------------------------------------------------------------------
-
-    def _readable(self) -> None:
-        self._read(RECORDS_PER_TURN)
-
-    def _read(self, limit: int, want: int = -1) -> None:
-        """Read up to ``limit`` records (stopping early once one for stream ``want`` is
-        in): bounded, so a worker writing records without pause cannot hold the loop."""
-        sock = self.sock
-        space = socket.CMSG_SPACE(4 * MAX_FDS_PER_RECORD)
-        for _ in range(limit):
-            if self.closed or want in self.pending:
-                return
-            try:
-                data, ancdata, flags, _ = sock.recvmsg(16, space, socket.MSG_CMSG_CLOEXEC)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.error("worker %s: file channel failed: %s", self.worker, exc)
-                self.close()
-                return
-            fds: list[int] = []
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    arr = array.array("i")
-                    arr.frombytes(payload[: len(payload) - (len(payload) % arr.itemsize)])
-                    fds.extend(arr)
-            if not data and not fds:
-                if not flags & socket.MSG_CTRUNC:
-                    self.close()  # the worker's end is closed (it exited)
-                    return
-            self._record(data, fds, flags)
-
-    def _record(self, data: bytes, fds: list[int], flags: int) -> None:
-        try:
-            sid = q.decode_file_record(data) if not flags & socket.MSG_TRUNC else -1
-        except ValueError:
-            sid = -1
-        reason = ""
-        if sid < 0:
-            reason = f"a malformed file channel record ({len(data)} bytes)"
-        elif flags & socket.MSG_CTRUNC or len(fds) > 1:
-            reason = f"several descriptors at once ({len(fds)}{' and more' if flags & socket.MSG_CTRUNC else ''})"
-        elif not fds:
-            reason = "a file channel record without a descriptor"
-        elif not self.owns(sid):
-            reason = "a descriptor for a stream it does not own"
-        elif sid in self.pending:
-            reason = "a second descriptor for one stream"
-        if not reason:
-            self.pending[sid] = fds[0]
-            return
-        for fd in fds:
-            os.close(fd)
-        self._forgery(reason, sid)
-        if sid >= 0 and self.owns(sid):  # the stream's file response fails too
-            old = self.pending.get(sid)
-            if isinstance(old, int):
-                os.close(old)
-            self.pending[sid] = f"the worker passed {reason}"
-
-    def _forgery(self, reason: str, sid: int) -> None:
-        self.forgeries += 1
-        n = self.forgeries
-        if n <= LOGGED_FORGERIES or n % LOG_EVERY == 0:
-            log.error("worker %s sent %s (stream %d); nothing is sent for it%s", self.worker, reason,
-                      sid, f" ({n} such refusals so far)" if n > 1 else "")
-            if n == LOGGED_FORGERIES:
-                log.error("worker %s: further refusals of its file channel are logged once per %d",
-                          self.worker, LOG_EVERY)
 
 
 class FileSender:

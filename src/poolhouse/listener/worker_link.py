@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 from ..ipc import queue as q
 from ..ipc.frames import FrameDecoder, FrameError, encode
-from .file_send import FileChannel, FileRefused
+from .file_channel import FileChannel, FileRefused
 
 if TYPE_CHECKING:
     from .exchange import Exchange
