@@ -7,7 +7,7 @@ their stream.  The link takes a credit back on every stream's terminal frame
 
 The link believes nothing a worker says about itself: its pid is the one the
 activation service gave with the socket (``attach_worker``), and files come only as
-descriptors the worker passed on its file channel (file_send.py), never as paths.
+descriptors the worker passed on its file channel (file_channel.py), never as paths.
 """
 
 from __future__ import annotations
