@@ -57,6 +57,13 @@ def test_static_handler_refuses_links_out_of_the_root(tree: Path) -> None:
     assert get("link-in.html") == (200, b"inside")
     assert get("link-out.txt")[0] == 404 and get("dir-out/secret.txt")[0] == 404
     assert get("link-out.txt", with_root=False) == (200, b"secret")  # the site allows links out
+    # a listing does not show links out of the root (their size and date are the target's)
+    browse = StaticFileHandler({".html": "text/html"}, [], False, directory_browse_enabled=True)
+    listing = browse.serve("GET", "/", root, {}, "", root).body
+    assert isinstance(listing, bytes) and b"link-in.html" in listing and b"dir-in" in listing
+    assert b"link-out" not in listing and b"dir-out" not in listing
+    everything = browse.serve("GET", "/", root, {}, "", None).body
+    assert isinstance(everything, bytes) and b"link-out" in everything
     # a default document that leads out of the root is not served
     (tree / "docs").mkdir()
     (tree / "docs" / "index.html").symlink_to(tree.parent / "outside" / "secret.txt")

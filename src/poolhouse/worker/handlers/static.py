@@ -409,7 +409,7 @@ class StaticFileHandler:
                 path, doc = found
                 return self._serve_file(method, path, doc.st_mtime_ns, doc.st_size, headers)
         if self._browse:
-            return self._listing(method, url_path, physical_path, headers)
+            return self._listing(method, url_path, physical_path, headers, root)
         return _status(403, 14)
 
     def find_default_document(self, directory: str) -> str | None:
@@ -585,7 +585,7 @@ class StaticFileHandler:
         return None
 
     def _listing(self, method: str, url_path: str, directory: str,
-                 headers: dict[str, str]) -> StaticResponse:
+                 headers: dict[str, str], root: str | None = None) -> StaticResponse:
         """An IIS-style listing: ``<pre>`` lines of date, time, size and a link."""
         try:
             with os.scandir(directory) as scan:
@@ -602,6 +602,8 @@ class StaticFileHandler:
             out.append(f'<A HREF="{_href(parent)}">[To Parent Directory]</A><br><br>')
         show = self._show
         for entry in entries:
+            if root is not None and entry.is_symlink() and not within_root(entry.path, root):
+                continue                              # a link out of the root: not shown
             try:
                 st = entry.stat()
                 local = time.localtime(st.st_mtime)
