@@ -530,15 +530,18 @@ class WorkerProcess:
         listener sends the file range itself (q.RESPONSE_FILE, the descriptor passed on
         the file channel) unless a SendResponse hook transforms the body (compression),
         which needs the bytes here."""
-        if stream.body_filter is None and self.can_pass_files:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced by something else since its stat
+            os.close(fd)
+            log.error("sending %s failed: no longer a regular file", body.path)
+            stream.reset()
+            return
+        if stream.body_filter is None and self.can_pass_files and body.offset + body.length <= st.st_size:
             try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and body.offset + body.length <= st.st_size:
-                    stream.send_file(fd, q.FileRange(body.offset, body.length, st.st_size, st.st_mtime_ns))
-                    return
+                stream.send_file(fd, q.FileRange(body.offset, body.length, st.st_size, st.st_mtime_ns))
             finally:
                 os.close(fd)  # the listener holds its own reference from here on
-            fd = -1
+            return
         self.loop.create_task(self._send_file(stream, body, fd))
 
     @property
@@ -571,9 +574,9 @@ class WorkerProcess:
             return False
         return True
 
-    async def _send_file(self, stream: Stream, body: FileBody, fd: int = -1) -> None:
+    async def _send_file(self, stream: Stream, body: FileBody, fd: int) -> None:
         try:
-            with (open(fd, "rb") if fd >= 0 else open(body.path, "rb")) as fh:
+            with open(fd, "rb") as fh:
                 fh.seek(body.offset)
                 remaining = body.length
                 while remaining > 0:
