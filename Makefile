@@ -71,6 +71,7 @@ bench: bench-deps
 	$(PY) bench/process_model.py --output bench/results/process_model.json
 	$(PY) bench/hosting.py --output bench/results/hosting.json
 	$(PY) bench/listener.py --json bench/results/listener.json
+	$(PY) bench/files.py --json bench/results/files.json
 	$(PY) bench/http_cache_tests.py --output bench/results/http_cache_tests.json
 	$(PY) bench/websocket.py --exclude '12.*' --exclude '13.*' --output bench/results/websocket.json
 

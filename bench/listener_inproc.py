@@ -89,7 +89,7 @@ async def build(state_dir: str) -> tuple[Listener, WorkerLink, list[HttpConnecti
     loop = ImmediateLoop()
     link._loop = loop  # type: ignore[assignment]
     link.connection_made(FakeTransport(("", 0), ("", 0)))  # type: ignore[arg-type]
-    link.data_received(q.encode_ready(1, 1000))
+    link.data_received(q.encode_ready(1000))
     conns = []
     for i in range(CONNECTIONS):
         conn = HttpConnection(listener)

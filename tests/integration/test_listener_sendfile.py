@@ -1,23 +1,25 @@
 """Large static responses are sent by the listener (q.RESPONSE_FILE + sendfile): the
 worker reads none of the file, over plain TCP and TLS, for the static handler (whole
 files, single ranges, HEAD) and for a WSGI application's wsgi.file_wrapper; a body that
-compression transforms still goes through the worker; a file the worker's identity may
-not read, or one that changed, is never sent."""
+compression transforms still goes through the worker; a descriptor that is not a
+readable regular file holding the range, or a file that changed, is never sent."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import ssl
-import stat
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from poolhouse.admin.cert import generate
 from poolhouse.ipc.queue import FileRange
-from poolhouse.listener.file_send import FileChanged, Reader, open_range
+from poolhouse.listener.file_channel import FileRefused
+from poolhouse.listener.file_send import FileChanged, check_descriptor
 
 from .conftest import apphost
 
@@ -139,40 +141,87 @@ def test_tls_and_compressed_responses(poolhouse_server, tmp_path: Path) -> None:
             assert int(r.headers.get("content-length", "0") or 0) < 26 * 400000
 
 
-def test_identity_and_change_checks(tmp_path: Path) -> None:
-    """What the listener checks before it opens a file on a worker's word."""
-    folder = tmp_path / "files"
-    folder.mkdir()
-    path = folder / "f.bin"
+def test_descriptor_checks(tmp_path: Path) -> None:
+    """What the listener checks on a descriptor a worker passed before it sends from it:
+    a regular file open for reading, unchanged since the head, holding the range.  (The
+    worker opened it as its own user: whether it may read the file was the kernel's
+    decision, so an unreadable file never gets this far; see test_attack_files.py.)"""
+    path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 1000)
     st = path.stat()
-    ref = FileRange(str(path), 0, 1000, st.st_size, st.st_mtime_ns)
-    me = Reader(os.getpid())
-    os.close(open_range(ref, me))  # the same identity may read what it can
-
-    other = Reader(os.getpid())
-    other.uid, other.gids, other.unrestricted = 65534, frozenset({65534}), False
-    os.chmod(path, 0o600)
-    assert not other.may_read(str(path), path.stat())
+    ref = FileRange(0, 1000, st.st_size, st.st_mtime_ns)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        open_range(ref, other)
-        raise AssertionError("a file its identity may not read was opened")
-    except PermissionError:
-        pass
-    os.chmod(path, 0o644)
-    for parent in [tmp_path, *tmp_path.parents]:
-        if not stat.S_IMODE(parent.stat().st_mode) & 0o001:
-            break  # a folder on the way the identity cannot search
-    else:
-        assert other.may_read(str(path), path.stat())
-    os.chmod(folder, 0o700)
-    other._dirs.clear()
-    assert not other.may_read(str(path), path.stat())
-    os.chmod(folder, 0o755)
-
-    path.write_bytes(b"y" * 999)  # changed after the head was built
+        check_descriptor(fd, ref)  # the file the head was built from
+        with pytest.raises(FileRefused, match="outside the file"):
+            check_descriptor(fd, FileRange(1, 1000, st.st_size, st.st_mtime_ns))
+        path.write_bytes(b"y" * 999)  # changed after the head was built
+        with pytest.raises(FileChanged):
+            check_descriptor(fd, ref)
+    finally:
+        os.close(fd)
+    st = path.stat()
+    ref = FileRange(0, 999, st.st_size, st.st_mtime_ns)
+    for flags in (os.O_WRONLY, os.O_PATH):
+        fd = os.open(path, flags)
+        try:
+            with pytest.raises(FileRefused, match="not open for reading"):
+                check_descriptor(fd, ref)
+        finally:
+            os.close(fd)
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    null = os.open("/dev/null", os.O_RDONLY)
     try:
-        open_range(ref, me)
-        raise AssertionError("a changed file was opened")
-    except FileChanged:
-        pass
+        for fd, kind in ((a.fileno(), "a socket"), (r, "a pipe"), (d, "a directory"), (null, "a device")):
+            with pytest.raises(FileRefused, match=kind):
+                check_descriptor(fd, FileRange(0, 0, 0, 0))
+    finally:
+        a.close(), b.close()
+        for fd in (r, w, d, null):
+            os.close(fd)
+
+
+def listener_open_files(server, name: str) -> int:  # type: ignore[no-untyped-def]
+    """How many descriptors of the listener point at a file called ``name``."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        if "poolhouse.listener" in " ".join(child.cmdline()):
+            return sum(1 for f in child.open_files() if os.path.basename(f.path) == name)
+    raise AssertionError("no listener process")
+
+
+def test_descriptors_outlive_the_worker_and_die_with_the_client(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """The listener holds its own reference to a file it sends: a worker that dies
+    mid-send does not cut the download, and a client that goes away mid-send leaves no
+    descriptor behind."""
+    server = poolhouse_server(site(), files={"www/index.html": "home", "app/app.py": APP,
+                                             "app/web.config": WSGI_WEB_CONFIG})
+    sha = make_big(server.root, 64 * MB)
+    with httpx.Client(base_url=server.base, timeout=60) as c:
+        assert c.get("/index.html").text == "home"
+        pid = server.workers("AppPool")[0]["pid"]
+        digest = hashlib.sha256()
+        n = 0
+        with c.stream("GET", "/big.bin") as r:
+            pieces = r.iter_bytes(MB)
+            first = next(pieces)
+            digest.update(first)
+            n += len(first)
+            os.kill(pid, 9)  # the worker that opened the file is gone
+            for piece in pieces:
+                digest.update(piece)
+                n += len(piece)
+        assert (r.status_code, n, digest.hexdigest()) == (200, 64 * MB, sha)
+        server.wait_for(lambda: listener_open_files(server, "big.bin") == 0, timeout=10)
+        assert c.get("/index.html").text == "home"  # a new worker (on demand)
+    # a client that reads a little and leaves
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = 0
+        while got < 2 * MB:
+            got += len(s.recv(65536))
+        assert listener_open_files(server, "big.bin") == 1
+    server.wait_for(lambda: listener_open_files(server, "big.bin") == 0, timeout=15)
+    with httpx.Client(base_url=server.base, timeout=60) as c:
+        assert c.get("/index.html").text == "home"

@@ -134,8 +134,14 @@ def test_response_head_carries_an_httperr_reason() -> None:
 
 
 def test_ready_and_window() -> None:
-    frame = FrameDecoder().feed(q.encode_ready(1234, 8))[0]
-    assert q.decode_ready(frame.payload) == (1234, 8)
+    frame = FrameDecoder().feed(q.encode_ready(8))[0]
+    assert frame.type == q.READY and q.decode_ready(frame.payload) == 8
+    # READY carries credits and nothing else: the old (pid, credits) form is refused, so a
+    # worker cannot name a process for the listener to look up
+    import marshal
+    for bad in (marshal.dumps((1, 8), 4), b"", b"\x00" * 8):
+        with pytest.raises(ValueError):
+            q.decode_ready(bad)
     frame = FrameDecoder().feed(q.encode_window(3, 65536))[0]
     assert frame.stream == 3 and q.decode_window(frame.payload) == 65536
 
@@ -157,3 +163,27 @@ def test_control_message_without_op_is_refused() -> None:
         MessageDecoder().feed(encode(MESSAGE, 0, 0, b'{"no": "op"}'))
     with pytest.raises(FrameError):
         MessageDecoder().feed(encode(MESSAGE, 0, 0, b"not json"))
+
+
+def test_file_reference_round_trip_and_limits() -> None:
+    ref = q.FileRange(10, 90, 100, 1_700_000_000_123_456_789)
+    frame = FrameDecoder().feed(q.encode_file(7, ref))[0]
+    assert (frame.type, frame.flags, frame.stream) == (q.RESPONSE_FILE, q.END_STREAM, 7)
+    assert q.decode_file(frame.payload) == ref
+    assert q.decode_file(q.encode_file(1, q.FileRange(0, 0, 0, -5))[10:]).mtime_ns == -5
+    # the range must lie inside the size the worker reported; no path travels any more
+    import marshal
+    for bad in (q.FileRange(0, 101, 100, 0), q.FileRange(-1, 1, 100, 0), q.FileRange(5, -1, 100, 0),
+                q.FileRange(2**62, 2**62, 2**62, 0)):
+        with pytest.raises(ValueError):
+            q.decode_file(q.encode_file(1, bad)[10:])
+    for payload in (b"", b"x" * 31, b"x" * 33, marshal.dumps(("/etc/shadow", 0, 10, 10, 0), 4)):
+        with pytest.raises(ValueError):
+            q.decode_file(payload)
+
+
+def test_file_channel_record() -> None:
+    assert q.decode_file_record(q.encode_file_record(0xFFFFFFFF)) == 0xFFFFFFFF
+    for bad in (b"", b"abc", b"abcde"):
+        with pytest.raises(ValueError):
+            q.decode_file_record(bad)

@@ -2,10 +2,11 @@
 
 A worker is a fresh interpreter (``python -m poolhouse.worker``), never a fork of the
 service.  It inherits its end of each socket to the listener (``LISTENER_SOCKETS``: the
-queue socket; the other end goes to the listener over the listener's descriptor channel,
-so the worker can only ever reach its own pool's queue), its end of a control socket to
-us, and a descriptor channel from us.  We learn of its death at once from the process
-exit (``proc.wait``) and from the control socket closing.
+queue socket and the file channel, which carries the descriptors of files the listener
+sends for it, ipc/queue.py; the other ends go to the listener over the listener's
+descriptor channel, so the worker can only ever reach its own pool's queue), its end of a
+control socket to us, and a descriptor channel from us.  We learn of its death at once
+from the process exit (``proc.wait``) and from the control socket closing.
 
 When the listener dies and a new one starts, a running worker is re-attached rather than
 replaced (``reattach``): new pairs of the same sockets, the worker's ends over its
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config.model import Pool
-from ..ipc.control import ControlProtocol, Message, open_control, send_fd
+from ..ipc.control import ControlProtocol, Message, open_control, send_fds
 from .events import SHUTDOWN_TIMEOUT, EventLog
 from .states import (
     DEAD, DRAINING, INITIALIZING, ORPHANED, READY, SPAWNING, SUSPENDED, WORKER_TRANSITIONS, check,
@@ -52,7 +53,7 @@ __all__ = ["SPAWNING", "INITIALIZING", "READY", "SUSPENDED", "ORPHANED", "DRAINI
 # made again when a new listener replaces a dead one.  The worker gets one end (inherited
 # at spawn, over its descriptor channel at a re-attach), the listener the other, labelled
 # {"op": "attach_worker", "socket": name, ...}.  A new kind of socket is one more entry.
-LISTENER_SOCKETS: dict[str, socket.SocketKind] = {"queue": socket.SOCK_STREAM}
+LISTENER_SOCKETS: dict[str, socket.SocketKind] = {"queue": socket.SOCK_STREAM, "files": socket.SOCK_SEQPACKET}
 
 
 def listener_socket_pairs() -> dict[str, tuple[socket.socket, socket.socket]]:
@@ -133,7 +134,7 @@ class WorkerHandle:
 
     async def spawn(self, fd_channel: socket.socket, init: Message, env: dict[str, str], log_level: str) -> None:
         pairs = listener_socket_pairs()
-        queue_listener, queue_worker = pairs["queue"]
+        queue_worker, files_worker = pairs["queue"][1], pairs["files"][1]
         control_ours, control_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd_ours, fd_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd_ours.shutdown(socket.SHUT_RD)  # it only carries descriptors to the worker
@@ -158,9 +159,11 @@ class WorkerHandle:
                 "--pool", self.pool.name, "--worker-id", self.id,
                 "--queue-fd", str(queue_worker.fileno()),
                 "--control-fd", str(control_worker.fileno()),
+                "--files-fd", str(files_worker.fileno()),
                 "--fd-channel", str(fd_worker.fileno()),
                 "--log-level", log_level,
-                pass_fds=(queue_worker.fileno(), control_worker.fileno(), fd_worker.fileno()),
+                pass_fds=(*(theirs.fileno() for _, theirs in pairs.values()), control_worker.fileno(),
+                          fd_worker.fileno()),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=False,
@@ -191,9 +194,8 @@ class WorkerHandle:
     def hand_to_listener(self, fd_channel: socket.socket, ends: dict[str, socket.socket]) -> None:
         """The listener's ends of this worker's sockets, over the listener's descriptor
         channel (the pid is the one we spawned, never one the worker claims)."""
-        for name, sock in ends.items():
-            send_fd(fd_channel, {"op": "attach_worker", "socket": name, "pool": self.pool.name,
-                                 "worker_id": self.id, "pid": self.pid}, sock.fileno())
+        send_fds(fd_channel, {"op": "attach_worker", "sockets": list(ends), "pool": self.pool.name,
+                              "worker_id": self.id, "pid": self.pid}, [sock.fileno() for sock in ends.values()])
 
     def reattach(self, fd_channel: socket.socket, generation: int) -> bool:
         """Attach this running worker to a new listener: fresh pairs of its listener
@@ -208,8 +210,8 @@ class WorkerHandle:
             log.error("cannot make the sockets to re-attach worker %s: %s", self.id, exc)
             return False
         try:
-            for name, (_, theirs) in pairs.items():
-                send_fd(self.fd_out, {"op": "attach", "socket": name}, theirs.fileno())
+            send_fds(self.fd_out, {"op": "attach", "sockets": list(pairs)},
+                     [theirs.fileno() for _, theirs in pairs.values()])
             self.hand_to_listener(fd_channel, {name: ours for name, (ours, _) in pairs.items()})
         except OSError as exc:
             log.error("cannot re-attach worker %s: %s", self.id, exc)

@@ -75,9 +75,10 @@ def _bool(text: str, what: str, file: str, line: int) -> bool:
 
 
 class _Reader:
-    def __init__(self, path: str, files: dict[str, bytes] | None = None) -> None:
+    def __init__(self, path: str, files: dict[str, bytes] | None = None, contained: bool = True) -> None:
         self.doc = ConfigDocument(path)
         self.files = files  # given: the extra files' bytes as accepted earlier
+        self.contained = contained  # extra files must really be in this file's folder
         self.seen: set[tuple[str, str]] = set()
         self.unknown_seen: set[str] = set()
 
@@ -235,7 +236,7 @@ class _Reader:
         if len(el.attrib) > 1 or element_children(el):
             raise ConfigError("a section with configSource can have no other attributes or "
                               "elements", self.doc.path, line, section.path)
-        path = _inside(self.doc.path, ref, "configSource", line, section.path)
+        path = _inside(self.doc.path, ref, "configSource", line, section.path, self.contained)
         data = self.extra_bytes(path, optional=False)
         assert data is not None
         root = parse_xml(data, path)
@@ -251,7 +252,7 @@ class _Reader:
         root) are merged over the section's own, overriding equal keys, as .NET does; a
         missing file is ignored.  Returns a digest of what was read."""
         path = _inside(file, el.get("file", ""), "appSettings/@file", el.sourceline,
-                       section.path)
+                       section.path, self.contained)
         data = self.extra_bytes(path, optional=True)
         if data is None:
             return ""
@@ -268,15 +269,26 @@ class _Reader:
 
 
 def _inside(base_file: str, ref: str, what: str, line: int | None,
-            section: str) -> str:
+            section: str, contained: bool = True) -> str:
     """``ref`` as a path relative to ``base_file``'s folder, refusing absolute paths and
     ``..`` (as .NET does for configSource): a config file can only pull in files
-    beside or below it."""
+    beside or below it.  ``contained``: the same holds for the real path, symbolic links
+    resolved (a link out of the folder is refused without reading its target: the error
+    names the referencing file and line, so a 500.19 page shows none of the target)."""
     rel = ref.strip().replace("\\", "/")
     if not rel or rel.startswith("/") or ".." in rel.split("/") or ":" in rel:
         raise ConfigError(f"{what} '{ref}' must be a relative path to a file in the same "
                           "folder or below", base_file, line, section)
-    return os.path.join(os.path.dirname(os.path.abspath(base_file)), rel)
+    folder = os.path.dirname(os.path.abspath(base_file))
+    path = os.path.join(folder, rel)
+    if contained:
+        real_folder = os.path.realpath(folder)
+        real = os.path.realpath(path)
+        if real != real_folder and not real.startswith(real_folder.rstrip("/") + "/"):
+            raise ConfigError(f"{what} '{ref}' is a symbolic link to a file outside the folder of "
+                              "the configuration file (the site's symbolicLinks/@allowOutsideRoot "
+                              "allows it)", base_file, line, section)
+    return path
 
 
 def _digest(el: etree._Element) -> str:
@@ -288,10 +300,12 @@ def _digest(el: etree._Element) -> str:
 
 
 def read_document(data: bytes, path: str,
-                  files: dict[str, bytes] | None = None) -> ConfigDocument:
+                  files: dict[str, bytes] | None = None, contained: bool = True) -> ConfigDocument:
     """Parse one configuration file; ``ConfigError`` on any violation.  ``files``: the
-    bytes of its configSource / appSettings files as read earlier (else from disk)."""
-    return _Reader(path, files).read(parse_xml(data, path))
+    bytes of its configSource / appSettings files as read earlier (else from disk).
+    ``contained``: refuse configSource / appSettings files whose real path (symbolic
+    links resolved) leaves this file's folder."""
+    return _Reader(path, files, contained).read(parse_xml(data, path))
 
 
 def unknown_warning(path: str, line: int, section: str) -> str:

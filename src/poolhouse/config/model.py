@@ -131,6 +131,8 @@ class Site:
     limits: SiteLimits = field(default_factory=SiteLimits)
     log_file: LogFile = field(default_factory=LogFile)
     trace_failed_requests: FailedRequestsLogging = field(default_factory=FailedRequestsLogging)
+    # symbolicLinks/@allowOutsideRoot: symbolic links may lead out of their folder
+    symlinks_outside_root: bool = False
 
     _NESTED = {
         "bindings": [Binding],

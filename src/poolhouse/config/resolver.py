@@ -65,6 +65,17 @@ def _segment_key(name: str) -> str:
     return name.rstrip(". ").lower()
 
 
+def _refuse_link_out(path: str) -> None:
+    """A web.config that is a symbolic link out of its folder is not read (its target's
+    content must not reach a 500.19 page); the site's symbolicLinks/@allowOutsideRoot
+    allows it."""
+    folder = os.path.realpath(os.path.dirname(path))
+    real = os.path.realpath(path)
+    if not real.startswith(folder.rstrip("/") + "/"):
+        raise ConfigError("the configuration file is a symbolic link to a file outside its folder "
+                          "(the site's symbolicLinks/@allowOutsideRoot allows it)", path)
+
+
 class _Stat:
     __slots__ = ("checked", "path", "mtime")
 
@@ -280,8 +291,11 @@ class WebConfigResolver:
             elif time.monotonic() - self._error_at.get(path, 0.0) < STAT_INTERVAL:
                 return hit  # a broken file (or one its configSource breaks): retried
         doc: ConfigDocument | ConfigError
+        contained = not self.site.symlinks_outside_root
         try:
-            doc = read_document(read_config_bytes(path), path)
+            if contained:
+                _refuse_link_out(path)
+            doc = read_document(read_config_bytes(path), path, contained=contained)
         except ConfigError as e:
             log.error("%s", e)
             doc = e

@@ -256,6 +256,16 @@ def _site_members(is_default: bool) -> list[Member]:
           doc="Defaults for the site's applications."),
         E("virtualDirectoryDefaults", *_vdir_members(True),
           doc="Defaults for the site's virtual directories."),
+        E("symbolicLinks",
+          B("allowOutsideRoot", False,
+            "Follow symbolic links whose target lies outside the physical folder of the "
+            "virtual directory they are in (static files), or outside the folder of the "
+            "configuration file that names them (configSource, appSettings/@file).  "
+            "False: such a target answers 404 (content) or 500.19 (configuration), and its "
+            "content is never shown.  Links that stay inside keep working either way.",
+            extension=True),
+          doc="Poolhouse extension, in the spirit of nginx's disable_symlinks: whether the "
+              "site's files may be symbolic links out of their folder.", extension=True),
     ]
     if not is_default:
         members.append(C(*_app_members(False), add="application", remove=None,

@@ -481,11 +481,13 @@ class _Builder:
             raise self.error(f"site '{name}' has no root application (path=\"/\")",
                              s.line, section)
         auto = _first("serverAutoStart", s, sd)
+        links = pick("allowOutsideRoot", child(s, "symbolicLinks"), child(sd, "symbolicLinks"),
+                     schema_default=False)
         return model.Site(
             id=int(s.get("id")), name=name,
             server_auto_start=True if auto is None else bool(auto),
             bindings=bindings, applications=apps, limits=limits, log_file=log_file,
-            trace_failed_requests=tracing,
+            trace_failed_requests=tracing, symlinks_outside_root=bool(links),
         )
 
     def binding(self, b: Merged, site: str) -> model.Binding | None:

@@ -4,9 +4,10 @@ Low-volume traffic (configuration, "pool X needs a worker", pings, statistics), 
 message is one frame of type MESSAGE whose payload is a JSON object with an ``op`` key.
 Requests that want an answer carry an ``id``; the answer is ``{"op": "reply", "id": …}``.
 
-File descriptors (a worker's end of its queue socket, handed to the listener) travel on a
-separate SOCK_SEQPACKET pair, one record per descriptor with a small JSON label, because
-asyncio transports cannot carry ancillary data.  ``FdSender``/``FdReceiver`` do that.
+File descriptors (a worker's ends of its queue socket and of its file channel, handed to
+the listener; listening sockets) travel on a separate SOCK_SEQPACKET pair, one record per
+handover with a small JSON label and its descriptors (at most ``MAX_FDS``), because
+asyncio transports cannot carry ancillary data.  ``send_fds``/``FdReceiver`` do that.
 """
 
 from __future__ import annotations
@@ -143,17 +144,29 @@ def fd_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
+MAX_FDS = 4
+
+
 def send_fd(sock: socket.socket, label: Message, fd: int) -> None:
-    """Send one descriptor with its label.  The socket is blocking on the sender's side
-    (records are tiny and the receiver drains them at once)."""
+    """Send one descriptor with its label (see ``send_fds``)."""
+    send_fds(sock, label, [fd])
+
+
+def send_fds(sock: socket.socket, label: Message, fds: list[int]) -> None:
+    """Send descriptors (1 to ``MAX_FDS``) with their label in one record.  The socket is
+    blocking on the sender's side (records are tiny and the receiver drains them at once)."""
+    if not 1 <= len(fds) <= MAX_FDS:
+        raise ValueError(f"a record carries 1 to {MAX_FDS} descriptors, not {len(fds)}")
     data = json.dumps(label).encode()
-    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
 class FdReceiver:
-    """Reads labelled descriptors from a SOCK_SEQPACKET socket on the event loop."""
+    """Reads labelled descriptors from a SOCK_SEQPACKET socket on the event loop:
+    ``on_fd(label, fds)`` with the record's descriptors in the order sent (the callee
+    owns them)."""
 
-    def __init__(self, sock: socket.socket, on_fd: Callable[[Message, int], None]) -> None:
+    def __init__(self, sock: socket.socket, on_fd: Callable[[Message, list[int]], None]) -> None:
         self._sock = sock
         self._on_fd = on_fd
         sock.setblocking(False)
@@ -162,7 +175,8 @@ class FdReceiver:
     def _readable(self) -> None:
         while True:
             try:
-                data, ancdata, _flags, _addr = self._sock.recvmsg(65536, socket.CMSG_SPACE(4 * 16))
+                data, ancdata, _flags, _addr = self._sock.recvmsg(65536, socket.CMSG_SPACE(4 * 16),
+                                                                   socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -182,12 +196,12 @@ class FdReceiver:
                 label = json.loads(data)
             except ValueError:
                 label = {}
-            if len(fds) != 1 or not isinstance(label, dict):
+            if not 1 <= len(fds) <= MAX_FDS or not isinstance(label, dict):
                 log.error("fd channel: record with %d descriptors and label %r dropped", len(fds), data[:80])
                 for fd in fds:
                     socket.close(fd)
                 continue
-            self._on_fd(label, fds[0])
+            self._on_fd(label, fds)
 
     def close(self) -> None:
         try:

@@ -14,6 +14,16 @@ by stream id (chosen by the listener).  Flow control has two parts:
 Heads are ``marshal``-encoded tuples of bytes/str/int (format version 4, stable across
 Python 3.x): the cheapest safe encoding for two trusted processes of ours.  The listener
 decodes a worker's heads defensively (type-checked), since application code runs there.
+
+A worker says nothing about who it is: its pid and identity are the activation
+service's to tell the listener (``attach_worker``).  Files the listener sends for a
+worker (RESPONSE_FILE) are opened by the worker, as its own user, and travel as open
+descriptors on a second socket of the worker's, its *file channel* (SOCK_SEQPACKET,
+created with the queue socket at spawn): one record per descriptor, the record's bytes
+``FILE_RECORD`` (the stream id), the descriptor as ``SCM_RIGHTS``.  The worker sends the
+record before the RESPONSE_FILE frame that uses it, so when the listener reads the frame
+the descriptor is already queued on the file channel; a frame without its descriptor is
+refused.  The listener never opens a path on a worker's word.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ __all__ = [
     "RequestHead", "encode_request", "decode_request",
     "ResponseHead", "encode_response", "decode_response",
     "encode_window", "decode_window", "encode_ready", "decode_ready",
+    "FILE_RECORD", "FileRange", "encode_file", "decode_file", "encode_file_record", "decode_file_record",
 ]
 
 # listener -> worker
@@ -56,20 +67,22 @@ WINDOW = 4         # payload: u32 body-window increment for this stream
 PING = 5
 PONG = 6
 # worker -> listener
-READY = 16         # stream 0; payload: (pid, credits)
+READY = 16         # stream 0; payload: i32 credits (once, when the worker takes requests)
 RESPONSE = 17      # payload: response head (+ whole body when END_STREAM)
 RESPONSE_BODY = 18
 RESET = 19         # the worker abandons the stream (the response cannot be completed)
 CREDIT = 20        # stream 0; payload: i32 change in credits
 DRAINING = 21      # stream 0; the worker takes no new requests (recycle); in-flight go on
 RESPONSE_FILE = 22  # the rest of the response body is a file range, sent by the listener
-                    # itself (sendfile): payload (path, offset, length, size, mtime_ns), the
-                    # last two the file's as the worker saw them; always END_STREAM
+                    # itself (sendfile) from the descriptor the worker passed on its file
+                    # channel for this stream: payload i64 offset, length, size, mtime_ns,
+                    # the last two the file's as the worker saw them; always END_STREAM
 
 BODY_WINDOW = 1 << 20
 
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
+FILE_RECORD = _U32  # a file channel record: the stream id the descriptor is for
 
 
 class RequestHead(NamedTuple):
@@ -196,37 +209,50 @@ def decode_credit(payload: bytes) -> int:
     return int(_I32.unpack(payload)[0])
 
 
-def encode_ready(pid: int, credits: int) -> bytes:
-    return encode(READY, 0, 0, marshal.dumps((pid, credits), 4))
+def encode_ready(credits: int) -> bytes:
+    return encode(READY, 0, 0, _I32.pack(credits))
 
 
-def decode_ready(payload: bytes) -> tuple[int, int]:
-    value = marshal.loads(payload)
-    if type(value) is not tuple or len(value) != 2 or not all(type(v) is int for v in value):
-        raise ValueError("malformed READY")
-    return value[0], value[1]
+def decode_ready(payload: bytes) -> int:
+    """The credits a worker announces (raises ValueError if malformed).  READY carries no
+    pid: whatever a worker says about itself is not evidence of anything."""
+    if len(payload) != _I32.size:
+        raise ValueError(f"malformed READY ({len(payload)} bytes, expected {_I32.size})")
+    return int(_I32.unpack(payload)[0])
+
+
+def encode_file_record(stream: int) -> bytes:
+    """The bytes of the file channel record carrying the descriptor for ``stream``."""
+    return FILE_RECORD.pack(stream)
+
+
+def decode_file_record(data: bytes) -> int:
+    """The stream id of a file channel record (raises ValueError if malformed)."""
+    if len(data) != FILE_RECORD.size:
+        raise ValueError(f"file channel record of {len(data)} bytes, expected {FILE_RECORD.size}")
+    return int(FILE_RECORD.unpack(data)[0])
 
 
 class FileRange(NamedTuple):
-    path: str
+    """A range of the file whose descriptor the worker passed for the stream."""
     offset: int
     length: int
     size: int       # the file's size and modification time when the worker built the
     mtime_ns: int   # response head: the listener refuses to send a file that changed since
 
 
+_FILE_RANGE = struct.Struct("<qqqq")
+
+
 def encode_file(stream: int, ref: FileRange) -> bytes:
-    return encode(RESPONSE_FILE, END_STREAM, stream, marshal.dumps(tuple(ref), 4))
+    return encode(RESPONSE_FILE, END_STREAM, stream, _FILE_RANGE.pack(*ref))
 
 
 def decode_file(payload: bytes) -> FileRange:
-    """Decodes and type-checks a RESPONSE_FILE payload (raises ValueError if malformed)."""
-    try:
-        value = marshal.loads(payload)
-    except (EOFError, ValueError, TypeError) as exc:
-        raise ValueError(f"undecodable file reference: {exc}") from None
-    if (type(value) is not tuple or len(value) != 5 or type(value[0]) is not str
-            or not all(type(v) is int for v in value[1:]) or not value[0].startswith("/")
-            or "\x00" in value[0] or value[1] < 0 or value[2] < 0 or value[1] + value[2] > value[3]):
-        raise ValueError("malformed file reference")
-    return FileRange(*value)
+    """Decodes and checks a RESPONSE_FILE payload (raises ValueError if malformed)."""
+    if len(payload) != _FILE_RANGE.size:
+        raise ValueError(f"malformed file reference ({len(payload)} bytes, expected {_FILE_RANGE.size})")
+    offset, length, size, mtime_ns = _FILE_RANGE.unpack(payload)
+    if offset < 0 or length < 0 or size < 0 or offset + length > size:
+        raise ValueError(f"file reference outside its file: {length} bytes at {offset} of {size}")
+    return FileRange(offset, length, size, mtime_ns)

@@ -9,6 +9,7 @@ transport, returning window to the worker as the client drains it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ from marshal import dumps as _dumps
 
 from ..ipc import queue as q
 from ..ipc.frames import encode as encode_frame
-from .file_send import FileChanged, FileSender, open_range
+from .file_channel import FileRefused
+from .file_send import FileChanged, FileSender, check_descriptor
 from .response_cache import FILE_MARKER, MARKER, PROFILED, UPSTREAM_MARKER, strip_file_marker
 from .responses import DATE, STATUS_LINE_11, status_line
 
@@ -25,7 +27,6 @@ log = logging.getLogger("poolhouse.listener")
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
-    from .file_send import Reader
     from .request_queue import PoolQueue
     from .response_cache import Entry
     from .routing import Route
@@ -325,18 +326,22 @@ class Exchange:
         elif data:
             self._ack(len(data))
 
-    def response_file(self, ref: q.FileRange, reader: "Reader") -> None:
+    def response_file(self, fd: int, ref: q.FileRange) -> None:
         """The rest of the body is a file range (q.RESPONSE_FILE, always the stream's last
-        frame): the listener opens and sends it itself (file_send.py)."""
+        frame) of the descriptor ``fd`` the worker passed: the listener checks it and
+        sends it itself (file_send.py).  Takes ownership of ``fd`` (closed on every path)."""
         if self.done or self.conn.closed:
-            return
-        if self.method == "HEAD":
-            self.response_body(b"", q.END_STREAM)
+            os.close(fd)
             return
         try:
-            fd = open_range(ref, reader)
-        except (FileChanged, OSError) as exc:
+            check_descriptor(fd, ref)
+        except (FileChanged, FileRefused, OSError) as exc:
+            os.close(fd)
             self.file_failed(str(exc))
+            return
+        if self.method == "HEAD":
+            os.close(fd)
+            self.response_body(b"", q.END_STREAM)
             return
         FileSender(self, fd, ref, self.chunked).pump()
 
@@ -345,12 +350,18 @@ class Exchange:
         self.response_body(b"", q.END_STREAM)
 
     def file_failed(self, reason: str) -> None:
-        """The head is out and the file cannot follow: the connection is closed."""
+        """The file cannot follow its head: the connection is closed (a 502 if no head
+        went out)."""
+        if self.done:
+            return
         log.error("cannot send %s's file: %s", self.target[:200].decode("latin-1"), reason)
-        self.done = True
         if self.worker is not None:
             self.worker.cancel(self.stream)
         self.release_worker()
+        if not self.response_started:
+            self.conn.send_error(self, 502, "File_Not_Sendable")
+            return
+        self.done = True
         self.conn.abort_exchange(self, "File_Not_Sendable")
 
     def _ack(self, n: int) -> None:

@@ -1,10 +1,14 @@
 """Large static responses sent by the listener itself (``q.RESPONSE_FILE``).
 
-A worker answering with a big file sends the head and a file reference (path, range,
-and the size and mtime it built the head from) instead of the bytes.  The listener opens
-the file, checks it is the same file and that the worker's identity may read it, and
-sends the range: with ``os.sendfile`` on plain TCP (no copy through Python, none through
-the worker), with reads through the transport on TLS.
+A worker answering with a big file sends the head, then passes the open file on its
+*file channel* (file_channel.py: a SOCK_SEQPACKET socket created with its queue socket at
+spawn) as an ``SCM_RIGHTS`` descriptor tagged with the stream id, then a RESPONSE_FILE
+frame with the range and the size and mtime it built the head from.  The worker opened
+the file as its own user, so the kernel has already decided whether it may read it; the
+listener never opens a path for a worker and never asks who a worker is.  It only
+checks the descriptor (a regular file, opened for reading, the same size and mtime, the
+range inside it) and sends the range: with ``os.sendfile`` on plain TCP (no copy through
+Python, none through the worker), with reads through the transport on TLS.
 
 The transport owns the socket, so sendfile only writes while the transport's own buffer
 is empty (otherwise bytes would overtake each other).  While a file is being sent the
@@ -16,12 +20,13 @@ watch the socket for us.  Bursts are bounded so one fast client cannot hold the 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
-import time
 from typing import TYPE_CHECKING
 
 from ..ipc.queue import FileRange
+from .file_channel import FileRefused
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -31,91 +36,30 @@ BURST = 8 << 20            # bytes sent before yielding to the loop
 TLS_CHUNK = 256 * 1024     # one read on a TLS connection
 SMALL = 64 * 1024          # what goes through the transport when the socket is full
 
-_PERMS_TTL = 2.0
+_READABLE = (os.O_RDONLY, os.O_RDWR)
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
 class FileChanged(Exception):
     """The file is not the one the worker built the response head for."""
 
 
-def process_ids(pid: int) -> tuple[int, frozenset[int]]:
-    """The effective uid and every group (effective and supplementary) of a process."""
-    uid, gids = -1, set()
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("Uid:"):
-                uid = int(line.split()[2])
-            elif line.startswith("Gid:"):
-                gids.add(int(line.split()[2]))
-            elif line.startswith("Groups:"):
-                gids.update(int(g) for g in line.split()[1:])
-    return uid, frozenset(gids)
-
-
-def _allows(st: os.stat_result, uid: int, gids: frozenset[int], bit: int) -> bool:
-    """``bit`` is the "other" permission bit (4 read, 1 search)."""
-    if st.st_uid == uid:
-        return bool(st.st_mode & (bit << 6))
-    if st.st_gid in gids:
-        return bool(st.st_mode & (bit << 3))
-    return bool(st.st_mode & bit)
-
-
-class Reader:
-    """What one worker's identity may read: the listener opens files on the worker's
-    word, so it checks the worker could have opened them itself (every directory on the
-    way searchable, the file readable).  Directory verdicts are kept briefly."""
-
-    def __init__(self, pid: int) -> None:
-        try:
-            self.uid, self.gids = process_ids(pid)
-        except (OSError, ValueError):
-            self.uid, self.gids = -1, frozenset()  # unknown: nothing is readable
-        self.unrestricted = self.uid == 0 or self.uid == os.geteuid()
-        self._dirs: dict[str, tuple[float, bool]] = {}
-
-    def may_read(self, path: str, st: os.stat_result) -> bool:
-        if self.unrestricted:
-            return True
-        if self.uid < 0 or not _allows(st, self.uid, self.gids, 4):
-            return False
-        now = time.monotonic()
-        folder = os.path.dirname(path)
-        while True:
-            cached = self._dirs.get(folder)
-            if cached is not None and cached[0] > now:
-                ok = cached[1]
-            else:
-                try:
-                    ok = _allows(os.stat(folder), self.uid, self.gids, 1)
-                except OSError:
-                    ok = False
-                if len(self._dirs) > 4096:
-                    self._dirs.clear()
-                self._dirs[folder] = (now + _PERMS_TTL, ok)
-            if not ok:
-                return False
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                return True
-            folder = parent
-
-
-def open_range(ref: FileRange, reader: Reader) -> int:
-    """Opens the referenced file for sending; raises FileChanged or OSError."""
-    fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileChanged(f"{ref.path} is not a regular file")
-        if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
-            raise FileChanged(f"{ref.path} changed after its response head was built")
-        if not reader.may_read(ref.path, st):
-            raise PermissionError(f"the worker's identity may not read {ref.path}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def check_descriptor(fd: int, ref: FileRange) -> None:
+    """Raises FileRefused or FileChanged unless ``fd`` is a regular file opened for
+    reading, of the size and mtime the head was built from, holding the range."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a socket" if stat.S_ISSOCK(st.st_mode) else "a pipe" if stat.S_ISFIFO(st.st_mode)
+                else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+        raise FileRefused(f"the descriptor is {kind}, not a regular file")
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & _O_PATH or flags & os.O_ACCMODE not in _READABLE:
+        raise FileRefused("the descriptor is not open for reading")
+    if st.st_size != ref.size or st.st_mtime_ns != ref.mtime_ns:
+        raise FileChanged("the file changed after its response head was built")
+    if ref.offset + ref.length > st.st_size:
+        raise FileRefused(f"the range ({ref.length} bytes at {ref.offset}) is outside the file ({st.st_size})")
 
 
 class FileSender:
@@ -125,6 +69,7 @@ class FileSender:
     __slots__ = ("exch", "fd", "offset", "remaining", "chunked", "sock_fd", "done", "busy")
 
     def __init__(self, exch: "Exchange", fd: int, ref: FileRange, chunked: bool) -> None:
+        """Takes ownership of ``fd``: ``stop`` closes it, whatever ends the sending."""
         self.exch = exch
         self.fd = fd
         self.offset = ref.offset

@@ -354,24 +354,34 @@ class Listener:
     def ctl_exit(self, msg: Message) -> None:
         self.stopped.set()
 
-    def on_fd(self, label: Message, fd: int) -> None:
+    def on_fd(self, label: Message, fds: list[int]) -> None:
+        fd, extra = fds[0], fds[1:]
         if label.get("op") == "listen":
+            for other in extra:
+                os.close(other)
             self.loop.create_task(self._listen(socket.socket(fileno=fd), label["ip"], int(label["port"]),
                                                label.get("protocol", "http")))
             return
-        if label.get("op") != "attach_worker" or label.get("socket", "queue") != "queue":
-            os.close(fd)
+        names = label.get("sockets", ["queue"]) if label.get("op") == "attach_worker" else None
+        pool = self.pools.get(label.get("pool", "")) if isinstance(names, list) else None
+        ends = dict(zip(names, fds)) if pool is not None and names is not None else {}
+        if (pool is None or len(ends) != len(fds) or "queue" not in ends
+                or not set(ends) <= {"queue", "files"}):
+            log.error("descriptor record %r with %d descriptor(s) refused", label, len(fds))
+            for each in fds:
+                os.close(each)
             return
-        pool = self.pools.get(label["pool"])
-        if pool is None:
-            os.close(fd)
-            return
-        sock = socket.socket(fileno=fd)
-        self.loop.create_task(self._attach(sock, pool, label["worker_id"], int(label["pid"])))
+        # the pid is the activation service's, who spawned the worker, never the worker's word
+        sock = socket.socket(fileno=ends["queue"])
+        files = socket.socket(fileno=ends["files"]) if "files" in ends else None
+        self.loop.create_task(self._attach(sock, pool, label["worker_id"], int(label["pid"]), files))
 
-    async def _attach(self, sock: socket.socket, pool: PoolQueue, worker_id: str, pid: int) -> None:
+    async def _attach(self, sock: socket.socket, pool: PoolQueue, worker_id: str, pid: int,
+                      files: socket.socket | None = None) -> None:
+        if files is None:
+            log.warning("worker %s came without a file channel: its file responses will fail", worker_id)
         _, link = await self.loop.connect_accepted_socket(
-            lambda: WorkerLink(self, pool, worker_id, pid), sock=sock
+            lambda: WorkerLink(self, pool, worker_id, pid, files), sock=sock
         )
         self.workers[worker_id] = link
 

@@ -4,17 +4,23 @@ Frames going to the worker are collected during a loop turn and written with one
 ``writelines`` call; frames coming back are dispatched by type to the exchange that owns
 their stream.  The link takes a credit back on every stream's terminal frame
 (END_STREAM or RESET), whatever became of the exchange meanwhile.
+
+The link believes nothing a worker says about itself: its pid is the one the
+activation service gave with the socket (``attach_worker``), and files come only as
+descriptors the worker passed on its file channel (file_channel.py), never as paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING, cast
 
 from ..ipc import queue as q
 from ..ipc.frames import FrameDecoder, FrameError, encode
-from .file_send import Reader
+from .file_channel import FileChannel, FileRefused
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -25,7 +31,10 @@ log = logging.getLogger("poolhouse.listener")
 
 
 class WorkerLink(asyncio.Protocol):
-    def __init__(self, listener: "Listener", pool: "PoolQueue", worker_id: str, pid: int) -> None:
+    def __init__(self, listener: "Listener", pool: "PoolQueue", worker_id: str, pid: int,
+                 files: socket.socket | None = None) -> None:
+        """``pid``: from the activation service, which spawned the worker; ``files``: the
+        listener's end of the worker's file channel (None: file responses are refused)."""
         self.listener = listener
         self.pool = pool
         self.worker_id = worker_id
@@ -35,7 +44,8 @@ class WorkerLink(asyncio.Protocol):
         self.draining = False
         self.streams: dict[int, Exchange] = {}
         self.tunnels: set[int] = set()  # streams that became tunnels (their credit is back)
-        self.reader: Reader | None = None  # what the worker's identity may read (file responses)
+        self.files = (FileChannel(files, worker_id, lambda sid: sid in self.streams)
+                      if files is not None else None)
         self.requests = 0
         self._next_stream = 1
         self._decoder = FrameDecoder()
@@ -83,21 +93,7 @@ class WorkerLink(asyncio.Protocol):
                 if exch is not None:
                     exch.response_body(payload, flags)
             elif ftype == q.RESPONSE_FILE:
-                exch = streams.get(sid)
-                self._terminal(sid)
-                try:
-                    if not flags & q.END_STREAM:
-                        raise ValueError("a file reference must end its stream")
-                    ref = q.decode_file(payload)
-                except ValueError as exc:
-                    log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
-                    if exch is not None:
-                        exch.file_failed(str(exc))
-                    continue
-                if exch is not None:
-                    if self.reader is None:
-                        self.reader = Reader(self.pid)
-                    exch.response_file(ref, self.reader)
+                self._response_file(sid, flags, payload)
             elif ftype == q.WINDOW:
                 exch = streams.get(sid)
                 if exch is not None:
@@ -108,8 +104,14 @@ class WorkerLink(asyncio.Protocol):
                 if exch is not None:
                     exch.reset()
             elif ftype == q.READY:
-                pid, credits = q.decode_ready(payload)
-                self.pid = pid
+                try:
+                    credits = q.decode_ready(payload)
+                except ValueError as exc:
+                    log.error("worker %s (pid %d): %s; ignored", self.worker_id, self.pid, exc)
+                    continue
+                if self.ready:
+                    log.error("worker %s (pid %d) sent READY again; ignored", self.worker_id, self.pid)
+                    continue
                 self.credits = credits
                 self.ready = True
                 self.pool.worker_ready(self)
@@ -127,8 +129,38 @@ class WorkerLink(asyncio.Protocol):
             else:
                 log.error("worker %s sent unknown frame type %d", self.worker_id, ftype)
 
+    def _response_file(self, sid: int, flags: int, payload: bytes) -> None:
+        """RESPONSE_FILE: the descriptor passed for the stream, checked and sent by the
+        exchange; refused (the response fails, nothing is sent) without one."""
+        exch = self.streams.get(sid)
+        fd = -1
+        try:
+            if self.files is None:
+                log.error("worker %s sent RESPONSE_FILE without a file channel (stream %d)", self.worker_id, sid)
+                raise FileRefused("RESPONSE_FILE from a worker without a file channel")
+            fd = self.files.take(sid)  # refusals are logged there (bounded)
+            if not flags & q.END_STREAM:
+                raise ValueError("a file reference must end its stream")
+            ref = q.decode_file(payload)
+        except (ValueError, FileRefused) as exc:
+            if fd >= 0:
+                os.close(fd)
+            if isinstance(exc, ValueError):
+                log.error("worker %s: %s on stream %d", self.worker_id, exc, sid)
+            self._terminal(sid)
+            if exch is not None:
+                exch.file_failed(str(exc))
+            return
+        self._terminal(sid)
+        if exch is not None:
+            exch.response_file(fd, ref)
+        else:
+            os.close(fd)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.files is not None:
+            self.files.close()
         self.pool.remove_worker(self)
         streams, self.streams = self.streams, {}
         for exch in streams.values():
@@ -148,6 +180,9 @@ class WorkerLink(asyncio.Protocol):
                 self.pool.worker_free(self)
 
     def _terminal(self, sid: int) -> None:
+        files = self.files
+        if files is not None and files.pending:
+            files.drop(sid)  # a descriptor its stream did not use
         if self.tunnels and sid in self.tunnels:
             self.tunnels.discard(sid)
             if self.streams.pop(sid, None) is not None:

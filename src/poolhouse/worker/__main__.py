@@ -1,7 +1,7 @@
 """Entry point of a worker process, started by the activation service (a fresh
 interpreter, never a fork of it):
 
-    python -m poolhouse.worker --pool NAME --worker-id ID --queue-fd N --control-fd M [--fd-channel K]
+    python -m poolhouse.worker --pool NAME --worker-id ID --queue-fd N --control-fd M [--files-fd F] [--fd-channel K]
 
 SIGTERM and SIGINT are reported to the activation service, which drains the worker (see
 ``WorkerProcess.signalled``); every other signal is the application's to use.
@@ -37,6 +37,7 @@ async def amain(args: argparse.Namespace) -> int:
         queue_sock = socket.socket(fileno=args.queue_fd)
         control_sock = socket.socket(fileno=args.control_fd)
         fd_sock = socket.socket(fileno=args.fd_channel) if args.fd_channel is not None else None
+        files_sock = socket.socket(fileno=args.files_fd) if args.files_fd >= 0 else None
     except OSError as exc:
         logging.error("cannot use the inherited channels: %s", exc)
         return exit_codes.BOOT_FAILED
@@ -46,7 +47,7 @@ async def amain(args: argparse.Namespace) -> int:
         except OSError:
             pass
     try:
-        await worker.boot(queue_sock, control_sock, fd_sock)
+        await worker.boot(queue_sock, control_sock, fd_sock, files_sock)
     except (AppLoadError, LifespanError) as exc:
         logging.error("application failed to load: %s", exc)
         return exit_codes.APP_LOAD_FAILED
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--fd-channel", type=int, default=None)
+    parser.add_argument("--files-fd", type=int, default=-1)  # the file channel (ipc/queue.py)
     parser.add_argument("--log-level", default="INFO")
     try:
         args = parser.parse_args(argv)

@@ -245,12 +245,16 @@ class WorkerApplication:
         return rest or "/"
 
     def physical(self, rel: str) -> str:
+        return self.mapped(rel)[1]
+
+    def mapped(self, rel: str) -> tuple[str, str]:
+        """(the physical folder of the virtual directory ``rel`` is in, its physical path)."""
         low = rel.lower()
         for prefix, folder in self.vdirs:
             if not prefix or low == prefix.lower() or low.startswith(prefix.lower() + "/"):
                 tail = rel[len(prefix):].lstrip("/")
-                return os.path.join(folder, tail) if tail else folder
-        return self.app.physical_path
+                return folder, os.path.join(folder, tail) if tail else folder
+        return self.app.physical_path, self.app.physical_path
 
     def mappings(self, web: WebConfig) -> list[Mapping]:
         cached = self._mappings.get(id(web))

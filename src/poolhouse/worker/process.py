@@ -2,23 +2,27 @@
 to its application and handler, and answers through the same socket.
 
 Channels inherited at spawn: the queue socket to the listener (the only queue this worker
-can reach), a control socket to the activation service (configuration, pings, drain), and
-a descriptor channel from the service.  Frames to the listener are coalesced per loop
-turn into one write.
+can reach), its file channel (descriptors of the files the listener sends for it, opened
+here as this worker's user), a control socket to the activation service (configuration,
+pings, drain), and a descriptor channel from the service.  Frames to the listener are
+coalesced per loop turn into one write.
 
 When the listener dies its queue socket closes: the requests this worker had in flight
 are gone with the listener's connections (what the application still writes for them is
-dropped), and the worker waits, warm, for the service to hand it the queue socket of the
-new listener over the descriptor channel (``attach``).  Only a draining worker exits then.
+dropped), and the worker waits, warm, for the service to hand it the queue socket and
+file channel of the new listener over the descriptor channel (``attach``).  Only a
+draining worker exits then.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import os
 import socket
 import sys
+import stat
 import time
 from typing import Any, cast
 
@@ -42,6 +46,7 @@ from .pipeline import HttpContext
 log = logging.getLogger("poolhouse.worker")
 
 FILE_CHUNK = 256 * 1024
+FILES_TIMEOUT = 5.0  # seconds a descriptor may wait to be taken by the listener
 ASGI_CREDITS = 100
 # Requests the listener may hand an inline (threads="0") worker ahead: they are still
 # run one at a time, but a batch arrives in one read and leaves in one write, which is
@@ -91,6 +96,7 @@ class WorkerProcess:
         self.booted = False
         self.credits = 0
         self.fd_receiver: FdReceiver | None = None
+        self.files: socket.socket | None = None  # the file channel (None: files go as body frames)
         self.control: ControlProtocol | None = None
         self.apps: dict[str, WorkerApplication] = {}
         self.streams: dict[int, Stream] = {}
@@ -116,8 +122,11 @@ class WorkerProcess:
     # ---- boot ---------------------------------------------------------------------
 
     async def boot(self, queue_sock: socket.socket, control_sock: socket.socket,
-                   fd_sock: socket.socket | None = None) -> None:
+                   fd_sock: socket.socket | None = None, files_sock: socket.socket | None = None) -> None:
         self.queue_sock = queue_sock
+        if files_sock is not None:
+            files_sock.setblocking(False)
+            self.files = files_sock
         self.control = await open_control(control_sock, self.on_control, self.control_lost)
         if fd_sock is not None:
             self.fd_receiver = FdReceiver(fd_sock, self.on_fd)
@@ -286,18 +295,29 @@ class WorkerProcess:
         if self.queue is not None:  # the old one has not told us it closed yet
             self.detach_queue()
         self.queue, self.transport = proto, proto.transport
-        self.send(q.encode_ready(os.getpid(), self.credits))
+        self.send(q.encode_ready(self.credits))
 
-    def on_fd(self, label: Message, fd: int) -> None:
-        """A descriptor from the activation service: the worker's end of a socket to a
-        new listener (``{"op": "attach", "socket": name}``)."""
-        handlers = {"queue": self.attach_queue}
-        handler = handlers.get(str(label.get("socket"))) if label.get("op") == "attach" else None
-        if handler is None:
-            log.error("descriptor with label %r from the activation service ignored", label)
-            os.close(fd)
+    def on_fd(self, label: Message, fds: list[int]) -> None:
+        """Descriptors from the activation service: the worker's ends of the sockets to a
+        new listener (``{"op": "attach", "sockets": ["queue", "files"]}``, in that order),
+        in one record so that the file channel is in place before the queue offers
+        credits."""
+        names = label.get("sockets") if label.get("op") == "attach" else None
+        ends = dict(zip(names, fds)) if isinstance(names, list) else {}
+        if len(ends) != len(fds) or "queue" not in ends or not set(ends) <= {"queue", "files"}:
+            log.error("descriptors with label %r from the activation service ignored", label)
+            for fd in fds:
+                os.close(fd)
             return
-        handler(socket.socket(fileno=fd))
+        if "files" in ends:
+            self.attach_files(socket.socket(fileno=ends["files"]))
+        self.attach_queue(socket.socket(fileno=ends["queue"]))
+
+    def attach_files(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        old, self.files = self.files, sock
+        if old is not None:
+            old.close()
 
     def attach_queue(self, sock: socket.socket) -> None:
         if self.done.is_set() or self.draining:
@@ -536,8 +556,9 @@ class WorkerProcess:
         headers = {hdrs[i].decode("latin-1"): hdrs[i + 1].decode("latin-1") for i in range(0, len(hdrs), 2)}
         url_path = (app.base + rel) if rel != "/" or not app.base else app.base + "/"
         stream.stage = "ExecuteRequestHandler"
-        path = app.physical(rel)
-        resp = handler.serve(head.method, url_path, path, headers, query)
+        root, path = app.mapped(rel)
+        resp = handler.serve(head.method, url_path, path, headers, query,
+                             None if app.site.symlinks_outside_root else root)
         if (resp.status == 200 and head.method == "GET" and type(resp.body) is bytes and not query
                 and "\r" not in path and "\n" not in path):
             # the listener's response cache keeps this file until it changes (and strips this)
@@ -570,8 +591,10 @@ class WorkerProcess:
             if stream.head.method == "HEAD":
                 stream.respond(status, block, content_length, b"", True)
                 return
-            stream.respond(status, block, content_length, b"", False)
-            self.send_file_body(stream, body)
+            fd = self.open_file_body(stream, body)
+            if fd >= 0:
+                stream.respond(status, block, content_length, b"", False)
+                self.send_file_body(stream, body, fd)
             return
         if stream.head.method == "HEAD":
             stream.respond(status, block, content_length, b"", True)
@@ -599,34 +622,82 @@ class WorkerProcess:
             if stream.head.method == "HEAD":
                 stream.respond(out.status, block, body.length, b"", True, close)
             else:
-                stream.respond(out.status, block, body.length, b"", False, close)
-                self.send_file_body(stream, body)
+                fd = self.open_file_body(stream, body)
+                if fd >= 0:
+                    stream.respond(out.status, block, body.length, b"", False, close)
+                    self.send_file_body(stream, body, fd)
             return
         if stream.head.method == "HEAD":
             stream.respond(out.status, block, len(body), b"", True, close)
         else:
             stream.respond(out.status, block, len(body), body, True, close)
 
-    def send_file_body(self, stream: Stream, body: FileBody) -> None:
-        """The body of a response whose head is out: the listener sends the file range
-        itself (q.RESPONSE_FILE) unless a SendResponse hook transforms the body
-        (compression), which needs the bytes here."""
-        if stream.body_filter is None:
-            try:
-                st = os.stat(body.path)
-            except OSError as exc:
-                log.error("sending %s failed: %s", body.path, exc)
-                stream.reset()
-                return
-            if body.offset + body.length <= st.st_size:
-                stream.send_file(q.FileRange(os.path.abspath(body.path), body.offset, body.length,
-                                             st.st_size, st.st_mtime_ns))
-                return
-        self.loop.create_task(self._send_file(stream, body))
-
-    async def _send_file(self, stream: Stream, body: FileBody) -> None:
+    def open_file_body(self, stream: Stream, body: FileBody) -> int:
+        """Open the file of a response body before its head goes out, as this worker's
+        user (the kernel decides whether it may be read): the descriptor, or -1 once the
+        request got its error (403 unreadable, 404 gone)."""
         try:
-            with open(body.path, "rb") as fh:
+            return os.open(body.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except PermissionError as exc:
+            log.warning("cannot open %s: %s", body.path, exc)
+            self.error_response(stream, 403, 0)
+        except OSError as exc:
+            log.warning("cannot open %s: %s", body.path, exc)
+            self.error_response(stream, 404, 0)
+        return -1
+
+    def send_file_body(self, stream: Stream, body: FileBody, fd: int) -> None:
+        """The body of a response whose head is out, from ``fd`` (owned from here): the
+        listener sends the file range itself (q.RESPONSE_FILE, the descriptor passed on
+        the file channel) unless a SendResponse hook transforms the body (compression),
+        which needs the bytes here."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced by something else since its stat
+            os.close(fd)
+            log.error("sending %s failed: no longer a regular file", body.path)
+            stream.reset()
+            return
+        if stream.body_filter is None and self.can_pass_files and body.offset + body.length <= st.st_size:
+            try:
+                stream.send_file(fd, q.FileRange(body.offset, body.length, st.st_size, st.st_mtime_ns))
+            finally:
+                os.close(fd)  # the listener holds its own reference from here on
+            return
+        self.loop.create_task(self._send_file(stream, body, fd))
+
+    @property
+    def can_pass_files(self) -> bool:
+        """The listener can send files for us: a file channel, and the queue connected
+        (initialization pages run before it is, and their responses go nowhere)."""
+        return self.files is not None and self.transport is not None
+
+    def pass_file(self, sid: int, fd: int) -> bool:
+        """Hand ``fd`` to the listener for stream ``sid`` on the file channel; it must go
+        before the RESPONSE_FILE frame that uses it (this call returns once it is queued)."""
+        files = self.files
+        if files is None:
+            return False
+        record = [q.encode_file_record(sid)]
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))]
+        try:
+            try:
+                files.sendmsg(record, rights)
+            except BlockingIOError:
+                # the listener has not read the channel yet: wait for it, boundedly (a
+                # record is a few bytes it reads as soon as its loop turns)
+                files.settimeout(FILES_TIMEOUT)
+                try:
+                    files.sendmsg(record, rights)
+                finally:
+                    files.setblocking(False)
+        except OSError as exc:
+            log.error("passing a file to the listener failed: %s", exc)
+            return False
+        return True
+
+    async def _send_file(self, stream: Stream, body: FileBody, fd: int) -> None:
+        try:
+            with open(fd, "rb") as fh:
                 fh.seek(body.offset)
                 remaining = body.length
                 while remaining > 0:

@@ -222,13 +222,19 @@ class Stream:
         elif account:
             self.window -= len(data)
 
-    def send_file(self, ref: q.FileRange) -> None:
-        """The rest of the body: a file range the listener sends itself (sendfile), so no
-        bytes pass through this process and no window is taken.  Ends the stream."""
+    def send_file(self, fd: int, ref: q.FileRange) -> bool:
+        """The rest of the body: a range of the open file ``fd``, which the listener sends
+        itself (sendfile) from a copy of the descriptor passed on the file channel, so no
+        bytes pass through this process and no window is taken.  Ends the stream (with
+        RESET when the descriptor cannot be passed; then False).  The caller keeps ``fd``."""
         if self.ended:
-            return
+            return False
+        if not self.worker.pass_file(self.sid, fd):
+            self.reset()
+            return False
         self.worker.send(q.encode_file(self.sid, ref))
         self._end()
+        return True
 
     def take_window_threadsafe(self, n: int) -> None:
         assert self._tcond is not None

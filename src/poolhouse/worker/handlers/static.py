@@ -52,7 +52,7 @@ from ...http import conditional
 from ...http.dates import format_http_date
 from ...http.ranges import MAX_RANGES, if_range_holds, parse_ranges
 
-__all__ = ["FileBody", "StaticResponse", "StaticFileHandler", "MAX_RANGES", "RACY_SECONDS"]
+__all__ = ["FileBody", "StaticResponse", "StaticFileHandler", "MAX_RANGES", "RACY_SECONDS", "within_root"]
 
 Headers = list[tuple[bytes, bytes]]
 V = TypeVar("V")
@@ -170,6 +170,37 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+@lru_cache(maxsize=256)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root).rstrip("/") + "/"
+
+
+def within_root(path: str, root: str) -> bool:
+    """Is ``path``, symbolic links resolved, ``root`` or below it (its real path)?
+
+    On the request path: the components below ``root`` are ``lstat``'ed (usually one or
+    two), and only when one is a link is the whole path resolved; ``root``'s own links
+    are resolved once.  A component that does not exist ends the walk (nothing there to
+    serve: the caller's stat answers 404)."""
+    if path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/" or root.endswith("/")):
+        current = root.rstrip("/")
+        for part in path[len(root):].split("/"):
+            if not part:
+                continue
+            current += "/" + part
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:
+                return True
+            if stat.S_ISLNK(mode):
+                break
+        else:
+            return True
+    real_root = _real_root(root)
+    real = os.path.realpath(path)
+    return real.startswith(real_root) or real + "/" == real_root
+
+
 def _open_regular(path: str) -> int:
     """Open for reading without ever blocking on a FIFO swapped in since the stat."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -218,10 +249,15 @@ class StaticFileHandler:
     # -------------------------------------------------------------------------- entry
 
     def serve(self, method: str, url_path: str, physical_path: str, headers: dict[str, str],
-              query_string: str = "") -> StaticResponse:
-        """Answer one request for ``physical_path``; ``headers`` have lower-case names."""
+              query_string: str = "", root: str | None = None) -> StaticResponse:
+        """Answer one request for ``physical_path``; ``headers`` have lower-case names.
+        ``root``: the physical folder of the virtual directory; a path whose real path
+        (symbolic links resolved) leaves it is 404, as is a default document that does.
+        None: symbolic links are followed wherever they lead."""
         if "\x00" in physical_path or (".." in physical_path
                                        and ".." in physical_path.split("/")):
+            return _status(404)
+        if root is not None and not within_root(physical_path, root):
             return _status(404)
         try:
             st = os.stat(physical_path)
@@ -238,11 +274,11 @@ class StaticFileHandler:
             return self._redirect_to_directory(url_path, query_string)
         if self._default_document_enabled:
             found = self._find_default_document(physical_path, st)
-            if found is not None:
+            if found is not None and (root is None or within_root(found[0], root)):
                 path, doc = found
                 return self._serve_file(method, path, doc.st_mtime_ns, doc.st_size, headers)
         if self._browse:
-            return self._listing(method, url_path, physical_path, headers)
+            return self._listing(method, url_path, physical_path, headers, root)
         return _status(403, 14)
 
     def find_default_document(self, directory: str) -> str | None:
@@ -418,7 +454,7 @@ class StaticFileHandler:
         return None
 
     def _listing(self, method: str, url_path: str, directory: str,
-                 headers: dict[str, str]) -> StaticResponse:
+                 headers: dict[str, str], root: str | None = None) -> StaticResponse:
         """An IIS-style listing: ``<pre>`` lines of date, time, size and a link."""
         try:
             with os.scandir(directory) as scan:
@@ -435,6 +471,8 @@ class StaticFileHandler:
             out.append(f'<A HREF="{_href(parent)}">[To Parent Directory]</A><br><br>')
         show = self._show
         for entry in entries:
+            if root is not None and entry.is_symlink() and not within_root(entry.path, root):
+                continue                              # a link out of the root: not shown
             try:
                 st = entry.stat()
                 local = time.localtime(st.st_mtime)

@@ -15,6 +15,7 @@ Two modes, chosen per pool by ``<python threads="N"/>``:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import logging
 import os
@@ -157,20 +158,17 @@ class FileWrapper:
                 return
             yield data
 
-    def file_range(self, content_length: int) -> FileRange | None:
-        """The wrapped file from its current position (at most ``content_length`` bytes
-        when that is >= 0), or None when the file cannot be sent by name: not a real
-        regular file, opened in text mode, deleted or replaced since it was opened."""
+    def file_range(self, content_length: int) -> tuple[int, FileRange] | None:
+        """The wrapped file's descriptor and its range from the current position (at most
+        ``content_length`` bytes when that is >= 0), or None when it is not a regular file
+        opened for reading in binary mode.  The descriptor is passed to the listener,
+        which sends the range (the file need not have a name any more)."""
         try:
             if isinstance(self.filelike, io.TextIOBase):
                 return None
             fd = self.filelike.fileno()
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            named = os.stat(path)
-            if not path.startswith("/") or (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino):
+            if not stat.S_ISREG(st.st_mode) or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
                 return None
             offset = self.filelike.tell()
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
@@ -178,7 +176,7 @@ class FileWrapper:
         length = max(st.st_size - offset, 0)
         if content_length >= 0:
             length = min(length, content_length)
-        return FileRange(path, offset, length, st.st_size, st.st_mtime_ns)
+        return fd, FileRange(offset, length, st.st_size, st.st_mtime_ns)
 
 
 class WsgiHandler:
@@ -346,14 +344,17 @@ class WsgiHandler:
                     length = int(value)
                 except ValueError:
                     return False
-        ref = wrapper.file_range(length)
-        if ref is None or (length >= 0 and ref.length != length):
+        found = wrapper.file_range(length) if stream.worker.can_pass_files else None
+        if found is None:
+            return False
+        fd, ref = found
+        if length >= 0 and ref.length != length:
             return False
         ctx = stream.ctx
         if ref.length == 0 or (ctx is not None and ctx.pipeline.has_send and ctx.wants_send(start.status)):
             return False  # a SendResponse hook (compression, say) may need the bytes
         if self._send_head(stream, environ, start, b"", end=False):
-            stream.send_file(ref)
+            stream.send_file(fd, ref)
         return True
 
     def _respond_whole(self, stream: Stream, environ: dict[str, Any], start: StartResponse, body: bytes) -> None:

@@ -164,7 +164,8 @@ class CustomErrorModule(Module):
             assert web is not None
             handler = StaticFileHandler(web.mime_maps, web.default_documents, web.default_document_enabled,
                                         web.directory_browse_enabled, web.directory_browse_show_flags)
-            out = handler.serve("GET", path, app.physical(sel.rel), {}, query)
+            root, physical = app.mapped(sel.rel)
+            out = handler.serve("GET", path, physical, {}, query, None if app.site.symlinks_outside_root else root)
             if out.status == 200 and isinstance(out.body, bytes):
                 ctype = next((v for k, v in out.headers if k.lower() == b"content-type"), _HTML)
                 return out.body, ctype
