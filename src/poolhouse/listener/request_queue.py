@@ -82,6 +82,14 @@ class PoolQueue:
         if self.waiting:
             self._want_worker()
 
+    def give_back(self, exchanges: list["Exchange"]) -> None:
+        """Requests a worker gave back unstarted (q.STALLED) go to the front of the line,
+        in their order: they are not retries, they never ran."""
+        self.waiting.extendleft(reversed(exchanges))
+        self.drain_into_free_workers()
+        if self.waiting:
+            self._want_worker()
+
     def forget(self, exch: "Exchange") -> None:
         try:
             self.waiting.remove(exch)
