@@ -106,6 +106,8 @@ class PoolQueue:
             self.workers.append(worker)
         self.demand_pending = False
         self.drain_into_free_workers()
+        if self.waiting and self.state == STARTED:
+            self._want_worker()  # still more than the workers take: busy (web garden)
 
     def drain_into_free_workers(self) -> None:
         waiting = self.waiting
@@ -127,12 +129,15 @@ class PoolQueue:
         if self.waiting:
             self._want_worker()
 
-    def demand_done(self, at_capacity: bool) -> None:
+    def demand_done(self, at_capacity: bool, starting: bool = False) -> None:
         """The activation service answered a demand: it started a worker, could not, or
         already runs as many as the pool may have (then it is not asked again until a
-        worker goes away)."""
+        worker goes away).  ``starting``: a worker of the pool is attached and its READY
+        has not arrived yet (the answer can overtake it): its readiness decides."""
         self.demand_pending = False
         self.at_capacity = at_capacity
+        if starting:
+            return
         if not at_capacity and self.waiting and self.state == STARTED and self._pick() is None:
             # a worker went away meanwhile, or a start failed: ask again (the activation
             # service backs off and rapid-fail protection bounds the retries)

@@ -226,7 +226,9 @@ class Listener:
     def ctl_demand_done(self, msg: Message) -> None:
         queue = self.pools.get(msg["pool"])
         if queue is not None:
-            queue.demand_done(bool(msg.get("at_capacity")))
+            starting = any(link.pool is queue and not link.ready and not link.closed
+                           for link in self.workers.values())
+            queue.demand_done(bool(msg.get("at_capacity")), starting)
 
     def ctl_suspend_worker(self, msg: Message) -> None:
         """idleTimeoutAction="Suspend": take an idle worker off its pool's queue (refused if

@@ -5,7 +5,7 @@
 * An inline worker (``threads="0"``) runs one request at a time on its event loop; what
   it takes ahead is only there so that a batch arrives in one read and leaves in one
   write.  It takes ahead what it can answer *promptly*: as many requests as fit in
-  ``PROMPT`` seconds at its measured service time (a moving average), between 1 and
+  ``PROMPT`` seconds at its measured service time (the median of recent requests), between 1 and
   ``INLINE_CREDITS``.  A hello-world application keeps all 32 (its batching is the
   benchmark figure); an application that takes 50 ms a request takes one at a time, so
   the others wait in the listener's queue where any worker can take them — which is also
@@ -23,13 +23,17 @@ from __future__ import annotations
 INLINE_CREDITS = 32
 ASGI_CREDITS = 100
 PROMPT = 0.05        # seconds of work an inline worker takes ahead
-ALPHA = 0.2          # weight of the newest request in the moving average
-CAP = 1.0            # longer requests count as this long (a slow one must not pin the average)
+SAMPLES = 15         # the service time is the median of this many recent requests...
+EVERY = 8            # ...recomputed every this many requests
 MAX_LENT = 64        # requests at once that may wait for their bodies without a credit
 
 
 class CreditPolicy:
-    __slots__ = ("credits", "adaptive", "average", "lent")
+    """The median resists the odd slow request and the moments a busy machine does not
+    schedule the worker (which inflate wall-clock times but are not the application's
+    cost, and which more workers would not help)."""
+
+    __slots__ = ("credits", "adaptive", "samples", "count", "lent")
 
     def __init__(self, threads: int, asgi: bool) -> None:
         self.adaptive = threads <= 0 and not asgi
@@ -37,17 +41,21 @@ class CreditPolicy:
         if asgi:
             credits = max(credits, ASGI_CREDITS)
         self.credits = credits
-        self.average = PROMPT / INLINE_CREDITS / 2  # a fast start: one slow request is not a verdict
+        self.samples: list[float] = []
+        self.count = 0
         self.lent = 0
 
     def finished(self, seconds: float) -> int:
         """A request took ``seconds``: the change in credits to announce (0: none)."""
-        if seconds > CAP:
-            seconds = CAP
-        average = self.average = self.average + (seconds - self.average) * ALPHA
-        target = int(PROMPT / average) if average > PROMPT / INLINE_CREDITS else INLINE_CREDITS
-        if target < 1:
-            target = 1
+        samples = self.samples
+        samples.append(seconds)
+        self.count += 1
+        if self.count % EVERY:
+            return 0
+        if len(samples) > SAMPLES:
+            del samples[:-SAMPLES]
+        median = sorted(samples)[len(samples) // 2]
+        target = INLINE_CREDITS if median * INLINE_CREDITS <= PROMPT else max(1, int(PROMPT / median))
         current = self.credits
         # only a change worth a frame: a quarter of the current figure, or one at the bottom
         if target == current or abs(target - current) < max(1, current // 4):
