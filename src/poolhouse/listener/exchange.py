@@ -78,7 +78,7 @@ class Exchange:
     read_ahead = 0  # uploadReadAheadSize for this request's URL, while held
     continued = False  # "100 Continue" was sent
     sent_body: list[bytes] | None = None  # the whole body, as dispatched (for a requeue)
-    hung = False  # the worker reported its loop stuck in this request (q.STALLED)
+    hung = False  # in flight on a worker that reported its loop stuck (q.STALLED)
 
     def __init__(
         self,
@@ -226,9 +226,9 @@ class Exchange:
 
     @property
     def replayable(self) -> bool:
-        """May this request be sent to another worker after its worker died?  Not the
-        one the worker was stuck in (a request that hangs its worker would hang the
-        next one too), and not twice."""
+        """May this request be sent to another worker after its worker died?  Not one
+        in flight while the worker was stuck (a request that hangs its worker would hang
+        the next one too), and not twice."""
         return (
             not self.response_started
             and self.retries == 0

@@ -118,9 +118,11 @@ class WorkerLink(asyncio.Protocol):
                 self.pool.worker_ready(self)
             elif ftype == q.CREDIT:
                 self.credits += q.decode_credit(payload)
-                if self.stalled:  # its loop runs again
+                if self.stalled:  # its loop runs again: it was slow, not hung
                     self.stalled = False
                     self.credits += STALL_HOLD
+                    for exch in self.streams.values():
+                        exch.hung = False
                 if self.credits > 0 and not self.draining:
                     self.pool.worker_free(self)
             elif ftype == q.STALLED:
@@ -150,18 +152,18 @@ class WorkerLink(asyncio.Protocol):
         self.listener.worker_gone(self)
 
     def _stalled(self, stuck: int, started: frozenset[int]) -> None:
-        """The worker's loop is stuck in stream ``stuck``: the streams it has not started
-        go back to the pool's queue (for another worker, or this one's replacement), the
-        stuck one is marked so that it is never replayed, and the worker gets nothing
-        more until its loop runs again (its next CREDIT frame)."""
+        """The worker's loop is stuck in stream ``stuck`` (0: in none the worker could
+        name): the streams it has not started go back to the pool's queue (for another
+        worker, or this one's replacement), the ones it has started are marked so that
+        none is replayed should the worker be killed for hanging, and the worker gets
+        nothing more until its loop runs again (its next CREDIT frame)."""
         if not self.stalled:
             self.stalled = True
             self.credits -= STALL_HOLD
         back: list[Exchange] = []
         for sid, exch in list(self.streams.items()):
             if sid in started:
-                if sid == stuck:
-                    exch.hung = True
+                exch.hung = True
                 continue
             del self.streams[sid]
             self.credits += 1
