@@ -75,12 +75,17 @@ class Tricklers:
     ``interval`` seconds (after ``burst`` body bytes at once), until stopped."""
 
     def __init__(self, server: Server, n: int, length: int = 1000, interval: float = 1.0,
-                 burst: int = 1) -> None:
+                 burst: int = 1, chunked: bool = False) -> None:
         self.socks = []
+        self.piece = b"1\r\nx\r\n" if chunked else b"x"
         for i in range(n):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.sendall(b"POST /trickle%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (i, length)
-                         + b"x" * burst)
+            if chunked:
+                sock.sendall(b"POST /trickle%d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"%x\r\n%s\r\n" % (i, burst, b"x" * burst))
+            else:
+                sock.sendall(b"POST /trickle%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                             % (i, length) + b"x" * burst)
             self.socks.append(sock)
         self.closed_by_server = 0
         self.interval = interval
@@ -93,7 +98,7 @@ class Tricklers:
         while not self._stop.wait(self.interval):
             for sock in list(alive):
                 try:
-                    sock.sendall(b"x")
+                    sock.sendall(self.piece)
                 except OSError:
                     alive.remove(sock)
                     self.closed_by_server += 1
@@ -188,6 +193,23 @@ def test_a_body_past_the_read_ahead_that_trickles_lends_its_slot(poolhouse_serve
         tricklers.stop()
 
 
+def test_chunked_tricklers_lend_their_slots(poolhouse_server) -> None:
+    """A chunked body is not read ahead (it may be an interactive stream): it reaches
+    the worker at once, and the worker lends the slot back while it waits for more."""
+    server = poolhouse_server(config('<add name="AppPool"><python threads="2" /></add>', NO_RATE),
+                              {"app/app.py": WSGI_APP.replace(
+                                  "read(length) if length else b\"\"", "read()"),
+                               "app/web.config": web_config("WsgiModule")})
+    assert httpx.get(server.url("/warm"), timeout=20).status_code == 200
+    tricklers = Tricklers(server, 6, chunked=True)
+    try:
+        server.wait_for(lambda: server.api("counters")["pools"]["AppPool"]["in_flight"] == 6, timeout=10)
+        time.sleep(1.0)
+        assert_all_served(legitimate(server, 12))
+    finally:
+        tricklers.stop()
+
+
 def test_a_smaller_read_ahead_streams_the_body_sooner(poolhouse_server) -> None:
     """uploadReadAheadSize is the application's (serverRuntime, in a <location> of
     applicationHost.config: the section is locked for web.config files, as in IIS): with
@@ -202,6 +224,8 @@ def test_a_smaller_read_ahead_streams_the_body_sooner(poolhouse_server) -> None:
     try:
         time.sleep(1.0)
         assert pools()["in_flight"] == 0  # 10 bytes: still reading ahead
+        [row] = server.api("list", what="requests")
+        assert row["url"] == "/trickle0" and row["stage"] == "ReadingEntityBody" and row["worker"] is None
         server.wait_for(lambda: pools()["in_flight"] == 1, timeout=15)  # a byte a second
     finally:
         tricklers.stop()

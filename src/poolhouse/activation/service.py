@@ -827,7 +827,7 @@ class ActivationService:
         for r in rows:
             wid = r.get("worker")
             if not wid:
-                r["stage"] = "Queued"
+                r["stage"] = r.get("stage") or "Queued"  # (or ReadingEntityBody: the listener's read-ahead)
             elif wid in stages:
                 r["stage"] = stages[wid].get(int(r.get("stream", 0)), "Sent to worker")
             else:

@@ -277,6 +277,16 @@ class Listener:
         for name, queue in self.pools.items():
             for exch in list(queue.waiting):
                 row(exch, None, 0, name)
+        for conn in list(self.connections):  # held for their bodies (read-ahead)
+            exch = conn.parsing
+            if exch is not None and exch.held_for is not None and not exch.done:
+                elapsed = now - exch.started_at
+                if elapsed >= least:
+                    rows.append({"url": exch.target.decode("latin-1")[:4096], "method": exch.method,
+                                 "apppool": exch.held_for.name,
+                                 "site_id": exch.route.site_id if exch.route else None,
+                                 "worker": None, "pid": None, "stream": 0, "elapsed_ms": round(elapsed * 1000),
+                                 "client": f"{conn.client[0]}:{conn.client[1]}", "stage": "ReadingEntityBody"})
         self.control.reply(msg, result=rows)
 
     def _expire_requests(self, now: float) -> None:
@@ -421,9 +431,12 @@ class Listener:
         if queue is None:
             conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
             return
-        if not exch.body_done and not exch.upgrade:
+        if not exch.body_done and exch.body_length > 0 and not exch.upgrade:
             # HTTP.sys's read-ahead: the body (up to uploadReadAheadSize of it) arrives
-            # before the request may take a worker's slot
+            # before the request may take a worker's slot.  Not a chunked body: that is
+            # a stream its client may want answered as it goes (an interactive CGI
+            # program); it is delivered as it comes, and the body timers and the
+            # worker's credit lending keep it from holding a slot.
             read_ahead = self.read_ahead.get(route.app_key, READ_AHEAD)
             if read_ahead > exch.body_buf_size and queue.state == STARTED:
                 exch.hold_for_body(queue, read_ahead)

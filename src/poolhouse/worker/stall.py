@@ -72,12 +72,15 @@ class StallWatch:
     def _run(self) -> None:
         worker = self.worker
         seen = worker.progress
-        since = time.monotonic()
+        since = last = time.monotonic()
         while not self.stopped:
             time.sleep(HEARTBEAT)
             now = time.monotonic()
             progress = worker.progress
-            if progress != seen:
+            starved, last = now - last > 3 * HEARTBEAT, now
+            if progress != seen or starved:
+                # progress; or this thread itself was not scheduled for a while (a busy
+                # machine, a stopped process): the loop may simply not have run either
                 seen, since = progress, now
                 continue
             if now - since >= self.after and self.reported != progress:
