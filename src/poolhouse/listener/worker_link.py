@@ -174,9 +174,9 @@ class WorkerLink(asyncio.Protocol):
             else:
                 exch.reset()  # its body went to the worker and is not here any more: 502
         self.send(encode(q.STALLED_ACK, 0, 0))
-        exch = self.streams.get(stuck)
+        hung = self.streams.get(stuck)
         log.warning("worker %s (pid %d) is stuck in %s: %d request(s) it had not started go back to the queue",
-                    self.worker_id, self.pid, exch.target[:200].decode("latin-1") if exch else "?", len(back))
+                    self.worker_id, self.pid, hung.target[:200].decode("latin-1") if hung else "?", len(back))
         if back:
             self.pool.give_back(back)
 
