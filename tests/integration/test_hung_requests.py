@@ -33,6 +33,9 @@ def app(environ, start_response):
         with open(os.path.join(HERE, "crash-runs"), "a") as f:
             f.write("%d\\n" % os.getpid())
         os._exit(9)
+    elif path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = b"%d:%s" % (os.getpid(), environ["wsgi.input"].read(length))
     else:
         body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -91,14 +94,20 @@ def test_requests_behind_a_hung_one_are_answered_by_the_replacement(poolhouse_se
         hung = pool.submit(lambda: httpx.get(server.url("/hang-a"), timeout=60))
         server.wait_for(lambda: runs(server, "runs-hang-a"), timeout=10, interval=0.01)
         for i, sock in enumerate(socks):
-            sock.sendall(b"GET /pid?%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            if i % 3:
+                sock.sendall(b"GET /pid?%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            else:  # a form: given back with its body, answered by the replacement
+                sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nform%02d" % i)
         answers = [_read_response(sock) for sock in socks]
         r = hung.result()
     for sock in socks:
         sock.close()
     assert [status for status, _ in answers] == [200] * 12, answers
+    for i, (_, body) in enumerate(answers):
+        if i % 3 == 0:
+            assert body.split(b":")[1] == b"form%02d" % i
     # the replacement answered them
-    assert first not in {int(body) for _, body in answers}
+    assert first not in {int(body.split(b":")[0]) for _, body in answers}
     # the hung request is answered 502 once its worker is killed, and not replayed
     assert r.status_code == 502
     assert runs(server, "runs-hang-a") == [str(first)]

@@ -8,8 +8,9 @@ transport, returning window to the worker as the client drains it.
 A request with a body does not even join its pool's queue until the body has arrived or
 ``serverRuntime/@uploadReadAheadSize`` bytes of it have (HTTP.sys's read-ahead): a client
 that trickles its body holds a connection and a little memory, never a worker's slot.
-A body that arrived whole with its request is kept until the worker answers, so a
-request the worker gives back unstarted (q.STALLED) can be queued again, body and all.
+A body that arrived whole with its request (up to ``KEEP_BODY``) is kept until the worker
+answers, so a request the worker gives back unstarted (q.STALLED) can be queued again,
+body and all.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from .routing import Route
     from .worker_link import WorkerLink
 
+# a whole body up to this size is kept until the worker answers, so that a request the
+# worker gives back unstarted can be queued again (a larger one then gets 502)
+KEEP_BODY = 64 * 1024
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 _NO_BODY_STATUS = frozenset((204, 304))
 
@@ -133,7 +137,7 @@ class Exchange:
         ))
         if self.body_buf:
             buf, self.body_buf = self.body_buf, None
-            if self.body_done and self.body_buf_size <= q.BODY_WINDOW:
+            if self.body_done and self.body_buf_size <= KEEP_BODY:
                 self.sent_body = buf  # kept until the worker answers: it may give it back
             last = len(buf) - 1
             for i, chunk in enumerate(buf):
