@@ -88,7 +88,8 @@ class Monitor:
                     for w in list(pool.ready_workers):
                         svc.recycle_worker(pool, w, "schedule")
             for w in list(pool.ready_workers):
-                if cfg.ping_enabled and now - max(w.last_ping, w.started_mono) >= cfg.ping_interval:
+                if (cfg.ping_enabled and not w.condemned
+                        and now - max(w.last_ping, w.started_mono) >= cfg.ping_interval):
                     w.last_ping = now
                     svc.loop.create_task(self.ping(pool, w))
                 if w.recycle_reason:

@@ -349,6 +349,10 @@ class ActivationService:
                 self.on_demand(pool)
         elif op == "worker_gone":
             pass  # the process exit tells us why
+        elif op == "replay_held":
+            worker = next((w for p in self.pools.values() for w in p.workers if w.id == msg.get("worker_id")), None)
+            if worker is not None:
+                worker.replays_held = max(0, worker.replays_held + int(msg.get("change", 0)))
         elif op == "request_timeout":
             self.on_request_timeout(msg)
         else:
@@ -572,7 +576,13 @@ class ActivationService:
         # the state it died in: DRAINING and ORPHANED exits were decided here, not failures
         died_in = worker.state_before_death
         if not clean and died_in not in (DRAINING, ORPHANED) and code != exit_codes.QUEUE_LOST:
-            if self.count_failure(pool):
+            if worker.replays_held:
+                # it died holding a request replayed after killing another worker: that
+                # request's failure was counted then, and one bad request counts once
+                self.events.emit("worker_failure_not_counted", logging.WARNING, None, apppool=pool.name,
+                                 worker=worker.id, pid=worker.pid,
+                                 reason=f"died with {worker.replays_held} replayed request(s) in flight")
+            elif self.count_failure(pool):
                 return
         if pool.state != STARTED:
             return
@@ -660,6 +670,9 @@ class ActivationService:
         """A failed health check: the worker is killed (SIGTERM, then SIGKILL) or, with
         orphanWorkerProcess, left running detached from the queue; either way it counts
         as a failure and a replacement starts when requests need one."""
+        if worker.condemned:
+            return  # already being killed: a second failed ping says nothing new
+        worker.condemned = True
         self.events.emit("worker_unhealthy", logging.ERROR, event_id, apppool=pool.name, worker=worker.id,
                          pid=worker.pid, reason=why, orphan=pool.config.orphan_worker_process)
         if pool.config.orphan_worker_process:
@@ -983,7 +996,7 @@ class ActivationService:
         for r in rows:
             wid = r.get("worker")
             if not wid:
-                r["stage"] = "Queued"
+                r["stage"] = r.get("stage") or "Queued"  # (or ReadingEntityBody: the listener's read-ahead)
             elif wid in stages:
                 r["stage"] = stages[wid].get(int(r.get("stream", 0)), "Sent to worker")
             else:

@@ -111,6 +111,8 @@ class WorkerHandle:
         self.last_idle_poll = 0.0  # when the monitor last asked it how long it has been idle
         self.cpu_last = 0.0  # CPU seconds at the last measurement (cpu/@limit)
         self.timed_out_requests = 0
+        self.condemned = False  # failed its health check: being killed (or orphaned)
+        self.replays_held = 0  # replayed requests the listener has in flight on it
         self.state_before_death = ""  # requests the listener ended by requestTimeout
         self._on_exit = on_exit
         self._on_message = on_message

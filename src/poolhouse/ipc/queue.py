@@ -52,6 +52,7 @@ __all__ = [
     "END_STREAM", "CLOSE", "UPGRADE", "PER_CLIENT", "BODY_WINDOW",
     "REQUEST", "REQUEST_BODY", "CANCEL", "WINDOW", "PING", "PONG",
     "READY", "RESPONSE", "RESPONSE_BODY", "RESET", "CREDIT", "DRAINING", "RESPONSE_FILE",
+    "STALLED", "STALLED_ACK", "encode_stalled", "decode_stalled",
     "RequestHead", "encode_request", "decode_request",
     "ResponseHead", "encode_response", "decode_response",
     "encode_window", "decode_window", "encode_ready", "decode_ready",
@@ -62,6 +63,8 @@ __all__ = [
 REQUEST = 1        # payload: request head; END_STREAM if no body follows
 REQUEST_BODY = 2   # payload: body bytes; END_STREAM on the last
 CANCEL = 3         # the client went away: stop working on this stream
+STALLED_ACK = 12   # stream 0; the streams a STALLED frame gave back are taken back: every
+                   # REQUEST before this frame was given back, every one after it is new
 # both ways
 WINDOW = 4         # payload: u32 body-window increment for this stream
 PING = 5
@@ -78,7 +81,14 @@ RESPONSE_FILE = 22  # the rest of the response body is a file range, sent by the
                     # channel for this stream: payload i64 offset, length, size, mtime_ns,
                     # the last two the file's as the worker saw them; always END_STREAM
 
+STALLED = 30       # stream: the one the worker's event loop is stuck in (0: none known);
+                   # payload: the ids of the streams it has started.  Every other stream the
+                   # listener sent is given back unstarted (queued again).  The worker drops
+                   # every REQUEST that arrives before STALLED_ACK, and the listener sends
+                   # it none until its next CREDIT frame (sent when its loop runs again)
+
 BODY_WINDOW = 1 << 20
+MAX_STALLED_STREAMS = 1 << 16
 
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
@@ -231,6 +241,22 @@ def decode_file_record(data: bytes) -> int:
     if len(data) != FILE_RECORD.size:
         raise ValueError(f"file channel record of {len(data)} bytes, expected {FILE_RECORD.size}")
     return int(FILE_RECORD.unpack(data)[0])
+
+
+def encode_stalled(stream: int, started: tuple[int, ...]) -> bytes:
+    return encode(STALLED, 0, stream, marshal.dumps(started, 4))
+
+
+def decode_stalled(payload: bytes) -> frozenset[int]:
+    """The started stream ids of a STALLED frame (raises ValueError if malformed)."""
+    try:
+        value = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"undecodable STALLED: {exc}") from None
+    if (type(value) is not tuple or len(value) > MAX_STALLED_STREAMS
+            or not all(type(v) is int and 0 < v <= 0xFFFFFFFF for v in value)):
+        raise ValueError("malformed STALLED")
+    return frozenset(value)
 
 
 class FileRange(NamedTuple):

@@ -60,7 +60,7 @@ class HttpConnection(asyncio.Protocol):
         "parsing", "closed", "write_paused", "read_paused_by", "last_activity",
         "headers", "url", "header_bytes", "requests", "parser_busy", "head_error", "head_raw",
         "deferred_error", "site_id", "bytes_written", "drain_mark", "tunnel", "tunnel_held",
-        "sender", "memo_raw", "dropped",
+        "sender", "memo_raw", "dropped", "body_mark",
     )
 
     def __init__(self, listener: "Listener", scheme: str = "http") -> None:
@@ -94,6 +94,8 @@ class HttpConnection(asyncio.Protocol):
         self.tunnel_held: list[bytes] | None = None
         self.sender: FileSender | None = None  # a file range being sent (file_send.py)
         self.memo_raw: bytes | None = None  # the read that began the request in progress
+        # (time, body bytes then, exchange): minBytesPerSecond for a request body (server.py)
+        self.body_mark: tuple[float, int, Exchange] | None = None
 
     # ---- asyncio callbacks --------------------------------------------------------
 

@@ -4,6 +4,13 @@ The exchange buffers the request body while the request waits in its pool's queu
 (pausing the client past one window), forwards it to the worker under the body window
 once dispatched, and turns the worker's response frames into HTTP/1.x on the client's
 transport, returning window to the worker as the client drains it.
+
+A request with a body does not even join its pool's queue until the body has arrived or
+``serverRuntime/@uploadReadAheadSize`` bytes of it have (HTTP.sys's read-ahead): a client
+that trickles its body holds a connection and a little memory, never a worker's slot.
+A body that arrived whole with its request (up to ``KEEP_BODY``) is kept until the worker
+answers, so a request the worker gives back unstarted (q.STALLED) can be queued again,
+body and all.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ if TYPE_CHECKING:
     from .routing import Route
     from .worker_link import WorkerLink
 
+# a whole body up to this size is kept until the worker answers, so that a request the
+# worker gives back unstarted can be queued again (a larger one then gets 502)
+KEEP_BODY = 64 * 1024
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 _WHOLE = q.END_STREAM | q.PER_CLIENT  # a whole response, whether per client or not
 _NO_BODY_STATUS = frozenset((204, 304))
@@ -70,6 +80,11 @@ class Exchange:
     body_limit = 1 << 62  # maxAllowedContentLength for a chunked body, set by request filtering
     upgrade = b""  # the Upgrade header of a WebSocket handshake
     tunnel = False  # the worker answered 101: the stream carries raw bytes both ways
+    held_for: "PoolQueue | None" = None  # the queue this request joins once its body is read ahead
+    read_ahead = 0  # uploadReadAheadSize for this request's URL, while held
+    continued = False  # "100 Continue" was sent
+    sent_body: list[bytes] | None = None  # the whole body, as dispatched (for a requeue)
+    hung = False  # in flight on a worker that reported its loop stuck (q.STALLED)
 
     def __init__(
         self,
@@ -124,6 +139,8 @@ class Exchange:
         ))
         if self.body_buf:
             buf, self.body_buf = self.body_buf, None
+            if self.body_done and self.body_buf_size <= KEEP_BODY:
+                self.sent_body = buf  # kept until the worker answers: it may give it back
             last = len(buf) - 1
             for i, chunk in enumerate(buf):
                 self._send_body(chunk, self.body_done and i == last)
@@ -131,8 +148,44 @@ class Exchange:
             if self.window > 0:
                 self.conn.unpause_for(self)
         elif not self.body_done and self.expect_continue and self.body_received == 0:
+            self.send_continue()
+
+    def send_continue(self) -> None:
+        if not self.continued:
+            self.continued = True
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.conn.last_activity = time.monotonic()  # the body timer starts now
+
+    def hold_for_body(self, queue: "PoolQueue", read_ahead: int) -> None:
+        """Keep this request out of ``queue`` until its body has arrived or ``read_ahead``
+        bytes of it have (then ``Listener.enqueue``).  A client waiting for ``100
+        Continue`` gets it now: the listener has checked what it checks before a body."""
+        self.held_for = queue
+        self.read_ahead = min(read_ahead, q.BODY_WINDOW)  # past a window the client is paused
+        if self.expect_continue and self.body_received == 0:
+            self.send_continue()
+
+    def _release_hold(self) -> None:
+        queue, self.held_for = self.held_for, None
+        if queue is not None and not self.done and not self.conn.closed:
+            self.conn.listener.enqueue(self, queue)
+
+    def given_back(self) -> bool:
+        """The worker gave this request back without starting it (q.STALLED): True if it
+        can be queued again — nothing of it was answered, and its body (if any) is still
+        here whole."""
+        self.worker = None
+        self.stream = 0
+        if self.done or self.response_started or self.conn.closed:
+            return False
+        if self.body_length == 0:
+            return True
+        if not self.body_done or self.sent_body is None:
+            return False
+        self.body_buf, self.sent_body = self.sent_body, None
+        self.body_buf_size = sum(map(len, self.body_buf))
+        self.window = q.BODY_WINDOW
+        return True
 
     def _send_body(self, chunk: bytes, end: bool) -> None:
         assert self.worker is not None
@@ -158,6 +211,8 @@ class Exchange:
             self.body_buf_size += len(chunk)
             if self.body_buf_size >= q.BODY_WINDOW:
                 self.conn.pause_for(self)
+            if self.held_for is not None and self.body_buf_size >= self.read_ahead:
+                self._release_hold()  # read ahead: the rest streams to the worker
 
     def body_complete(self) -> None:
         if self.body_done:
@@ -167,6 +222,8 @@ class Exchange:
             return
         if self.worker is not None:
             self.worker.send(encode_frame(q.REQUEST_BODY, q.END_STREAM, self.stream))
+        elif self.held_for is not None:
+            self._release_hold()
 
     def request_window(self, increment: int) -> None:
         self.window += increment
@@ -175,10 +232,13 @@ class Exchange:
 
     @property
     def replayable(self) -> bool:
-        """May this request be sent to another worker after its worker died?"""
+        """May this request be sent to another worker after its worker died?  Not one
+        in flight while the worker was stuck (a request that hangs its worker would hang
+        the next one too), and not twice."""
         return (
             not self.response_started
             and self.retries == 0
+            and not self.hung
             and self.method in IDEMPOTENT
             and self.body_length == 0
         )
@@ -191,6 +251,7 @@ class Exchange:
         if self.done or self.conn.closed:
             return
         self.response_started = True
+        self.sent_body = None
         status = head[0]
         self.status = status
         if len(head) > 4:
@@ -428,6 +489,7 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        self.held_for = None
         if self.worker is not None:
             self.worker.cancel(self.stream)
         elif self.pool is not None:

@@ -82,6 +82,14 @@ class PoolQueue:
         if self.waiting:
             self._want_worker()
 
+    def give_back(self, exchanges: list["Exchange"]) -> None:
+        """Requests a worker gave back unstarted (q.STALLED) go to the front of the line,
+        in their order: they are not retries, they never ran."""
+        self.waiting.extendleft(reversed(exchanges))
+        self.drain_into_free_workers()
+        if self.waiting:
+            self._want_worker()
+
     def forget(self, exch: "Exchange") -> None:
         try:
             self.waiting.remove(exch)
@@ -98,6 +106,8 @@ class PoolQueue:
             self.workers.append(worker)
         self.demand_pending = False
         self.drain_into_free_workers()
+        if self.waiting and self.state == STARTED:
+            self._want_worker()  # still more than the workers take: busy (web garden)
 
     def drain_into_free_workers(self) -> None:
         waiting = self.waiting
@@ -119,12 +129,15 @@ class PoolQueue:
         if self.waiting:
             self._want_worker()
 
-    def demand_done(self, at_capacity: bool) -> None:
+    def demand_done(self, at_capacity: bool, starting: bool = False) -> None:
         """The activation service answered a demand: it started a worker, could not, or
         already runs as many as the pool may have (then it is not asked again until a
-        worker goes away)."""
+        worker goes away).  ``starting``: a worker of the pool is attached and its READY
+        has not arrived yet (the answer can overtake it): its readiness decides."""
         self.demand_pending = False
         self.at_capacity = at_capacity
+        if starting:
+            return
         if not at_capacity and self.waiting and self.state == STARTED and self._pick() is None:
             # a worker went away meanwhile, or a start failed: ask again (the activation
             # service backs off and rapid-fail protection bounds the retries)

@@ -41,6 +41,7 @@ MEMO_LIMIT = 4096  # raw requests remembered by the cache's fast path
 _SERVER = b"Server: %s\r\n" % SERVER
 ROUTE_CACHE_SIZE = 8192
 MIN_RATE_WINDOW = 5.0  # (local address, Host, target) -> route; cleared when full
+READ_AHEAD = 49152  # serverRuntime/@uploadReadAheadSize's default
 
 
 class SiteCounters:
@@ -98,6 +99,8 @@ class Listener:
         self.request_timeouts: dict[str, float] = {}  # pool -> <python requestTimeout> seconds
         # app key -> requestFiltering/requestLimits checked before queueing (none: not checked)
         self.request_limits: dict[str, request_filtering.AppLimits] = {}
+        # app key -> serverRuntime/@uploadReadAheadSize at the application's root
+        self.read_ahead: dict[str, int] = {}
 
     # ---- start-up -----------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class Listener:
 
         policies: dict[str, AppCachePolicy] = {}
         resolvers: dict[str, Any] = {}
+        read_ahead: dict[str, int] = {}
+        self.read_ahead = read_ahead
         max_mb = 0
         for site in config.sites:
             for app in site.applications:
@@ -204,6 +209,8 @@ class Listener:
                     policies[app_key(site, app)] = AppCachePolicy(enabled=False)
                     continue
                 policies[app_key(site, app)] = AppCachePolicy.from_sections(sections)
+                runtime = sections.get("system.webServer/serverRuntime") or {}
+                read_ahead[app_key(site, app)] = int(runtime.get("uploadReadAheadSize", READ_AHEAD))
                 max_mb = max(max_mb, int((sections.get("system.webServer/caching") or {}).get("maxCacheSize", 0) or 0))
         self.cache.configure(policies, max_mb * 1024 * 1024, resolvers)
 
@@ -238,7 +245,9 @@ class Listener:
     def ctl_demand_done(self, msg: Message) -> None:
         queue = self.pools.get(msg["pool"])
         if queue is not None:
-            queue.demand_done(bool(msg.get("at_capacity")))
+            starting = any(link.pool is queue and not link.ready and not link.closed
+                           for link in self.workers.values())
+            queue.demand_done(bool(msg.get("at_capacity")), starting)
 
     def ctl_suspend_worker(self, msg: Message) -> None:
         """idleTimeoutAction="Suspend": take an idle worker off its pool's queue (refused if
@@ -287,6 +296,16 @@ class Listener:
         for name, queue in self.pools.items():
             for exch in list(queue.waiting):
                 row(exch, None, 0, name)
+        for conn in list(self.connections):  # held for their bodies (read-ahead)
+            exch = conn.parsing
+            if exch is not None and exch.held_for is not None and not exch.done:
+                elapsed = now - exch.started_at
+                if elapsed >= least:
+                    rows.append({"url": exch.target.decode("latin-1")[:4096], "method": exch.method,
+                                 "apppool": exch.held_for.name,
+                                 "site_id": exch.route.site_id if exch.route else None,
+                                 "worker": None, "pid": None, "stream": 0, "elapsed_ms": round(elapsed * 1000),
+                                 "client": f"{conn.client[0]}:{conn.client[1]}", "stage": "ReadingEntityBody"})
         self.control.reply(msg, result=rows)
 
     def _expire_requests(self, now: float) -> None:
@@ -391,6 +410,13 @@ class Listener:
         if self.control is not None:
             self.control.send({"op": "need_worker", "pool": pool})
 
+    def replay_held(self, link: WorkerLink, change: int) -> None:
+        """A replayed request (its first worker died with it) went to ``link``'s worker
+        (+1) or left it (-1): should that worker die meanwhile, the activation service
+        does not count it toward rapid-fail protection a second time."""
+        if self.control is not None:
+            self.control.send({"op": "replay_held", "worker_id": link.worker_id, "change": change})
+
     def worker_gone(self, link: WorkerLink) -> None:
         self.workers.pop(link.worker_id, None)
         if self.control is not None:
@@ -435,7 +461,24 @@ class Listener:
         if queue is None:
             conn.send_error(exch, 503, "N/A", "The application pool does not exist.")
             return
+        if not exch.body_done and exch.body_length > 0 and not exch.upgrade:
+            # HTTP.sys's read-ahead: the body (up to uploadReadAheadSize of it) arrives
+            # before the request may take a worker's slot.  Not a chunked body: that is
+            # a stream its client may want answered as it goes (an interactive CGI
+            # program); it is delivered as it comes, and the body timers and the
+            # worker's credit lending keep it from holding a slot.
+            read_ahead = self.read_ahead.get(route.app_key, READ_AHEAD)
+            if read_ahead > exch.body_buf_size and queue.state == STARTED:
+                exch.hold_for_body(queue, read_ahead)
+                return
         exch.queued_at = conn.last_activity
+        reason = queue.submit(exch)
+        if reason is not None:
+            self.refuse(exch, queue, reason)
+
+    def enqueue(self, exch: Exchange, queue: PoolQueue) -> None:
+        """A request held for its body has read ahead enough: it joins its pool's queue."""
+        exch.queued_at = time.monotonic()
         reason = queue.submit(exch)
         if reason is not None:
             self.refuse(exch, queue, reason)
@@ -696,15 +739,18 @@ class Listener:
                 idle = site_timeouts.get(conn.site_id, limits.connection_timeout)
                 age = now - conn.last_activity
                 if conn.pipeline:
-                    # HTTP.sys's EntityBody timer: a body the client stopped sending (not
-                    # one we hold back, nor one awaiting our 100 Continue)
                     exch = conn.parsing
-                    if (exch is not None and age > idle and not conn.read_paused_by
-                            and not (exch.expect_continue and exch.worker is None)):
-                        self.log_error("Timer_EntityBody", conn, exch)
-                        exch.cancel()
-                        conn.abort()
-                    elif min_rate and self._too_slow(conn, now, min_rate):
+                    if exch is not None and not exch.body_done and not exch.tunnel:
+                        if conn.read_paused_by or (exch.expect_continue and not exch.continued):
+                            conn.body_mark = None  # we hold the body back, or owe 100 Continue
+                        elif age > idle:
+                            # HTTP.sys's EntityBody timer: a body the client stopped sending
+                            self._drop_body(conn, exch, "Timer_EntityBody")
+                            continue
+                        elif min_rate and self._body_too_slow(conn, exch, now, min_rate):
+                            self._drop_body(conn, exch, "Timer_MinBytesPerSecond")
+                            continue
+                    if min_rate and self._too_slow(conn, now, min_rate):
                         self.log_error("Timer_MinBytesPerSecond", conn, conn.pipeline[0])
                         for exch in conn.pipeline:
                             exch.cancel()
@@ -741,6 +787,32 @@ class Listener:
         for stats in self.site_stats.values():
             stats.requests_per_second = round((stats.requests - stats.rate_mark) / elapsed, 1)
             stats.rate_mark = stats.requests
+
+    def _drop_body(self, conn: HttpConnection, exch: Exchange, reason: str) -> None:
+        """A request body that stopped arriving, or arrives too slowly: the connection
+        is closed (HTTP.sys sends nothing) and its requests are cancelled."""
+        self.log_error(reason, conn, exch)
+        for pending in list(conn.pipeline):
+            pending.cancel()
+        conn.abort()
+
+    @staticmethod
+    def _body_too_slow(conn: HttpConnection, exch: Exchange, now: float, min_rate: int) -> bool:
+        """minBytesPerSecond applied to a request body while the client is the one to
+        send (HTTP.sys applies it to responses only; Kestrel's MinRequestBodyDataRate has
+        the same 240 bytes/s default): judged over MIN_RATE_WINDOW seconds, so one slow
+        moment is forgiven, and never while the listener itself holds the body back."""
+        mark = conn.body_mark
+        if mark is None or mark[2] is not exch:
+            conn.body_mark = (now, exch.body_received, exch)
+            return False
+        elapsed = now - mark[0]
+        if elapsed < MIN_RATE_WINDOW:
+            return False
+        if (exch.body_received - mark[1]) / elapsed < min_rate:
+            return True
+        conn.body_mark = (now, exch.body_received, exch)
+        return False
 
     def _too_slow(self, conn: HttpConnection, now: float, min_rate: int) -> bool:
         """HTTP.sys's MinBytesPerSecond: while a response waits in the send buffer, the

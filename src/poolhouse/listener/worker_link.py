@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("poolhouse.listener")
 
+STALL_HOLD = 1 << 30  # credits taken from a stalled worker, so that it is never picked
+
 
 class WorkerLink(asyncio.Protocol):
     def __init__(self, listener: "Listener", pool: "PoolQueue", worker_id: str, pid: int,
@@ -47,6 +49,7 @@ class WorkerLink(asyncio.Protocol):
         self.files = (FileChannel(files, worker_id, lambda sid: sid in self.streams)
                       if files is not None else None)
         self.requests = 0
+        self.stalled = False  # its event loop is stuck (q.STALLED) and it has not run since
         self._next_stream = 1
         self._decoder = FrameDecoder()
         self._out: list[bytes] = []
@@ -117,8 +120,21 @@ class WorkerLink(asyncio.Protocol):
                 self.pool.worker_ready(self)
             elif ftype == q.CREDIT:
                 self.credits += q.decode_credit(payload)
-                if self.credits > 0:
+                if self.stalled:  # its loop runs again: it was slow, not hung
+                    self.stalled = False
+                    self.credits += STALL_HOLD
+                    for exch in self.streams.values():
+                        exch.hung = False
+                if self.credits > 0 and not self.draining:
                     self.pool.worker_free(self)
+            elif ftype == q.STALLED:
+                try:
+                    started = q.decode_stalled(payload)
+                except ValueError as exc:
+                    log.error("worker %s (pid %d): %s", self.worker_id, self.pid, exc)
+                    self.close()
+                    return
+                self._stalled(sid, started)
             elif ftype == q.DRAINING:
                 self.draining = True
                 self.pool.remove_worker(self)
@@ -167,6 +183,35 @@ class WorkerLink(asyncio.Protocol):
             exch.worker_lost()
         self.listener.worker_gone(self)
 
+    def _stalled(self, stuck: int, started: frozenset[int]) -> None:
+        """The worker's loop is stuck in stream ``stuck`` (0: in none the worker could
+        name): the streams it has not started go back to the pool's queue (for another
+        worker, or this one's replacement), the ones it has started are marked so that
+        none is replayed should the worker be killed for hanging, and the worker gets
+        nothing more until its loop runs again (its next CREDIT frame)."""
+        if not self.stalled:
+            self.stalled = True
+            self.credits -= STALL_HOLD
+        back: list[Exchange] = []
+        for sid, exch in list(self.streams.items()):
+            if sid in started:
+                exch.hung = True
+                continue
+            del self.streams[sid]
+            self.credits += 1
+            if exch.retries:
+                self.listener.replay_held(self, -1)
+            if exch.given_back():
+                back.append(exch)
+            else:
+                exch.reset()  # its body went to the worker and is not here any more: 502
+        self.send(encode(q.STALLED_ACK, 0, 0))
+        hung = self.streams.get(stuck)
+        log.warning("worker %s (pid %d) is stuck in %s: %d request(s) it had not started go back to the queue",
+                    self.worker_id, self.pid, hung.target[:200].decode("latin-1") if hung else "?", len(back))
+        if back:
+            self.pool.give_back(back)
+
     # ---- used by the pool and exchanges -------------------------------------------
 
     def _tunnel(self, sid: int) -> None:
@@ -185,11 +230,17 @@ class WorkerLink(asyncio.Protocol):
             files.drop(sid)  # a descriptor its stream did not use
         if self.tunnels and sid in self.tunnels:
             self.tunnels.discard(sid)
-            if self.streams.pop(sid, None) is not None:
+            exch = self.streams.pop(sid, None)
+            if exch is not None:
                 self.requests += 1
                 self.pool.requests += 1
+                if exch.retries:
+                    self.listener.replay_held(self, -1)
             return
-        if self.streams.pop(sid, None) is not None:
+        exch = self.streams.pop(sid, None)
+        if exch is not None:
+            if exch.retries:
+                self.listener.replay_held(self, -1)
             self.credits += 1
             self.requests += 1
             self.pool.requests += 1
@@ -201,6 +252,8 @@ class WorkerLink(asyncio.Protocol):
         self._next_stream = sid + 1 if sid < 0xFFFFFFFF else 1
         self.credits -= 1
         self.streams[sid] = exch
+        if exch.retries:
+            self.listener.replay_held(self, 1)
         exch.dispatched(self, sid)
 
     def send(self, data: bytes) -> None:

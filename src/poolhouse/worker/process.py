@@ -39,6 +39,8 @@ from .apps import (ASGI, CGI, HTTP_PLATFORM, PROTOCOL, PROXY, STATIC, WSGI, AppL
 from .handlers.asgi import Lifespan, build_scope, run_asgi
 from .handlers.static import FileBody, StaticFileHandler, StaticResponse
 from .handlers.wsgi import WsgiHandler, build_environ, make_environ_base
+from .credits import MAX_LENT, CreditPolicy
+from .stall import StallWatch
 from .stream import BadResponseHeader, Stream, build_header_block
 from .error_pages import error_page
 from .pipeline import HttpContext
@@ -47,12 +49,6 @@ log = logging.getLogger("poolhouse.worker")
 
 FILE_CHUNK = 256 * 1024
 FILES_TIMEOUT = 5.0  # seconds a descriptor may wait to be taken by the listener
-ASGI_CREDITS = 100
-# Requests the listener may hand an inline (threads="0") worker ahead: they are still
-# run one at a time, but a batch arrives in one read and leaves in one write, which is
-# what makes the process hop cheap.  A worker that dies takes at most this many requests
-# with it; the idempotent ones among them are replayed on another worker.
-INLINE_CREDITS = 32
 APP_INIT = "system.webServer/applicationInitialization"
 WARMUP_SID = 0xFFFFFF00  # stream ids of initialization requests (never the listener's)
 
@@ -94,7 +90,6 @@ class WorkerProcess:
         self.queue: QueueProtocol | None = None  # the current queue connection
         self.queue_sock: socket.socket | None = None  # the queue socket until boot connects it
         self.booted = False
-        self.credits = 0
         self.fd_receiver: FdReceiver | None = None
         self.files: socket.socket | None = None  # the file channel (None: files go as body frames)
         self.control: ControlProtocol | None = None
@@ -118,6 +113,14 @@ class WorkerProcess:
         self.init_msg: Message | None = None
         self.shutdown_timeout = 90.0
         self.recycle_at = 0  # periodicRestart/@requests (jittered by the service); 0 = off
+        self.credit_policy = CreditPolicy(0, False)
+        # read by the stall watch (stall.py): a count the loop moves on (each request, each
+        # heartbeat), the stream on_request is running, and whether REQUESTs are dropped
+        # until the listener's STALLED_ACK
+        self.progress = 0
+        self.running_sid = 0
+        self.disowning = False
+        self.stall: StallWatch | None = None
 
     # ---- boot ---------------------------------------------------------------------
 
@@ -143,7 +146,7 @@ class WorkerProcess:
             raise AppLoadError(f"application pool {self.pool_name!r} is not in the configuration")
         self.shutdown_timeout = pool.shutdown_time_limit
         threads = pool.python_threads
-        self.wsgi = WsgiHandler(self.loop, threads)
+        self.wsgi = WsgiHandler(self.loop, threads, MAX_LENT)
         self.environ_base = make_environ_base(f"Poolhouse/{__version__}", threads > 0)
         has_asgi = False
         for site in server.sites:
@@ -164,17 +167,17 @@ class WorkerProcess:
                     await lifespan.startup(pool.startup_time_limit)
                     self.lifespans.append(lifespan)
                     self.lifespan_state[name] = lifespan.state
-        credits = threads if threads > 0 else INLINE_CREDITS
-        if has_asgi:
-            credits = max(credits, ASGI_CREDITS)
+        self.credit_policy = CreditPolicy(threads, has_asgi)
+        credits = self.credit_policy.credits
         warmed = await self.warm_up(bool(self.init_msg.get("recycle")), pool.startup_time_limit)
         self.recycle_at = int(self.init_msg.get("recycle_after_requests", 0))
-        self.credits = credits
         self.booted = True
         # the socket a new listener's attach brought during boot, if one did
         sock, self.queue_sock = self.queue_sock, None
         assert sock is not None
         await self.connect_queue(sock)
+        self.stall = StallWatch(self)
+        self.stall.start()
         self.control.send({"op": "ready", "pid": os.getpid(), "credits": credits, "warmup": warmed})
         log.info("worker %s of pool %s ready: %d application(s), %d credit(s)",
                  self.worker_id, self.pool_name, len(self.apps), credits)
@@ -295,7 +298,7 @@ class WorkerProcess:
         if self.queue is not None:  # the old one has not told us it closed yet
             self.detach_queue()
         self.queue, self.transport = proto, proto.transport
-        self.send(q.encode_ready(self.credits))
+        self.send(q.encode_ready(self.credit_policy.credits))
 
     def on_fd(self, label: Message, fds: list[int]) -> None:
         """Descriptors from the activation service: the worker's ends of the sockets to a
@@ -334,7 +337,7 @@ class WorkerProcess:
     async def _attached(self, sock: socket.socket) -> None:
         await self.connect_queue(sock)
         if self.control is not None and self.queue is not None:
-            self.control.send({"op": "queue_attached", "pid": os.getpid(), "credits": self.credits})
+            self.control.send({"op": "queue_attached", "pid": os.getpid(), "credits": self.credit_policy.credits})
 
     def queue_lost(self, proto: QueueProtocol) -> None:
         if proto is not self.queue or self.done.is_set():
@@ -358,6 +361,7 @@ class WorkerProcess:
             stream.ended = True
             stream.cancel()
         self._out.clear()
+        self.credit_policy.lent = 0  # lent credits were the old listener's
         if self.queue is not None and self.queue.transport is not None:
             self.queue.transport.abort()
         self.queue, self.transport = None, None
@@ -368,6 +372,8 @@ class WorkerProcess:
         self.done.set()
 
     async def shutdown(self) -> None:
+        if self.stall is not None:
+            self.stall.stop()
         self._flush()
         for lifespan in self.lifespans:
             await lifespan.shutdown(self.shutdown_timeout)
@@ -394,10 +400,36 @@ class WorkerProcess:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        stall = self.stall
+        if stall is None:
+            self._write_out()
+            return
+        with stall.lock:  # the stall watch may be writing to the socket (stall.py)
+            self._write_out()
+
+    def _write_out(self) -> None:
         out, self._out = self._out, []
         transport = self.transport
         if transport is not None and out and not transport.is_closing():
             transport.writelines(out)
+
+    def lend_credit(self) -> bool:
+        """A stream waits for its body: its credit goes back to the listener meanwhile."""
+        if self.draining or not self.credit_policy.lend():
+            return False
+        self.send(q.encode_credit(1))
+        return True
+
+    def reclaim_credit(self) -> None:
+        if self.credit_policy.lent <= 0:
+            return  # lent to a listener that is gone (detach_queue)
+        self.credit_policy.reclaim()
+        self.send(q.encode_credit(-1))
+
+    def loop_resumed(self) -> None:
+        """The loop runs again after the stall watch reported it stuck: a CREDIT frame
+        tells the listener it may send requests again."""
+        self.send(q.encode_credit(0))
 
     def call_threadsafe(self, fn: Any, *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
@@ -424,6 +456,8 @@ class WorkerProcess:
                 self.send(encode(q.PONG, 0, sid))
             elif ftype == q.PONG:
                 pass
+            elif ftype == q.STALLED_ACK:
+                self.disowning = False
             else:
                 log.error("unknown frame type %d from the listener", ftype)
 
@@ -436,6 +470,11 @@ class WorkerProcess:
             if ctx.pipeline.post or ctx.trace is not None:
                 ctx.on_end()  # ReleaseRequestState .. EndRequest
         self.requests += 1
+        policy = self.credit_policy
+        if policy.adaptive and not stream.upgrade and stream.sid < WARMUP_SID:
+            change = policy.finished(time.monotonic() - stream.started_at)
+            if change:
+                self.send(q.encode_credit(change))
         if self.requests == self.recycle_at and self.control is not None:
             # periodicRestart/@requests: ask the activation service for an overlapped recycle
             self.control.send({"op": "recycle_me", "reason": "requests", "requests": self.requests})
@@ -445,11 +484,15 @@ class WorkerProcess:
     # ---- dispatch -----------------------------------------------------------------
 
     def on_request(self, sid: int, head: q.RequestHead, end: bool, upgrade: bool = False) -> None:
+        self.progress += 1
+        if self.disowning and self._disowned(sid):
+            return
         stream = Stream(self, sid, head, end)
         if upgrade:
             stream.upgrade = True
         self.streams[sid] = stream
         stream.started_at = time.monotonic()
+        self.running_sid = sid
         try:
             self.dispatch(stream)
         except Exception:
@@ -459,6 +502,17 @@ class WorkerProcess:
                     stream.reset()
                 else:
                     self.error_response(stream, 500, 0)
+        self.running_sid = 0
+
+    def _disowned(self, sid: int) -> bool:
+        """The stall watch gave back the streams not started (q.STALLED): a REQUEST that
+        arrives before the listener's STALLED_ACK is one of them."""
+        assert self.stall is not None
+        with self.stall.lock:  # (the watch may be deciding right now)
+            if not self.disowning:
+                return False
+        log.debug("stream %d was given back to the listener unstarted", sid)
+        return True
 
     def dispatch(self, stream: Stream) -> None:
         head = stream.head

@@ -25,6 +25,7 @@ _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"u
                          # the listener's response-cache marker: only the static handler sets it,
                          # an application must not be able to pin a response to a file
                          b"x-poolhouse-file", b"x-poolhouse-upstream"))
+LEND_AFTER = 0.2  # seconds a handler waits for body bytes before its credit is lent back
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -89,6 +90,7 @@ class Stream:
         "worker", "sid", "head", "body_chunks", "body_done", "body_event", "cancelled",
         "window", "window_event", "ended", "head_sent", "on_body", "_tlock", "_tcond",
         "app", "started_at", "stage", "ctx", "body_filter", "upgrade", "httperr_reason",
+        "lent", "lend_timer",
     )
 
     def __init__(self, worker: "WorkerProcess", sid: int, head: q.RequestHead, body_done: bool) -> None:
@@ -116,6 +118,30 @@ class Stream:
         # set before answering an error the listener would log in HTTPERR had it produced
         # it (the reverse proxy's 502/504): the reason travels in the RESPONSE head
         self.httperr_reason = ""
+        self.lent = False  # this stream's credit is lent back while it waits for its body
+        self.lend_timer: asyncio.TimerHandle | None = None
+
+    # ---- waiting for the body (credits.py) ----------------------------------------
+
+    def body_wait_start(self) -> None:
+        """The handler waits for body bytes the client has not sent yet: if that lasts
+        ``LEND_AFTER`` seconds, the stream's credit is lent back to the listener."""
+        if self.lend_timer is None and not self.lent and not self.ended:
+            self.lend_timer = self.worker.loop.call_later(LEND_AFTER, self._lend)
+
+    def _lend(self) -> None:
+        self.lend_timer = None
+        if not self.ended and not self.body_done and not self.lent:
+            self.lent = self.worker.lend_credit()
+
+    def body_wait_stop(self) -> None:
+        timer = self.lend_timer
+        if timer is not None:
+            self.lend_timer = None
+            timer.cancel()
+        if self.lent:
+            self.lent = False
+            self.worker.reclaim_credit()
 
     # ---- request body (frames from the listener) ----------------------------------
 
@@ -141,11 +167,14 @@ class Stream:
         """Next body chunk (asyncio handlers); None at the end of the body."""
         while not self.body_chunks:
             if self.body_done or self.cancelled:
+                self.body_wait_stop()
                 return None
             if self.body_event is None:
                 self.body_event = asyncio.Event()
             self.body_event.clear()
+            self.body_wait_start()
             await self.body_event.wait()
+        self.body_wait_stop()
         chunk = self.body_chunks.popleft()
         self.consumed(len(chunk))
         return chunk
@@ -157,13 +186,20 @@ class Stream:
     def read_chunk_blocking(self) -> bytes | None:
         """Next body chunk, from a handler thread; None at the end of the body."""
         assert self._tcond is not None
+        waited = False
         with self._tcond:
             while not self.body_chunks:
                 if self.body_done or self.cancelled:
-                    return None
+                    break
+                if not waited:
+                    waited = True
+                    self.worker.call_threadsafe(self.body_wait_start)
                 self._tcond.wait()
-            chunk = self.body_chunks.popleft()
-        self.worker.call_threadsafe(self.consumed, len(chunk))
+            chunk = self.body_chunks.popleft() if self.body_chunks else None
+        if waited:
+            self.worker.call_threadsafe(self.body_wait_stop)
+        if chunk is not None:
+            self.worker.call_threadsafe(self.consumed, len(chunk))
         return chunk
 
     # ---- response (frames to the listener) ----------------------------------------
@@ -276,4 +312,6 @@ class Stream:
 
     def _end(self) -> None:
         self.ended = True
+        if self.lent or self.lend_timer is not None:
+            self.body_wait_stop()
         self.worker.stream_ended(self)

@@ -182,10 +182,12 @@ class FileWrapper:
 class WsgiHandler:
     """Runs requests for one pool's WSGI applications."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int, spare: int = 0) -> None:
+        """``spare``: threads beyond ``threads`` for the requests taken while others wait
+        for their bodies with their credits lent back (worker/credits.py)."""
         self.loop = loop
         self.threads = threads
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="wsgi") if threads > 0 else None
+        self.executor = ThreadPoolExecutor(threads + spare, thread_name_prefix="wsgi") if threads > 0 else None
 
     # ---- entry --------------------------------------------------------------------
 
@@ -212,11 +214,13 @@ class WsgiHandler:
                 stream.reset()
             elif stream.body_done:
                 stream.on_body = None
+                stream.body_wait_stop()
                 spool.seek(0)
                 environ["wsgi.input"] = spool
                 self._run_inline(stream, app, environ)
 
         stream.on_body = on_body
+        stream.body_wait_start()  # (a slow body lends its credit back meanwhile)
         on_body()
 
     # ---- inline mode --------------------------------------------------------------
