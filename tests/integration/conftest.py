@@ -176,7 +176,10 @@ def poolhouse_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
     servers: list[Server] = []
 
     def start(config: str | Callable[[int], str], files: dict[str, str] | None = None,
-              wait: bool = True, extra_ports: int = 0) -> Server:
+              wait: bool = True, extra_ports: int = 0, writable: tuple[str, ...] = ()) -> Server:
+        """``writable``: folders (relative to the server's root) the test's applications
+        write into; as root the workers run as their pool's user, so these are opened
+        to every user (what an administrator grants a pool on a data folder)."""
         root = tmp_path / f"srv{len(servers)}"
         root.mkdir()
         port = free_port()
@@ -185,6 +188,9 @@ def poolhouse_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(content))
+        for rel in writable:
+            (root / rel).mkdir(parents=True, exist_ok=True)
+            (root / rel).chmod(0o1777)
         text = config(port) if callable(config) else config
         text = text.replace("{root}", str(root)).replace("{port}", str(port))
         for i, p in enumerate(ports):

@@ -204,7 +204,7 @@ def substatus(r: httpx.Response) -> str:
 
 
 def test_standard_modules(poolhouse_server) -> None:
-    server = poolhouse_server(SITE, FILES)
+    server = poolhouse_server(SITE, FILES, writable=("app",))  # notifications.log
     for folder in ("cgi", "cgi2"):
         path = server.root / "www" / folder / "hello.cgi"
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
