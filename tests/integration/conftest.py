@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +172,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="session")
+def _searchable_base() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="ph-it-", dir="/tmp"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(_searchable_base: Path, request: pytest.FixtureRequest) -> Path:
+    """A test's folder that other users may search (not list): as root the workers run
+    as their pools' users, who must reach the sites the tests write.  pytest's own
+    /tmp/pytest-of-root is 0700 and every pytest session that starts re-applies that
+    mode, which would cut the search access the service grants a pool on it (an ACL
+    entry is limited by the mode's group bits) under a test running beside it."""
+    name = re.sub(r"\W", "_", request.node.name)[:20]
+    path = Path(tempfile.mkdtemp(prefix=name + "-", dir=_searchable_base))
+    path.chmod(0o711)
+    return path
 
 
 @pytest.fixture

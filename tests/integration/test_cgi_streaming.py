@@ -69,7 +69,7 @@ def server(poolhouse_server):
     srv = poolhouse_server(SITE, FILES)
     for name in SCRIPTS:
         path = srv.root / "www" / name
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)  # the pool's user runs it
     return srv
 
 

@@ -145,22 +145,25 @@ def can(path: str, uid: int, gids: tuple[int, ...], need: int) -> bool:
 
 
 def blocking(path: str, uid: int, gids: tuple[int, ...], need_last: int = 0) -> str | None:
-    """The first folder on the way to ``path`` (symbolic links resolved) that ``uid`` may
-    not search, or ``path`` itself if it may not read it (and list it, for a folder;
-    ``need_last``: other permissions wanted on it, e.g. X for a program); None when it
-    can.  A missing component is returned as blocking."""
+    """The first folder on the way to ``path`` that ``uid`` may not search, or ``path``
+    itself if it may not read it (and list it, for a folder; ``need_last``: other
+    permissions wanted on it, e.g. X for a program); None when it can.  Both ways count:
+    the folders of the path as written (a symbolic link is reached through them) and
+    those of its target.  A missing component is returned as blocking."""
+    written = os.path.abspath(path)
     real = os.path.realpath(path)
-    parts = real.split(os.sep)
-    for i in range(1, len(parts) + 1):
-        current = os.sep.join(parts[:i]) or os.sep
-        last = i == len(parts)
-        try:
-            st = os.stat(current)
-        except OSError:
-            return current
-        need = X
-        if last:
-            need = (R | X if stat.S_ISDIR(st.st_mode) else R) | need_last
-        if not permits(effective(current, st), st.st_uid, st.st_gid, uid, gids, need):
-            return current
+    for walk in ((written, real) if written != real else (real,)):
+        parts = walk.split(os.sep)
+        for i in range(1, len(parts) + 1):
+            current = os.sep.join(parts[:i]) or os.sep
+            last = i == len(parts)
+            try:
+                st = os.stat(current)
+            except OSError:
+                return current
+            need = X
+            if last:
+                need = (R | X if stat.S_ISDIR(st.st_mode) else R) | need_last
+            if not permits(effective(current, st), st.st_uid, st.st_gid, uid, gids, need):
+                return current
     return None

@@ -106,7 +106,9 @@ class InterpreterCheck:
                 path, "-c", _PROBE, *(folders if switch else ()), env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **kw)
         except OSError as exc:
-            raise InterpreterError(f"python/@executable {path} cannot be started: {exc.strerror or exc}") from None
+            who = f" as {identity.name} (uid {identity.uid})" if switch and identity else ""
+            raise InterpreterError(f"python/@executable {path} cannot be started{who}: {exc.strerror or exc}",
+                                   _runtime_block(path, identity) if switch else None) from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), CHECK_TIMEOUT)
         except asyncio.TimeoutError:
@@ -159,6 +161,5 @@ def _runtime_block(path: str, identity: "Identity | None") -> str | None:
     """The folder that keeps ``identity`` from the interpreter's own files, if any."""
     if identity is None:
         return None
-    real = os.path.realpath(path)
-    lib = os.path.join(os.path.dirname(os.path.dirname(real)), "lib")
-    return acl.blocking(lib, identity.uid, identity.gids) or acl.blocking(real, identity.uid, identity.gids, acl.X)
+    lib = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(path))), "lib")
+    return acl.blocking(path, identity.uid, identity.gids, acl.X) or acl.blocking(lib, identity.uid, identity.gids)

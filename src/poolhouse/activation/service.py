@@ -359,6 +359,14 @@ class ActivationService:
                 pool.workers.remove(worker)
                 if worker.proc is not None and worker.proc.returncode is None:
                     worker.kill()
+                if isinstance(exc, PermissionError) and identity.switch:
+                    # the identity lost access since it was checked: as the check would
+                    # have said (5059), not a retry on every request
+                    python = pool.config.python_executable or sys.executable
+                    blocked = acl.blocking(python, identity.uid, identity.gids, acl.X)
+                    self.cannot_start(pool, identity, InterpreterError(
+                        f"{identity.name} (uid {identity.uid}) cannot start {python}: {exc}", blocked))
+                    return None
                 self.demand_done(pool, False)
                 return None
             group = self.pool_cgroup(pool)
