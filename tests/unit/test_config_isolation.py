@@ -81,6 +81,7 @@ def test_a_pool_sees_only_its_own_part(tmp_path: Path) -> None:
     assert "a-users" in text and "a-headers.config" in text
     assert list(view["config_extra"]) == [str(tmp_path / "a-headers.config")]
     assert view["source_files"] == []
+    assert all(b["key_file"] == "" for s in view["sites"] for b in s["bindings"])
     # line numbers of what stays are the master file's
     master = config.config_text.splitlines()
     mine = text.splitlines()

@@ -10,7 +10,7 @@ pool —
 - ``pools``: that pool alone;
 - ``sites``: the sites where the pool serves an application; in a site shared with other
   pools their applications stay (so a URL still maps to the right application) but
-  without their folders;
+  without their folders; bindings without the path of their TLS key;
 - ``config_text``: applicationHost.config with its ``<system.applicationHost>`` element
   (every site, pool and log definition) and every ``<location>`` for another pool's site
   or application taken out — each replaced by a comment of as many lines, so the line
@@ -50,6 +50,8 @@ def pool_view(config: ServerConfig, pool: str) -> dict[str, Any]:
         if not mine:
             continue
         names[site.name.lower()] = site.applications
+        for binding in plain["bindings"]:
+            binding["key_file"] = ""  # TLS is the listener's: no worker needs the private key's path
         for app, d in zip(site.applications, plain["applications"]):
             if app.pool.lower() != key:
                 d["physical_path"] = ""
