@@ -182,6 +182,17 @@ def _searchable_base() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def searchable_tmp(_searchable_base: Path) -> Callable[[str], Path]:
+    """``tmp_path_factory.mktemp`` for module-scoped servers, in a folder other users may
+    search (see ``tmp_path``)."""
+    def mktemp(name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=name[:20] + "-", dir=_searchable_base))
+        path.chmod(0o711)
+        return path
+    return mktemp
+
+
 @pytest.fixture
 def tmp_path(_searchable_base: Path, request: pytest.FixtureRequest) -> Path:
     """A test's folder that other users may search (not list): as root the workers run

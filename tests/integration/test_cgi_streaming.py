@@ -75,6 +75,7 @@ def server(poolhouse_server):
 
 def test_cgi_output_is_streamed_as_produced(server) -> None:
     with httpx.Client(base_url=server.base, timeout=20) as c:
+        assert c.get("/fast.cgi").status_code == 200  # the worker is started: time the program only
         t0 = time.monotonic()
         with c.stream("GET", "/slow.cgi") as r:
             assert r.status_code == 200 and r.headers["content-type"] == "text/plain"

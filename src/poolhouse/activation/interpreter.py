@@ -1,7 +1,10 @@
 """The Python a pool's workers run on (``<python executable>``, by default the service's
-own), checked before the first worker of the pool starts on it — as the pool's identity,
-so the kernel itself says whether that identity can execute the interpreter, read its
-standard library and Poolhouse's worker runtime, and read the pool's folders.
+own), checked before the first worker of the pool starts on it, for the pool's identity:
+can it execute the interpreter, read its standard library and Poolhouse's worker
+runtime, and read the pool's folders.  A pool's own ``<python executable>`` is started
+once as the identity (the kernel answers); the service's own interpreter is checked by
+the files' modes and ACLs (``acl.blocking``), which costs no process on every pool's
+first request.
 
 A pool may run its workers in its own virtualenv: any Python >= 3.11 with Poolhouse's
 worker runtime (the ``poolhouse`` package of the service's own version, and its
@@ -78,9 +81,9 @@ class InterpreterCheck:
         and, when given, as ``identity`` reading ``folders``."""
         switch = identity is not None and identity.switch
         if not path or path == sys.executable:
-            if not switch:
-                return
-            path = sys.executable
+            if switch and identity is not None:
+                _check_own(identity, folders)
+            return
         if not os.path.isabs(path):
             raise InterpreterError(f"python/@executable {path!r} is not an absolute path")
         try:
@@ -144,6 +147,27 @@ class InterpreterCheck:
                 f"python/@executable {path} has Poolhouse {info.get('version')} ({info.get('location')}); "
                 f"the service is {__version__}: install the same version into {info.get('prefix')}")
         self._good[key] = stamp
+
+
+def _check_own(identity: "Identity", folders: tuple[str, ...]) -> None:
+    """This service's own interpreter and runtime, and ``folders``, as ``identity``
+    would reach them (by their modes and ACLs: no process to start on each pool's
+    first request; whatever this misses makes the worker fail its boot, which rapid-fail
+    protection counts — never a worker as root)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = os.path.dirname(os.__file__)  # the standard library
+    wanted = [(sys.executable, acl.X), (lib, 0), (package, 0)]
+    wanted += [(p, 0) for p in sys.path if p.endswith("-packages") and os.path.isdir(p)]
+    for path, extra in wanted:
+        blocked = acl.blocking(path, identity.uid, identity.gids, extra)
+        if blocked is not None:
+            raise InterpreterError(f"{identity.name} (uid {identity.uid}) cannot use Poolhouse's runtime "
+                                   f"{path}: {blocked} is closed to it", blocked)
+    for path in folders:
+        blocked = acl.blocking(path, identity.uid, identity.gids)
+        if blocked is not None:
+            raise InterpreterError(f"{identity.name} (uid {identity.uid}) cannot read {path}: "
+                                   f"{blocked} is closed to it", blocked)
 
 
 def _switch_to(identity: "Identity") -> Any:

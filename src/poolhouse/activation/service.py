@@ -659,8 +659,9 @@ class ActivationService:
         changed: list[str] = []
         for site in self.config.sites:
             freb = site.trace_failed_requests
-            if freb.enabled and any(a.pool == pool.name for a in site.applications):
+            if any(a.pool == pool.name for a in site.applications):
                 # Failed Request Tracing: the worker writes its site's traces itself
+                # (its rules may come from any web.config)
                 folder = os.path.join(freb.directory or os.path.join(self.state_dir, "logs", "FailedReqLogFiles"),
                                       f"W3SVC{site.id}")
                 os.makedirs(folder, mode=0o700, exist_ok=True)
