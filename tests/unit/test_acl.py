@@ -125,3 +125,24 @@ def test_revoke_keeps_what_was_there(tmp_path: Path) -> None:
     assert next(e.perm for e in acl.read(str(folder)) or [] if e.tag == acl.USER) == acl.R | acl.X
     grants.revoke()
     assert [e for e in acl.read(str(folder)) or [] if e.tag == acl.USER] == [acl.Entry(acl.USER, UID, acl.R)]
+
+
+@root_only
+def test_grants_command_lists_and_revokes(open_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from poolhouse.admin.cli import main
+
+    folder = open_tmp / "site"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o700)
+    state = open_tmp / "state"
+    state.mkdir()
+    Grants(str(state)).open_tree(str(folder), UID, (UID,), "Shop")
+    assert main(["--state-dir", str(state), "grants", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {(r["for"], r["entry"], r["acl"], r["path"]) for r in listed} == {
+        ("Shop", f"u:{UID}:r-x", "access", str(folder)), ("Shop", f"u:{UID}:r-x", "default", str(folder))}
+    assert main(["--state-dir", str(state), "grants", "--revoke", "--apppool", "other"]) == 0
+    assert "revoked 0 entries" in capsys.readouterr().out
+    assert main(["--state-dir", str(state), "grants", "--revoke", "--apppool", "shop"]) == 0
+    assert "revoked 2 entries" in capsys.readouterr().out
+    assert acl.read(str(folder)) is None and acl.read(str(folder), acl.DEFAULT) is None
