@@ -104,3 +104,12 @@ def test_the_other_pool_and_users_files(tmp_path: Path) -> None:
     assert sorted(users_files(config, "B")) == sorted([str(tmp_path / "b-users"), str(tmp_path / "b2-users"),
                                                        str(tmp_path / "hidden-b" / "a-users")])
     assert users_files(config, "A") == [str(tmp_path / "a" / "a-users")]
+
+
+def test_views_from_one_parse_do_not_leak_into_each_other(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    first = pool_view(config, "A")["config_text"]
+    other = pool_view(config, "B")["config_text"]
+    assert pool_view(config, "A")["config_text"] == first != other
+    assert "b2-users" in other and "b2-users" not in first
+    assert len(first.splitlines()) == len(other.splitlines()) == len(config.config_text.splitlines())

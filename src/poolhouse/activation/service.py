@@ -679,11 +679,11 @@ class ActivationService:
                         changed.append(path)
                 else:
                     changed += self.grants.open_tree(path, identity.uid, identity.gids, pool.name)
-            if changed:
-                self.events.emit("apppool_access_granted", logging.INFO, None, apppool=pool.name,
-                                 user=identity.name, uid=identity.uid, paths=changed,
-                                 revoke=f"poolhouse --state-dir {self.state_dir} grants --revoke --apppool "
-                                        f"{shlex.quote(pool.name)}")
+        if changed:
+            self.events.emit("apppool_access_granted", logging.INFO, None, apppool=pool.name,
+                             user=identity.name, uid=identity.uid, paths=sorted(set(changed)),
+                             revoke=f"poolhouse --state-dir {self.state_dir} grants --revoke --apppool "
+                                    f"{shlex.quote(pool.name)}")
         return tuple(p for p in folders + users if os.path.exists(p))
 
     def cannot_start(self, pool: PoolRuntime, identity: Identity, exc: Exception) -> None:

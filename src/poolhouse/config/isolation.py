@@ -23,7 +23,6 @@ the service alone (the documented recommendation: applicationHost.config mode 06
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -61,26 +60,36 @@ def pool_view(config: ServerConfig, pool: str) -> dict[str, Any]:
     data["source_files"] = []
     data["warnings"] = []
     if config.config_text:
-        text, extra = filter_text(config.config_text.encode("latin-1"), config.config_path or "applicationHost.config",
+        root = getattr(config, "_poolhouse_isolation_root", None)
+        if root is None:  # parsed once per configuration, whatever the number of pools
+            root = parse_xml(config.config_text.encode("latin-1"), config.config_path or "applicationHost.config")
+            setattr(config, "_poolhouse_isolation_root", root)
+        text, extra = filter_text(root, config.config_text.encode("latin-1"),
+                                  config.config_path or "applicationHost.config",
                                   {p: t.encode("latin-1") for p, t in config.config_extra.items()}, key, names)
         data["config_text"] = text.decode("latin-1")
         data["config_extra"] = {p: b.decode("latin-1") for p, b in extra.items()}
     return data
 
 
-def filter_text(data: bytes, path: str, extra: dict[str, bytes], pool: str,
+def filter_text(root: etree._Element, data: bytes, path: str, extra: dict[str, bytes], pool: str,
                 sites: dict[str, list[Application]]) -> tuple[bytes, dict[str, bytes]]:
-    """applicationHost.config's bytes without what ``pool`` must not see (see the
-    module's docstring); ``sites``: the pool's sites (lower-case name -> applications)."""
-    root = parse_xml(data, path)
-    for el in element_children(root):
-        name = local_name(el)
-        if name == "system.applicationHost":
-            _blank(el)
-        elif name == "location" and not _location_is_mine(el.get("path", ""), pool, sites):
-            _blank(el)
-    out = etree.tostring(root.getroottree(), xml_declaration=data.lstrip().startswith(b"<?xml"),
-                         encoding=root.getroottree().docinfo.encoding or "utf-8")
+    """applicationHost.config (``root``: its parsed ``data``) without what ``pool`` must
+    not see (see the module's docstring); ``sites``: the pool's sites (lower-case name ->
+    applications).  ``root`` is left as it was."""
+    swapped: list[tuple[etree._Element, etree._Element]] = []
+    try:
+        for el in element_children(root):
+            name = local_name(el)
+            if name == "system.applicationHost" or (
+                    name == "location" and not _location_is_mine(el.get("path", ""), pool, sites)):
+                swapped.append((el, _blank(el)))
+        out = etree.tostring(root.getroottree(), xml_declaration=data.lstrip().startswith(b"<?xml"),
+                             encoding=root.getroottree().docinfo.encoding or "utf-8")
+    finally:
+        for el, comment in swapped:
+            el.tail = comment.tail
+            root.replace(comment, el)
     used = read_document(out, path, extra).extra if extra else {}
     return out, {p: extra[p] for p in used if p in extra}
 
@@ -103,17 +112,19 @@ def _location_is_mine(path: str, pool: str, sites: dict[str, list[Application]])
     return any(a.pool.lower() == pool and (url == "/" or a.path.lower().startswith(url + "/")) for a in apps)
 
 
-def _blank(el: etree._Element) -> None:
-    """Replaces ``el`` by a comment spanning as many lines."""
-    copied = copy.copy(el)
-    copied.tail = None
-    lines = etree.tostring(copied).count(b"\n")
+def _blank(el: etree._Element) -> etree._Element:
+    """Replaces ``el`` by a comment spanning as many lines; returns the comment."""
+    tail = el.tail
+    el.tail = None
+    lines = etree.tostring(el).count(b"\n")
+    el.tail = tail
     comment = etree.Comment(" not for this application pool " + "\n" * lines)
-    comment.tail = el.tail
+    comment.tail = tail
     parent = el.getparent()
     if parent is None:
         raise ConfigError("cannot filter the document root", "applicationHost.config")
     parent.replace(el, comment)
+    return comment
 
 
 def users_files(config: ServerConfig, pool: str) -> list[str]:
