@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 
+from poolhouse.activation import acl
 from poolhouse.activation.grants import IUSRS_GID
 
 from .conftest import apphost
@@ -221,7 +222,11 @@ def test_pool_identities_as_root(poolhouse_server, tmp_path: Path) -> None:
     assert wps["Isolated"]["user"] == "IIS APPPOOL\\Isolated" and wps["Named"]["user"] == "nobody"
     assert psutil.Process(wps["Isolated"]["pid"]).uids().real == int(uid)
     # the service's files are closed to the pool identities
-    assert (os.stat(server.state_dir / "logs").st_mode & 0o077) == 0
+    logs = server.state_dir / "logs"
+    assert (os.stat(logs).st_mode & 0o007) == 0
+    # pools may only search logs/ (to reach their failed request traces), not list it
+    named = [e for e in acl.read(str(logs)) or [] if e.tag in (acl.USER, acl.GROUP)]
+    assert named and all(e.tag == acl.USER and e.perm == acl.X for e in named)
     assert (os.stat(server.state_dir / "identities.json").st_mode & 0o077) == 0
     assert json.loads((server.state_dir / "identities.json").read_text())["isolated"] == int(uid)
 
