@@ -1,5 +1,10 @@
 # Poolhouse — the contracts: make run, make test, make bench (see README.md).
-PYTHON ?= python3
+# As root the environments are made from the system's Python (Debian's /usr/bin/python3),
+# which every pool identity can execute: an interpreter under root's 0700 home (pyenv's)
+# could not be run by the workers' per-pool users (docs/process-model.md, Identities).
+SYSTEM_PYTHON := /usr/bin/python3
+PYTHON ?= $(shell if [ "$$(id -u)" = 0 ] && $(SYSTEM_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+                    2>/dev/null; then echo $(SYSTEM_PYTHON); else echo python3; fi)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -9,9 +14,10 @@ ALT_VENV  := .venv-alt
 ALT_STAMP := $(ALT_VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install system-deps run test unit integration bench bench-deps bench-websocket cache-tests clean
+.PHONY: install system-deps python-venv run test unit integration bench bench-deps bench-websocket cache-tests clean
 
 $(PY):
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory python-venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
@@ -26,6 +32,12 @@ $(ALT_STAMP): pyproject.toml | $(STAMP)
 	$(PYTHON) -m venv $(ALT_VENV)
 	$(ALT_VENV)/bin/python -m pip install -q 'flask>=2.3,<3' 'werkzeug>=2.3,<3' -e .
 	touch $(ALT_STAMP)
+
+# Debian splits venv/ensurepip off its Python (python3-venv).
+python-venv:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv) >/dev/null; \
+	else echo "error: $(PYTHON) has no venv module (install python3-venv)"; exit 1; fi
 
 # Programs the tests drive for real (goaccess parses the W3C log, systemd-analyze checks
 # the shipped unit file), from Debian's packages.

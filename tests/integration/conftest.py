@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -171,12 +174,47 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     setattr(item, "rep_" + rep.when, rep)
 
 
+@pytest.fixture(scope="session")
+def _searchable_base() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="ph-it-", dir="/tmp"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def searchable_tmp(_searchable_base: Path) -> Callable[[str], Path]:
+    """``tmp_path_factory.mktemp`` for module-scoped servers, in a folder other users may
+    search (see ``tmp_path``)."""
+    def mktemp(name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=name[:20] + "-", dir=_searchable_base))
+        path.chmod(0o711)
+        return path
+    return mktemp
+
+
+@pytest.fixture
+def tmp_path(_searchable_base: Path, request: pytest.FixtureRequest) -> Path:
+    """A test's folder that other users may search (not list): as root the workers run
+    as their pools' users, who must reach the sites the tests write.  pytest's own
+    /tmp/pytest-of-root is 0700 and every pytest session that starts re-applies that
+    mode, which would cut the search access the service grants a pool on it (an ACL
+    entry is limited by the mode's group bits) under a test running beside it."""
+    name = re.sub(r"\W", "_", request.node.name)[:20]
+    path = Path(tempfile.mkdtemp(prefix=name + "-", dir=_searchable_base))
+    path.chmod(0o711)
+    return path
+
+
 @pytest.fixture
 def poolhouse_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def start(config: str | Callable[[int], str], files: dict[str, str] | None = None,
-              wait: bool = True, extra_ports: int = 0) -> Server:
+              wait: bool = True, extra_ports: int = 0, writable: tuple[str, ...] = ()) -> Server:
+        """``writable``: folders (relative to the server's root) the test's applications
+        write into; as root the workers run as their pool's user, so these are opened
+        to every user (what an administrator grants a pool on a data folder)."""
         root = tmp_path / f"srv{len(servers)}"
         root.mkdir()
         port = free_port()
@@ -185,6 +223,9 @@ def poolhouse_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(content))
+        for rel in writable:
+            (root / rel).mkdir(parents=True, exist_ok=True)
+            (root / rel).chmod(0o1777)
         text = config(port) if callable(config) else config
         text = text.replace("{root}", str(root)).replace("{port}", str(port))
         for i, p in enumerate(ports):

@@ -73,12 +73,13 @@ def server(poolhouse_server):
     srv = poolhouse_server(SITE, FILES)
     for name in SCRIPTS:
         path = srv.root / "www" / name
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)  # the pool's user runs it
     return srv
 
 
 def test_cgi_output_is_streamed_as_produced(server) -> None:
     with httpx.Client(base_url=server.base, timeout=20) as c:
+        assert c.get("/fast.cgi").status_code == 200  # the worker is started: time the program only
         with c.stream("GET", "/slow.cgi") as r:
             assert r.status_code == 200 and r.headers["content-type"] == "text/plain"
             pieces = r.iter_raw()

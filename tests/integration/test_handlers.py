@@ -92,7 +92,7 @@ FILES = {
 
 
 def test_asgi_http_and_lifespan(poolhouse_server) -> None:
-    server = poolhouse_server(SITE, FILES)
+    server = poolhouse_server(SITE, FILES, writable=("api",))  # lifespan.log
     r = httpx.get(server.url("/api/items?x=1"), timeout=20)
     assert r.status_code == 200
     info = r.json()

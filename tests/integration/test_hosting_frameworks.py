@@ -201,7 +201,12 @@ def handler(name: str, module: str, spec: str) -> str:
 
 def test_frameworks(poolhouse_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     django = make_django(tmp_path)
-    server = poolhouse_server(apphost(site(django), pools='<add name="Py" /><add name="Dj" />'), files={
+    # the applications write their databases (and a marker) beside their code: as root
+    # their workers run as the pools' users, who are given write access there
+    django.chmod(0o1777)
+    for db in django.glob("*.sqlite3"):
+        db.chmod(0o666)
+    server = poolhouse_server(apphost(site(django), pools='<add name="Py" /><add name="Dj" />'), writable=("flaskr", "fastapi"), files={
         "www/index.html": "home",
         "flaskr/flaskr.py": FLASKR,
         "flaskr/web.config": handler("flaskr", "WsgiModule", "flaskr:create_app()"),

@@ -62,7 +62,8 @@ WEB = f"""<?xml version="1.0" encoding="utf-8"?>
 </configuration>"""
 
 def test_http_platform_uvicorn(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
-    server = poolhouse_server(apphost(SITE), files={"www/web.config": WEB, "www/main.py": APP})
+    server = poolhouse_server(apphost(SITE), files={"www/web.config": WEB, "www/main.py": APP},
+                              writable=("www/logs",))  # stdoutLogFile
     with httpx.Client(base_url=server.base, timeout=30) as c:
         r = c.post("/api/items?x=1", content=b"a" * 5000)
         assert r.status_code == 200, r.text
@@ -96,7 +97,8 @@ def test_http_platform_uvicorn(poolhouse_server) -> None:  # type: ignore[no-unt
 
 def test_http_platform_processes_per_application(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
     web = WEB.replace('requestTimeout="00:00:02"', 'requestTimeout="00:00:20" processesPerApplication="3"')
-    server = poolhouse_server(apphost(SITE), files={"www/web.config": web, "www/main.py": APP})
+    server = poolhouse_server(apphost(SITE), files={"www/web.config": web, "www/main.py": APP},
+                              writable=("www/logs",))  # stdoutLogFile
     with httpx.Client(base_url=server.base, timeout=30) as c:
         ports: dict[int, str] = {}  # pid -> its %HTTP_PLATFORM_PORT%
         deadline = time.monotonic() + 30

@@ -109,7 +109,7 @@ SITE = """
 
 
 def test_wfastcgi_configurations(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
-    server = poolhouse_server(apphost(SITE), files={
+    server = poolhouse_server(apphost(SITE), writable=("flaskapp",), files={  # WSGI_LOG
         "www/index.html": "root",
         "flaskapp/web.config": FLASK_CONFIG,
         "flaskapp/app.py": FLASK_APP,

@@ -14,6 +14,8 @@ import http.client
 import socket
 import textwrap
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -192,8 +194,8 @@ def get(path: str, version: str = "1.1", extra: str = "") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
-    root = tmp_path_factory.mktemp("http_connection")
+def server(searchable_tmp: Callable[[str], Path]) -> Server:
+    root = searchable_tmp("http_connection")
     for rel, content in FILES.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

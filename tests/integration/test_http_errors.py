@@ -11,7 +11,8 @@ from __future__ import annotations
 import socket
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,8 +44,8 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("http_errors")
+def server(searchable_tmp: Callable[[str], Path]) -> Iterator[Server]:
+    root = searchable_tmp("http_errors")
     for rel, content in FILES.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import sys
 import tarfile
 import types
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -164,10 +165,10 @@ def vectors(kind: str) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def echo_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+def echo_server(searchable_tmp: Callable[[str], Path], request: pytest.FixtureRequest) -> Any:
     from tests.integration import conftest
 
-    root = tmp_path_factory.mktemp("corpus")
+    root = searchable_tmp("corpus")
     (root / "www").mkdir()
     (root / "www" / "echo.py").write_text(ECHO)
     (root / "www" / "web.config").write_text(WEB_CONFIG)

@@ -193,7 +193,7 @@ def app_calls(server: Server) -> str:
 
 
 def test_request_limits_answered_by_the_listener(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
-    server = poolhouse_server(config(), files=LIMIT_FILES)
+    server = poolhouse_server(config(), files=LIMIT_FILES, writable=("www",))  # calls.log
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     head, body = exchange(sock, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == b"got 0", head
@@ -248,7 +248,7 @@ def test_request_limits_answered_by_the_listener(poolhouse_server) -> None:  # t
 
 
 def test_large_upload_refused_without_reading_it(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
-    server = poolhouse_server(config(), files=LIMIT_FILES)
+    server = poolhouse_server(config(), files=LIMIT_FILES, writable=("www",))  # calls.log
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     size = 1024 * 1024 * 1024
     sock.sendall(b"POST /upload/big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
@@ -282,7 +282,7 @@ def test_large_upload_refused_without_reading_it(poolhouse_server) -> None:  # t
 
 
 def test_request_limits_of_locations_and_folders(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
-    server = poolhouse_server(config(), files=LIMIT_FILES)
+    server = poolhouse_server(config(), files=LIMIT_FILES, writable=("www",))  # calls.log
 
     def post(path: str, size: int) -> tuple[bytes, bytes]:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -327,7 +327,7 @@ def chunked(sock: socket.socket, path: bytes, pieces: list[bytes]) -> tuple[byte
 
 
 def test_chunked_body_counted_against_the_limit(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
-    server = poolhouse_server(config(), files=LIMIT_FILES)
+    server = poolhouse_server(config(), files=LIMIT_FILES, writable=("www",))  # calls.log
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         head, body = chunked(sock, b"/small", [b"a" * 400, b"b" * 600])  # exactly 1000
         assert head.startswith(b"HTTP/1.1 200") and body == b"got 1000", head

@@ -208,10 +208,10 @@ def substatus(r: httpx.Response) -> str:
 
 
 def test_standard_modules(poolhouse_server) -> None:
-    server = poolhouse_server(SITE, FILES)
+    server = poolhouse_server(SITE, FILES, writable=("app",))  # notifications.log
     for folder in ("cgi", "cgi2"):
         path = server.root / "www" / folder / "hello.cgi"
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)  # the pool's user runs it
     with httpx.Client(base_url=server.base, timeout=20) as c:
         # --- RequestFilteringModule (404.x), detailed error page for a local request
         assert c.get("/filter/a.html").text == "filtered ok"

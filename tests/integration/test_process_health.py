@@ -8,9 +8,6 @@ import concurrent.futures
 import json
 import os
 import pwd
-import shutil
-import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -18,7 +15,8 @@ import httpx
 import psutil
 import pytest
 
-import poolhouse
+from poolhouse.activation import acl
+from poolhouse.activation.grants import IUSRS_GID
 
 from .conftest import apphost
 from .test_process_model import WSGI_WEBCONFIG
@@ -28,7 +26,7 @@ import os, time
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
-    flag = os.path.join(os.path.dirname(__file__), "blocked-once")
+    flag = os.path.join(os.environ["TMPDIR"], "blocked-once")  # the pool's private folder
     if path == "/pid":
         body = str(os.getpid()).encode()
     elif path == "/uid":
@@ -41,7 +39,7 @@ def app(environ, start_response):
         time.sleep(float(environ.get("QUERY_STRING") or 0.5))
         body = str(os.getpid()).encode()
     elif path == "/init":
-        open(os.path.join(os.path.dirname(__file__), "init-%d" % os.getpid()), "w").close()
+        open(os.path.join(os.environ["TMPDIR"], "init-%d" % os.getpid()), "w").close()
         body = b"initialized"
     else:
         body = b"hello " + path.encode()
@@ -181,7 +179,7 @@ def test_always_running_preloads_and_warms_up(poolhouse_server) -> None:
     server = poolhouse_server(site(pool_attrs='startMode="AlwaysRunning"', app_attrs='preloadEnabled="true"'), files)
     # a worker exists before any request, and its initialization page was requested
     [wp] = server.wait_for(lambda: [w for w in server.workers("AppPool") if w["state"] == "Ready"], timeout=10)
-    assert (server.root / "app" / f"init-{wp['pid']}").exists()
+    assert (server.state_dir / "temp" / "apppools" / "AppPool" / f"init-{wp['pid']}").exists()
     ready = events(server, "worker_ready")[0]
     assert ready["initialization_pages"] == 1
     assert httpx.get(server.url("/pid"), timeout=10).text == str(wp["pid"])
@@ -189,36 +187,16 @@ def test_always_running_preloads_and_warms_up(poolhouse_server) -> None:
     assert server.cli("recycle", "apppool", "AppPool").returncode == 0
     new = server.wait_for(lambda: [w for w in server.workers("AppPool")
                                    if w["state"] == "Ready" and w["pid"] != wp["pid"]], timeout=10)[0]
-    assert (server.root / "app" / f"init-{new['pid']}").exists()
+    assert (server.state_dir / "temp" / "apppools" / "AppPool" / f"init-{new['pid']}").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="identities are switched only as root")
 def test_pool_identities_as_root(poolhouse_server, tmp_path: Path) -> None:
-    """ApplicationPoolIdentity gets a uid of its own, SpecificUser the named user; no
-    supplementary groups.  The interpreter must be reachable by those users: here the
-    system Python 3.11 with the venv's packages and Poolhouse's source as its worker
-    runtime (the venv's own interpreter lives under /root)."""
-    python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin")
-    if python is None or sys.version_info[:2] != (3, 11):
-        pytest.skip("no system python3.11 to run unprivileged workers with")
-    # the pool users must reach the site and applicationHost.config: open the test's
-    # folders for search for the duration of the test only
-    opened = {d: d.stat().st_mode for d in [tmp_path, *tmp_path.parents] if str(d).startswith("/tmp/")}
-    for d, mode in opened.items():
-        d.chmod(mode | 0o711)
-    try:
-        _identities(poolhouse_server, python)
-    finally:
-        for d, mode in opened.items():
-            d.chmod(mode & 0o7777)
-
-
-def _identities(poolhouse_server, python: str) -> None:
-    purelib = sysconfig.get_paths()["purelib"]
-    src = Path(poolhouse.__file__).resolve().parents[1]  # an editable install's .pth is not read from PYTHONPATH
-    inner = (f'<python executable="{python}" />'
-             f'<environmentVariables><add name="PYTHONPATH" value="{src}{os.pathsep}{purelib}" />'
-             '</environmentVariables>')
+    """ApplicationPoolIdentity gets a uid of its own, SpecificUser the named user; both
+    with the IIS_IUSRS group (and the named user's own groups).  The service grants the
+    virtual account what it needs (its folder, and search on pytest's 0700 folders
+    above it); the named account gets what its administrator gives it (here: the test
+    opens the folders above for search)."""
     config = apphost(
         sites="""
         <site name="Main" id="1">
@@ -226,20 +204,30 @@ def _identities(poolhouse_server, python: str) -> None:
           <application path="/named" applicationPool="Named"><virtualDirectory path="/" physicalPath="{root}/named" /></application>
           <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
         </site>""",
-        pools=f'<add name="Isolated">{inner}</add>'
-              f'<add name="Named"><processModel identityType="SpecificUser" userName="nobody" />{inner}</add>')
+        pools='<add name="Isolated" /><add name="Named"><processModel identityType="SpecificUser" userName="nobody" /></add>')
     server = poolhouse_server(config, {**FILES, "named/app.py": APP, "named/web.config": WSGI_WEBCONFIG.replace('name="app"', 'name="named"')})
-    os.chmod(server.root, 0o755)
-    uid, gid, groups = httpx.get(server.url("/uid"), timeout=20).text.split(" ", 2)
-    assert int(uid) >= 810000 and int(gid) == int(uid) and groups in ("[]", f"[{gid}]")
-    nobody = pwd.getpwnam("nobody")
-    named = httpx.get(server.url("/named/uid"), timeout=20).text.split(" ", 2)
-    assert int(named[0]) == nobody.pw_uid and int(named[1]) == nobody.pw_gid
+    uid, gid, groups = httpx.get(server.url("/uid"), timeout=30).text.split(" ", 2)
+    assert int(uid) >= 810000 and int(gid) == int(uid) and groups in (f"[{IUSRS_GID}]", f"[{gid}, {IUSRS_GID}]")
+    opened = {d: d.stat().st_mode for d in [server.root, *server.root.parents] if str(d).startswith("/tmp/")}
+    for d, mode in opened.items():
+        d.chmod(mode | 0o711)
+    try:
+        nobody = pwd.getpwnam("nobody")
+        named = httpx.get(server.url("/named/uid"), timeout=30).text.split(" ", 2)
+        assert int(named[0]) == nobody.pw_uid and int(named[1]) == nobody.pw_gid and str(IUSRS_GID) in named[2]
+    finally:
+        for d, mode in opened.items():
+            d.chmod(mode & 0o7777)
     wps = {w["apppool"]: w for w in server.workers()}
     assert wps["Isolated"]["user"] == "IIS APPPOOL\\Isolated" and wps["Named"]["user"] == "nobody"
     assert psutil.Process(wps["Isolated"]["pid"]).uids().real == int(uid)
     # the service's files are closed to the pool identities
-    assert (os.stat(server.state_dir / "logs").st_mode & 0o077) == 0
+    logs = server.state_dir / "logs"
+    assert (os.stat(logs).st_mode & 0o007) == 0
+    # pools may only search logs/ (to reach their failed request traces), not list it
+    named = [e for e in acl.read(str(logs)) or [] if e.tag in (acl.USER, acl.GROUP)]
+    assert named and all(e.tag == acl.USER and e.perm == acl.X for e in named)
+    assert (os.stat(server.state_dir / "identities.json").st_mode & 0o077) == 0
     assert json.loads((server.state_dir / "identities.json").read_text())["isolated"] == int(uid)
 
 

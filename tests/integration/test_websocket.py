@@ -143,7 +143,8 @@ def web_config(extra: str = "") -> str:
 
 
 def serve(poolhouse_server, extra: str = ""):  # type: ignore[no-untyped-def]
-    return poolhouse_server(ws_site(extra), files={"app/echo.py": ECHO, "app/web.config": web_config()})
+    return poolhouse_server(ws_site(extra), files={"app/echo.py": ECHO, "app/web.config": web_config()},
+                            writable=("app",))  # echo.py.closed, echo.py.flood
 
 
 def ws_url(server, path: str) -> str:  # type: ignore[no-untyped-def]

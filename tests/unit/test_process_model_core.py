@@ -9,7 +9,6 @@ import os
 import pytest
 
 from poolhouse.activation import states
-from poolhouse.activation.identity import Identity, can_read
 from poolhouse.activation.limits import cpu_seconds, memory_kb
 from poolhouse.activation.monitor import Monitor, next_schedule
 from poolhouse.activation.workers import JITTER, jittered
@@ -51,19 +50,6 @@ def test_jitter_only_lowers_and_stays_small() -> None:
     assert all(1000 * (1 - JITTER) <= v <= 1000 for v in values)
     assert len(set(values)) > 1
     assert jittered(0) == 0
-
-
-def test_can_read_follows_mode_bits(tmp_path) -> None:
-    folder = tmp_path / "site"
-    folder.mkdir()
-    nobody = Identity("nobody", 65534, 65534, True)
-    me = Identity("me", os.geteuid(), os.getegid(), True)
-    for d in [folder, *folder.parents]:
-        if not os.access(d, os.X_OK):
-            pytest.skip("cannot reach the temporary folder")
-    assert can_read(str(folder), me)
-    folder.chmod(0o700)
-    assert not can_read(str(folder), nobody) or os.stat(folder).st_uid == 65534
 
 
 def test_proc_measurements_of_this_process() -> None:

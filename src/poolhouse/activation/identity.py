@@ -10,10 +10,17 @@ and this module says so once.
 | LocalService, NetworkService | ``nobody`` |
 | LocalSystem | root (as IIS's LocalSystem: every privilege; logged as a warning) |
 
+Every worker that does not run as root also has the supplementary group ``IIS_IUSRS``
+(``grants.IUSRS_GID``), as IIS adds that group to every worker's token: it is what lets
+workers reach Poolhouse's own runtime (``grants.py``).  A SpecificUser keeps its own
+groups besides.  No identity ever falls back to the service's: a pool whose identity
+cannot start its worker does not start (``service.worker_identity``).
+
 ApplicationPoolIdentity uids are allocated from ``APPPOOL_UID_BASE`` upwards, one per pool
 name, the first time a pool runs, and recorded in ``<state dir>/identities.json`` so a
-pool keeps its uid across restarts (the files its workers wrote stay theirs).  The gid is
-the same number.  Such a uid has no password-database entry and no supplementary group.
+pool keeps its uid across restarts (the files its workers wrote stay theirs); the table is
+readable by the service alone.  The gid is the same number.  Such a uid has no
+password-database entry.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ import json
 import logging
 import os
 import pwd
-import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config.model import Pool
+from . import acl
+from .grants import IUSRS_GID
 
 log = logging.getLogger("poolhouse.activation")
 
@@ -43,6 +51,12 @@ class Identity:
     uid: int
     gid: int
     switch: bool  # False: run as the service's own user (not root, or LocalSystem)
+    groups: tuple[int, ...] = field(default=())  # supplementary groups of its workers
+    kind: str = "ApplicationPoolIdentity"  # processModel/@identityType
+
+    @property
+    def gids(self) -> tuple[int, ...]:
+        return (self.gid, *self.groups)
 
 
 class IdentityAllocator:
@@ -66,7 +80,8 @@ class IdentityAllocator:
             uid = next(u for u in range(APPPOOL_UID_BASE, APPPOOL_UID_MAX + 1) if u not in used)
             self._table[key] = uid
             tmp = self.path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self._table, fh, indent=1, sort_keys=True)
             os.replace(tmp, self.path)
         return uid
@@ -82,57 +97,15 @@ class IdentityAllocator:
             except KeyError:
                 raise IdentityError(f"application pool {pool.name!r}: no user named "
                                     f"{pool.user_name!r} (processModel/@userName)") from None
-            return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, True)
+            own = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
+            return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, True, (*own, IUSRS_GID), kind)
         if kind in ("LocalService", "NetworkService"):
             entry = pwd.getpwnam("nobody")
-            return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, True)
+            return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, True, (IUSRS_GID,), kind)
         if kind == "LocalSystem":
-            return Identity("root", 0, 0, False)
+            return Identity("root", 0, 0, False, (), kind)
         uid = self._allocate(pool.name)
-        return Identity(f"IIS APPPOOL\\{pool.name}", uid, uid, True)
-
-
-def can_read(path: str, identity: Identity) -> bool:
-    """Could ``identity`` reach and read ``path`` by its mode bits (every parent folder
-    searchable, the path itself readable)?  ACLs are not consulted, so a False may be
-    wrong in the safe direction only (the identity is not used)."""
-    return blocking_folder(path, identity) is None
-
-
-def blocking_folder(path: str, identity: Identity) -> str | None:
-    """The first component of ``path`` (symbolic links resolved) that ``identity`` may
-    not search or read, or None."""
-    path = os.path.realpath(path)  # the folders that matter are those of the real file
-    parts = path.split(os.sep)
-    for i in range(1, len(parts) + 1):
-        current = os.sep.join(parts[:i]) or os.sep
-        try:
-            st = os.stat(current)
-        except OSError:
-            return current
-        need = 0o4 if i == len(parts) else 0o1
-        if i == len(parts) and stat.S_ISDIR(st.st_mode):
-            need = 0o5
-        if st.st_uid == identity.uid:
-            bits = (st.st_mode >> 6) & 0o7
-        elif st.st_gid == identity.gid:
-            bits = (st.st_mode >> 3) & 0o7
-        else:
-            bits = st.st_mode & 0o7
-        if bits & need != need:
-            return current
-    return None
-
-
-def unreadable(paths: list[str], identity: Identity) -> str | None:
-    """Of the first of ``paths`` the identity cannot read, the folder (or file) that
-    stops it; None if it can read them all."""
-    for path in paths:
-        if path:
-            blocked = blocking_folder(path, identity)
-            if blocked is not None:
-                return blocked
-    return None
+        return Identity(f"IIS APPPOOL\\{pool.name}", uid, uid, True, (IUSRS_GID,), kind)
 
 
 def _known(uid: int) -> bool:
@@ -147,13 +120,17 @@ def prepare_pool_dirs(state_dir: str, pool: str, identity: Identity) -> str:
     """The pool's private temporary folder (TMPDIR of its workers), owned by its identity
     and closed to other pools; the rest of the state directory stays the service's."""
     path = os.path.join(state_dir, "temp", "apppools", pool)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if identity.switch:
-        os.chown(path, identity.uid, identity.gid)
-        # workers may traverse temp/ and temp/apppools/ to reach their own folder only
-        for d in (os.path.join(state_dir, "temp"), os.path.join(state_dir, "temp", "apppools")):
-            os.chmod(d, 0o711)
-    os.chmod(path, 0o700)
+    # and its folder of the static compression cache (IIS: "IIS Temporary Compressed
+    # Files\<pool>", httpCompression/@directory's default)
+    compressed = os.path.join(state_dir, "temp", "IIS Temporary Compressed Files", pool)
+    for folder in (path, compressed):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if identity.switch:
+            os.chown(folder, identity.uid, identity.gid)
+            # workers may traverse the folders above to reach their own folder only
+            os.chmod(os.path.dirname(folder), 0o711)
+            os.chmod(os.path.dirname(os.path.dirname(folder)), 0o711)
+        os.chmod(folder, 0o700)
     return path
 
 
@@ -166,4 +143,24 @@ def lock_down_state_dir(state_dir: str) -> None:
     for sub in ("config", "logs", "run"):
         path = os.path.join(state_dir, sub)
         if os.path.isdir(path):
-            os.chmod(path, 0o700)
+            # keep the group bits of a folder with an ACL: they are its mask, and the
+            # entries granted on it (a pool's search of logs/ for its failed request
+            # traces) must stay effective
+            mode = os.stat(path).st_mode
+            os.chmod(path, 0o700 | (mode & 0o070 if acl.read(path) else 0))
+    # what is created in logs/ (access logs, HTTPERR, events) is the service's alone,
+    # whoever may search logs/ to reach its own failed request traces
+    logs = os.path.join(state_dir, "logs")
+    if os.path.isdir(logs):
+        try:
+            os.setxattr(logs, acl.DEFAULT, acl.encode(acl.from_mode(0o700)))
+        except OSError:
+            pass  # no ACLs on this file system: logs/ stays 0700 and nothing is granted on it
+        for name in os.listdir(logs):
+            path = os.path.join(logs, name)
+            if name != "FailedReqLogFiles" and not os.path.islink(path):
+                os.chmod(path, 0o700 if os.path.isdir(path) else 0o600)
+    for name in ("identities.json", "grants.json"):  # written 0600; older ones too
+        path = os.path.join(state_dir, name)
+        if os.path.isfile(path):
+            os.chmod(path, 0o600)

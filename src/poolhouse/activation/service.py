@@ -37,7 +37,10 @@ from .events import (
     ORPHAN_ACTION_FAILED, RECYCLE_ADMIN, RECYCLE_CONFIG, RECYCLE_REASONS, STARTUP_TIMEOUT, WORKER_CRASHED,
     EventLog,
 )
-from .identity import Identity, IdentityAllocator, IdentityError, lock_down_state_dir, prepare_pool_dirs, unreadable
+from ..config.isolation import pool_view, users_files
+from . import acl
+from .grants import IUSRS, IUSRS_GID, Grants
+from .identity import Identity, IdentityAllocator, IdentityError, lock_down_state_dir, prepare_pool_dirs
 from .interpreter import InterpreterCheck, InterpreterError
 from .limits import CgroupManager, memory_kb
 from .management import ManagementServer
@@ -90,9 +93,11 @@ class ActivationService:
         self.listener_restarting = False  # from a listener's death to its workers' re-attach
         self.notifier = Notifier.from_environment()  # before any child inherits $NOTIFY_SOCKET
         self.identities = IdentityAllocator(self.state_dir)
+        self.grants = Grants(self.state_dir)
+        self._pool_views: dict[str, tuple[ServerConfig, dict[str, Any]]] = {}
         self.cgroups = CgroupManager()
         self.interpreters = InterpreterCheck()
-        self._identity_warned: set[tuple[str, str]] = set()
+        self._identity_warned: set[str] = set()
         self.monitor = Monitor(self)
 
     # ---- start-up -----------------------------------------------------------------
@@ -104,6 +109,8 @@ class ActivationService:
         self.apply_sockets(config)
         self.config = config
         lock_down_state_dir(self.state_dir)
+        self.open_runtime()
+        self.check_config_mode()
         for name, pool in config.pools.items():
             self.pools[name] = PoolRuntime(pool, self.events)
         self.site_states = {s.id: STARTED if s.server_auto_start else STOPPED for s in config.sites}
@@ -454,14 +461,20 @@ class ActivationService:
                 return None
             env = self.worker_env(pool, temp_dir, identity)
             try:
-                await self.interpreters.check(pool.config.python_executable, env)
-            except InterpreterError as exc:
-                # as an invalid identity: no worker can start until the configuration changes
-                self.events.emit("apppool_python_invalid", logging.ERROR, None, apppool=pool.name,
-                                 executable=pool.config.python_executable, reason=str(exc))
-                if pool.state == STARTED:
-                    pool.set_state(RAPID_FAIL, f"python executable unusable: {exc}")
-                    self.send_pool_state(pool)
+                folders = self.open_pool_content(pool, identity)
+                await self.interpreters.check(pool.config.python_executable, env, identity, folders)
+            except (InterpreterError, acl.AclError, OSError) as exc:
+                # IIS 5059: the worker could not be started; as an invalid identity, no
+                # worker can start until the administrator fixes it and starts the pool
+                self.cannot_start(pool, identity, exc)
+                return None
+            try:
+                init_config = self.pool_config(pool)
+            except Exception as exc:  # ConfigError, or a bug: the pool must not hang on it
+                # IIS 5189: the application pool's configuration could not be generated
+                self.events.emit("apppool_config_failed", logging.ERROR, 5189, apppool=pool.name, reason=str(exc))
+                pool.set_state(RAPID_FAIL, f"its configuration could not be generated: {exc}", 5189)
+                self.send_pool_state(pool)
                 self.demand_done(pool, False)
                 return None
             if pool.state != STARTED or self.stopping:
@@ -471,7 +484,7 @@ class ActivationService:
             pool.workers.append(worker)
             pool.pre_spawn -= 1
             counted = False
-            init = {"op": "init", "config": self.config_dict(), "recycle": recycle,
+            init = {"op": "init", "config": init_config, "recycle": recycle,
                     "recycle_after_requests": worker.recycle_after_requests}
             try:
                 await worker.spawn(self.fd_channel, init, env, self.log_level)
@@ -480,6 +493,14 @@ class ActivationService:
                 pool.workers.remove(worker)
                 if worker.proc is not None and worker.proc.returncode is None:
                     worker.kill()
+                if isinstance(exc, PermissionError) and identity.switch:
+                    # the identity lost access since it was checked: as the check would
+                    # have said (5059), not a retry on every request
+                    python = pool.config.python_executable or sys.executable
+                    blocked = acl.blocking(python, identity.uid, identity.gids, acl.X)
+                    self.cannot_start(pool, identity, InterpreterError(
+                        f"{identity.name} (uid {identity.uid}) cannot start {python}: {exc}", blocked))
+                    return None
                 self.demand_done(pool, False)
                 return None
             self.cgroups.place_worker(self.pool_cgroup(pool), pool.name, worker.pid, identity.uid, identity.gid)
@@ -736,32 +757,133 @@ class ActivationService:
         self.loop.create_task(check())
 
     def worker_identity(self, pool: PoolRuntime) -> Identity:
-        """The identity of the pool's next worker.  As root, a pool identity that cannot
-        read what the worker must read (its applications' folders, the configuration,
-        Poolhouse and its interpreter) is reported; for ApplicationPoolIdentity the
-        worker then runs as the service's user (a warning event says which path to open
-        to the pool's uid), a SpecificUser is used anyway (it was asked for by name)."""
+        """The identity of the pool's next worker: never the service's own unless the
+        pool says LocalSystem (then once a warning, as running as root is a choice to
+        see); whether it can start a worker is checked next (``open_pool_content``,
+        ``InterpreterCheck``), and if it cannot the pool does not start."""
         identity = self.identities.for_pool(pool.config)
-        if not identity.switch:
-            return identity
-        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        paths = [a.physical_path for s in self.config.sites for a in s.applications if a.pool == pool.name]
-        paths += [self.config_path or "", package, pool.config.python_executable or sys.executable]
-        blocked = unreadable(paths, identity)
-        if blocked is None:
-            return identity
-        fallback = pool.config.identity_type == "ApplicationPoolIdentity"
-        key = (pool.name, blocked)
-        if key not in self._identity_warned:
-            self._identity_warned.add(key)
-            self.events.emit("apppool_identity_cannot_read", logging.WARNING, None, apppool=pool.name,
-                             user=identity.name, uid=identity.uid, path=blocked,
-                             action=f"workers run as uid {os.geteuid()} (not isolated); grant uid {identity.uid} "
-                                    f"access, e.g. setfacl -m u:{identity.uid}:rX {blocked}"
-                             if fallback else "workers run as the configured user anyway")
-        if fallback:
-            return Identity(f"{identity.name} (fallback: uid {os.geteuid()})", os.geteuid(), os.getegid(), False)
+        if identity.kind == "LocalSystem" and self.identities.is_root and pool.name not in self._identity_warned:
+            self._identity_warned.add(pool.name)
+            self.events.emit("apppool_identity_local_system", logging.WARNING, None, apppool=pool.name,
+                             user="root", reason="processModel/@identityType is LocalSystem: the pool's workers "
+                             "and its applications run as root, with no isolation from the server")
         return identity
+
+    def open_runtime(self) -> None:
+        """As root: lets the IIS_IUSRS group (every worker's) search the folders above
+        Poolhouse's own runtime that it cannot (a checkout or an interpreter under a
+        0700 home folder), as IIS's setup grants IIS_IUSRS its files.  Recorded in
+        grants.json; ``poolhouse grants --revoke`` takes it back."""
+        if not self.identities.is_root:
+            return
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = {package, os.path.realpath(sys.executable), sys.prefix, sys.base_prefix,
+                 *[p for p in sys.path if p.endswith("-packages") and os.path.isdir(p)]}
+        changed: list[str] = []
+        for path in sorted(paths):
+            try:
+                changed += self.grants.open_path(path, "group", IUSRS_GID, IUSRS_GID, (IUSRS_GID,), IUSRS)
+            except (OSError, acl.AclError) as exc:
+                log.warning("cannot open %s to the pool identities: %s", path, exc)
+        if changed:
+            self.events.emit("runtime_access_granted", logging.INFO, None, group=f"{IUSRS} (gid {IUSRS_GID})",
+                             folders=changed, access="search (--x)",
+                             revoke=f"poolhouse --state-dir {self.state_dir} grants --revoke")
+
+    def check_config_mode(self) -> None:
+        """A warning when pool identities could read the master configuration itself
+        (its workers get their own pool's part over their channel: 0600 is enough)."""
+        path = self.config_path
+        if not path or not self.identities.is_root:
+            return
+        try:
+            st = os.stat(path)
+            entries = acl.effective(path, st)
+        except (OSError, acl.AclError):
+            return
+        if acl.permits(entries, st.st_uid, st.st_gid, 2 ** 31, (2 ** 31,), acl.R) or acl.permits(
+                entries, st.st_uid, st.st_gid, 2 ** 31, (IUSRS_GID,), acl.R):
+            self.events.emit("config_readable_by_pools", logging.WARNING, None, config=path,
+                             reason="every application pool can read the master applicationHost.config",
+                             action=f"chmod 600 {shlex.quote(path)}")
+
+    def open_pool_content(self, pool: PoolRuntime, identity: Identity) -> tuple[str, ...]:
+        """The folders and files the pool's identity must read (its applications'
+        physical folders, the users files applicationHost.config gives them); for an
+        ApplicationPoolIdentity (a virtual account the service made) the access is
+        granted where missing, as an administrator grants ``IIS AppPool\\<pool>``."""
+        if not identity.switch:
+            return ()
+        folders: list[str] = []
+        for site in self.config.sites:
+            for app in site.applications:
+                if app.pool != pool.name:
+                    continue
+                for vdir in app.virtual_directories or []:
+                    if vdir.physical_path and vdir.physical_path not in folders:
+                        folders.append(vdir.physical_path)
+                if app.physical_path and app.physical_path not in folders:
+                    folders.append(app.physical_path)
+        users = [u for u in users_files(self.config, pool.name) if os.path.exists(u)]
+        changed: list[str] = []
+        for site in self.config.sites:
+            freb = site.trace_failed_requests
+            if any(a.pool == pool.name for a in site.applications):
+                # Failed Request Tracing: the worker writes its site's traces itself
+                # (its rules may come from any web.config)
+                folder = os.path.join(freb.directory or os.path.join(self.state_dir, "logs", "FailedReqLogFiles"),
+                                      f"W3SVC{site.id}")
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                changed += self.grants.open_path(folder, "user", identity.uid, identity.uid, identity.gids, pool.name)
+                for which in ("access", "default"):
+                    if self.grants.add(folder, "user", identity.uid, acl.R | acl.W | acl.X, pool.name, which):
+                        changed.append(folder)
+        if identity.kind == "ApplicationPoolIdentity":
+            for path in folders + users:
+                if not os.path.exists(path):
+                    continue
+                changed += self.grants.open_path(path, "user", identity.uid, identity.uid, identity.gids, pool.name)
+                if path in users:
+                    if self.grants.open_file(path, identity.uid, identity.gids, pool.name):
+                        changed.append(path)
+                else:
+                    changed += self.grants.open_tree(path, identity.uid, identity.gids, pool.name)
+        if changed:
+            self.events.emit("apppool_access_granted", logging.INFO, None, apppool=pool.name,
+                             user=identity.name, uid=identity.uid, paths=sorted(set(changed)),
+                             revoke=f"poolhouse --state-dir {self.state_dir} grants --revoke --apppool "
+                                    f"{shlex.quote(pool.name)}")
+        return tuple(p for p in folders + users if os.path.exists(p))
+
+    def cannot_start(self, pool: PoolRuntime, identity: Identity, exc: Exception) -> None:
+        """IIS 5059: the pool is disabled; the event names the identity, the path that
+        stops it and what to run."""
+        blocked = getattr(exc, "blocked", None)
+        fields: dict[str, Any] = {"apppool": pool.name, "reason": str(exc)}
+        if identity.switch:
+            fields.update(user=identity.name, uid=identity.uid)
+        if blocked:
+            fields["path"] = blocked
+            folder = os.path.isdir(blocked)
+            fields["action"] = (f"grant uid {identity.uid} access: setfacl -m u:{identity.uid}:{'rX' if folder else 'r'} "
+                                f"{shlex.quote(blocked)} (or chmod o+{'x' if folder else 'r'}), then start the "
+                                f"pool: poolhouse start apppool {shlex.quote(pool.name)}")
+        name = "apppool_worker_start_failed" if identity.switch and blocked else "apppool_python_invalid"
+        if name == "apppool_python_invalid":
+            fields["executable"] = pool.config.python_executable or sys.executable
+        self.events.emit(name, logging.ERROR, 5059, **fields)
+        if pool.state == STARTED:
+            pool.set_state(RAPID_FAIL, f"cannot start a worker: {exc}", 5059)
+            self.send_pool_state(pool)
+        self.demand_done(pool, False)
+
+    def pool_config(self, pool: PoolRuntime) -> dict[str, Any]:
+        """The configuration one worker of ``pool`` receives: its own pool's part only
+        (``config.isolation``), made once per configuration and pool."""
+        cached = self._pool_views.get(pool.name)
+        if cached is None or cached[0] is not self.config:
+            cached = self._pool_views[pool.name] = (self.config, pool_view(self.config, pool.name))
+        return cached[1]
 
     def pool_cgroup(self, pool: PoolRuntime) -> str | None:
         cfg = pool.config

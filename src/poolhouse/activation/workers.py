@@ -145,12 +145,13 @@ class WorkerHandle:
         python = self.pool.python_executable or sys.executable
         ident: dict[str, Any] = {}
         if self.identity is not None and self.identity.switch:
-            # the pool's identity, with no supplementary groups (uvloop's subprocess_exec
-            # has no user/group arguments: the child switches before exec)
-            uid, gid = self.identity.uid, self.identity.gid
+            # the pool's identity and its groups (IIS_IUSRS, and a named user's own):
+            # uvloop's subprocess_exec has no user/group arguments, the child switches
+            # before exec
+            uid, gid, groups = self.identity.uid, self.identity.gid, list(self.identity.groups)
 
             def switch_identity() -> None:
-                os.setgroups([])
+                os.setgroups(groups)
                 os.setgid(gid)
                 os.setuid(uid)
 

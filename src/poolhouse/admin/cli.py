@@ -8,6 +8,7 @@
     poolhouse reload
     poolhouse counters [--json]
     poolhouse config backup [NAME] | restore NAME | history [--json]
+    poolhouse grants [--revoke] [--apppool NAME] [--json]
 
 Every command but ``serve`` talks to a running server through the management socket in
 its state directory (``--state-dir``, or $POOLHOUSE_STATE_DIR, or the default).
@@ -88,7 +89,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 _LIST_COLUMNS = {
     "sites": ["name", "id", "state", "bindings"],
     "apppools": ["name", "state", "workers", "queue_length", "in_flight", "rapid_fail_count"],
-    "wp": ["pid", "apppool", "state", "uptime", "requests", "in_flight", "private_memory_kb", "recycle_reason"],
+    "wp": ["pid", "apppool", "user", "state", "uptime", "requests", "in_flight", "private_memory_kb", "recycle_reason"],
     "requests": ["elapsed_ms", "method", "url", "apppool", "pid", "stage"],
 }
 
@@ -122,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", help="re-read the configuration (as SIGHUP)")
     counters = sub.add_parser("counters", help="listener counters")
     counters.add_argument("--json", action="store_true")
+    grants = sub.add_parser("grants", help="the access the server granted pool identities on files "
+                            "(POSIX ACL entries): list them, or take them back with --revoke")
+    grants.add_argument("--revoke", action="store_true", help="remove the ACL entries the server added")
+    grants.add_argument("--apppool", default=None, help="only those of this application pool "
+                        "(IIS_IUSRS: those of every worker's group)")
+    grants.add_argument("--json", action="store_true")
     config_cli.add_parser(sub)
     cert_cli.add_parser(sub)
     cache = sub.add_parser("cache", help="the listener's response cache")
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return cert_cli.run(args)
     if args.command == "serve":
         return serve(args.config, state_dir, args.log_level)
+    if args.command == "grants":
+        return grants(state_dir, args.revoke, args.apppool, args.json)
     try:
         if args.command == "list" and args.what == "cache":
             result = call(state_dir, {"op": "list", "what": "cache"})
@@ -177,6 +186,32 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"poolhouse: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    return 0
+
+
+def grants(state_dir: str, revoke: bool, pool: str | None, as_json: bool) -> int:
+    """Works on the state directory's grants.json directly (no server needed: revoke
+    after stopping the server, or it grants again what its pools need)."""
+    from ..activation.grants import Grants
+
+    if not os.path.isdir(state_dir):
+        print(f"poolhouse: no state directory at {state_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    store = Grants(state_dir)
+    if revoke:
+        rows = store.revoke(pool)
+    else:
+        rows = [r for r in store.records if pool is None or str(r.get("for", "")).lower() == pool.lower()]
+    shown = [{"for": r.get("for"), "path": r.get("path"), "acl": r.get("which"),
+              "entry": f"{'u' if r.get('kind') == 'user' else 'g'}:{r.get('id')}:"
+                       + "".join(c if int(r.get("added", 0)) & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))}
+             for r in rows]
+    if as_json:
+        print(json.dumps(shown, indent=2))
+    else:
+        print(_table(shown, ["for", "entry", "acl", "path"]))
+        if revoke:
+            print(f"revoked {len(shown)} entries")
     return 0
 
 

@@ -59,7 +59,27 @@ async def amain(args: argparse.Namespace) -> int:
     return worker.exit_code
 
 
+def not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0, before any application code loads: a worker exec'd after its
+    identity switch is dumpable again, and two pools sharing a Unix user (LocalService
+    and NetworkService are both ``nobody``) could then ptrace each other or read each
+    other's /proc/<pid>/mem and environ.  Not dumpable, its /proc files are root's."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:
+        logging.error("cannot clear the dumpable flag: %s", exc)
+        raise SystemExit(exit_codes.BOOT_FAILED) from None
+
+
+PR_SET_DUMPABLE = 4
+
+
 def main(argv: list[str] | None = None) -> int:
+    not_dumpable()
     parser = argparse.ArgumentParser(prog="poolhouse-worker")
     parser.add_argument("--pool", required=True)
     parser.add_argument("--worker-id", required=True)
