@@ -99,3 +99,25 @@ def test_config_source_through_a_link(tmp_path: Path) -> None:
         (folder / "dd.config").unlink()
     (folder / "dd.config").symlink_to(outside / "dd.config")
     assert read_document(WEB_CONFIG.encode(), path, contained=False).contributions  # allowed
+
+
+def test_a_web_config_that_cannot_be_followed_is_an_error_not_an_absence(tmp_path: Path) -> None:
+    """A folder's web.config that is a dangling link (or a link into a folder the worker's
+    identity cannot search: the same failed stat) must not be taken for no web.config, or
+    the folder's settings (its authorization) would silently drop."""
+    from poolhouse.config import WebConfigResolver, load_server_config
+
+    www = tmp_path / "www"
+    (www / "admin").mkdir(parents=True)
+    (www / "admin" / "web.config").symlink_to(tmp_path / "gone" / "web.config")
+    apphost = tmp_path / "applicationHost.config"
+    apphost.write_text(
+        '<configuration><system.applicationHost><applicationPools><add name="P" /></applicationPools>'
+        '<sites><site name="S" id="1"><application path="/" applicationPool="P">'
+        f'<virtualDirectory path="/" physicalPath="{www}" /></application>'
+        '<bindings><binding protocol="http" bindingInformation="*:8080:" /></bindings></site></sites>'
+        '</system.applicationHost></configuration>')
+    resolver = WebConfigResolver(load_server_config(str(apphost)), "S", "/")
+    resolver.for_path("/")  # the root has no web.config: fine
+    with pytest.raises(ConfigError):
+        resolver.for_path("/admin/x")

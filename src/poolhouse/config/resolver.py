@@ -271,7 +271,14 @@ class WebConfigResolver:
                 try:
                     s = os.stat(candidate)
                 except OSError:
-                    continue
+                    # a web.config that is there but cannot be followed (a dangling link, a
+                    # link into a folder this identity cannot search) is still there: it is
+                    # read below and refused with a 500.19, never taken for an absence that
+                    # would drop the folder's settings (its authorization, say)
+                    try:
+                        s = os.lstat(candidate)
+                    except OSError:
+                        continue
                 found, mtime = candidate, s.st_mtime + s.st_size * 1e-9
                 break
         st = _Stat(now, found, mtime)
