@@ -19,7 +19,8 @@ from .test_process_model import WSGI_WEBCONFIG
 APP = """\
 import os, time
 
-HERE = os.path.dirname(__file__)
+# marks go to a folder the pool may write in (its code folder is read-only to it)
+HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "marks")
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
@@ -42,7 +43,7 @@ def app(environ, start_response):
     return [body]
 """
 
-FILES = {"app/app.py": APP, "app/web.config": WSGI_WEBCONFIG}
+FILES = {"app/app.py": APP, "app/web.config": WSGI_WEBCONFIG, "marks/.keep": ""}
 PING = '<processModel pingInterval="00:00:01" pingResponseTime="00:00:01" />'
 
 
@@ -64,7 +65,7 @@ def events(server, name: str) -> list[dict]:
 
 
 def runs(server, name: str) -> list[str]:
-    path = server.root / "app" / name
+    path = server.root / "marks" / name
     return path.read_text().split() if path.exists() else []
 
 
@@ -84,7 +85,7 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def test_requests_behind_a_hung_one_are_answered_by_the_replacement(poolhouse_server) -> None:
-    server = poolhouse_server(site(), FILES)
+    server = poolhouse_server(site(), FILES, writable=("marks",))
     with httpx.Client(timeout=10) as client:  # a fast application: the worker takes 32 ahead
         first = {int(client.get(server.url("/pid")).text) for _ in range(20)}.pop()
     # connections opened beforehand, so that the requests reach the worker (it has free
@@ -121,7 +122,7 @@ def test_requests_behind_a_hung_one_are_answered_by_the_replacement(poolhouse_se
 
 
 def test_three_hung_requests_do_not_trip_rapid_fail(poolhouse_server) -> None:
-    server = poolhouse_server(site(), FILES)
+    server = poolhouse_server(site(), FILES, writable=("marks",))
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         hung = [pool.submit(lambda i=i: httpx.get(server.url(f"/hang{i}"), timeout=90)) for i in range(3)]
         statuses = [f.result().status_code for f in hung]
@@ -135,7 +136,8 @@ def test_three_hung_requests_do_not_trip_rapid_fail(poolhouse_server) -> None:
 
 
 def test_a_replayed_request_that_dies_again_is_502_and_logged(poolhouse_server) -> None:
-    server = poolhouse_server(site(inner='<failure rapidFailProtectionMaxCrashes="3" />'), FILES)
+    server = poolhouse_server(site(inner='<failure rapidFailProtectionMaxCrashes="3" />'), FILES,
+                              writable=("marks",))
     httpx.get(server.url("/pid"), timeout=10)
     r = httpx.get(server.url("/crash"), timeout=30)
     assert r.status_code == 502
