@@ -257,12 +257,21 @@ def test_asgi_path_is_text_and_raw_path_bytes(sem: Server) -> None:
 
 
 @pytest.mark.parametrize("path", ["/py/admin/x", "/py/ADMIN/x", "/py/admin./x", "/py/admin%20/x",
-                                  "/py/Admin.%20./x", "/PY/admin/x", "/py/private/x", "/py/PRIVATE./x",
-                                  "/py./admin/x", "/py%20/ADMIN/x"])
+                                  "/py/Admin.%20./x", "/PY/admin/x", "/py/private/x", "/py/PRIVATE./x"])
 def test_folder_authorization_holds_for_every_spelling(sem: Server, path: str) -> None:
     r = httpx.get(sem.url(path), timeout=30)
     assert r.status_code == 401, (path, r.text[:300])
     assert httpx.get(sem.url("/py/public/x"), timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/py./admin/x", "/py%20/ADMIN/x"])
+def test_an_application_spelled_otherwise_is_not_reached(sem: Server, path: str) -> None:
+    """Applications are routed by their path as spelled (case aside): ``/py./`` belongs to
+    the root application, whose pool is given nothing of /py's folders (per-pool
+    configuration), so it finds no such file — never /py's application or content."""
+    r = httpx.get(sem.url(path), timeout=30)
+    assert r.status_code == 404, (path, r.text[:300])
+    assert "PATH_INFO" not in r.text
 
 
 @pytest.mark.parametrize("path", ["/static/admin/x.txt", "/static/ADMIN/x.txt", "/static/admin./x.txt",
