@@ -1,0 +1,203 @@
+"""More of the hostile application, against the listener's memory: the listener is one
+process for every pool, so a worker that makes it hold memory without bound takes every
+pool down with it.
+
+The application in pool "Evil" writes forged frames on its worker's own queue socket
+(named on its command line, as in test_attack_files.py): response body far past the
+window the listener granted, to a client of its own that reads nothing; and a request
+body window far larger than the listener ever gave, while its worker reads nothing.  The
+listener must not buffer either: it holds at most a window per stream, refuses the
+forgery with a log line, and both pools go on serving.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+
+import psutil
+import pytest
+
+from .conftest import apphost
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pool identities need root")
+
+MB = 1 << 20
+FLOOD = 256 * MB
+
+EVIL_APP = r'''
+import gc, marshal, os, signal, socket, struct, subprocess
+
+HEADER = struct.Struct("<BBII")
+WINDOW, RESPONSE, RESPONSE_BODY = 4, 17, 18
+
+
+def frame(type_, flags, sid, payload=b""):
+    return HEADER.pack(type_, flags, sid, len(payload)) + payload
+
+
+def queue_socket():
+    argv = open("/proc/self/cmdline", "rb").read().split(b"\0")
+    sock = socket.socket(fileno=os.dup(int(argv[argv.index(b"--queue-fd") + 1])))
+    sock.settimeout(60)
+    return sock
+
+
+def my_stream(token):
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "WorkerProcess":
+            for sid, stream in obj.streams.items():
+                if token.encode() in stream.head.target:
+                    return sid
+    raise RuntimeError("stream not found")
+
+
+def app(environ, start_response):
+    q = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+    case = q.get("case", "")
+    if case == "flood":
+        # a streamed response whose body ignores the window: %(flood)d bytes at once
+        sid = my_stream(q["tok"])
+        sock = queue_socket()
+        head = marshal.dumps((200, b"Content-Type: application/octet-stream\r\n", -1, b""), 4)
+        sock.sendall(frame(RESPONSE, 0, sid, head))
+        piece = frame(RESPONSE_BODY, 0, sid, b"x" * (1 << 20))
+        for _ in range(%(flood)d >> 20):
+            sock.sendall(piece)
+        sock.close()
+    elif case == "window":
+        # grant the listener a 4 GB request-body window, then read nothing for a while
+        sid = my_stream(q["tok"])
+        sock = queue_socket()
+        sock.sendall(frame(WINDOW, 0, sid, struct.pack("<I", 0xFFFF0000)))
+        sock.close()
+        # and stop the whole worker (its loop, too) for a while: nothing reads the socket
+        subprocess.Popen(["/bin/sh", "-c", "sleep " + q.get("sleep", "8") + "; kill -CONT " + str(os.getpid())])
+        os.kill(os.getpid(), signal.SIGSTOP)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"evil pool alive"]
+''' % {"flood": FLOOD}
+
+WSGI_WEB_CONFIG = ('<configuration><system.webServer><handlers>'
+                   '<add name="app" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:app" />'
+                   '</handlers><security><requestFiltering><requestLimits maxAllowedContentLength="4000000000" />'
+                   '</requestFiltering></security></system.webServer></configuration>')
+
+
+def config() -> str:
+    return apphost(
+        """
+      <site name="Good" id="1">
+        <application path="/" applicationPool="Good">
+          <virtualDirectory path="/" physicalPath="{root}/good" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+      </site>
+      <site name="Evil" id="2">
+        <application path="/" applicationPool="Evil">
+          <virtualDirectory path="/" physicalPath="{root}/evil" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port1}:" /></bindings>
+      </site>
+      <site name="Threads" id="3">
+        <application path="/" applicationPool="Threads">
+          <virtualDirectory path="/" physicalPath="{root}/evil" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port2}:" /></bindings>
+      </site>""",
+        pools='<add name="Good" /><add name="Evil"><python threads="0" /></add>'
+              '<add name="Threads"><python threads="4" /></add>')
+
+
+def listener(server) -> psutil.Process:  # type: ignore[no-untyped-def]
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        if "poolhouse.listener" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError("no listener process")
+
+
+def get(port: int, target: str, timeout: float = 30.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+@pytest.fixture
+def attacked(poolhouse_server):  # type: ignore[no-untyped-def]
+    server = poolhouse_server(config(), files={
+        "good/index.html": "good pool", "evil/app.py": EVIL_APP, "evil/web.config": WSGI_WEB_CONFIG,
+    }, extra_ports=2)
+    assert get(server.ports[1], "/").endswith(b"evil pool alive")
+    assert get(server.port, "/index.html").endswith(b"good pool")
+    return server
+
+
+def test_a_response_body_past_its_window_is_not_buffered(attacked) -> None:  # type: ignore[no-untyped-def]
+    """The worker may be one window (and one frame) ahead of the client, no more: 256 MB
+    of body written at once to a client that reads nothing must not sit in the
+    listener's memory (it did: every byte went into the client's transport buffer)."""
+    server = attacked
+    proc = listener(server)
+    before = proc.memory_info().rss
+    tok = secrets.token_hex(6)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(30)
+    client.connect(("127.0.0.1", server.ports[1]))
+    try:
+        client.sendall(f"GET /x?case=flood&tok={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        # the worker is inline: this answer comes after every forged frame, so by then the
+        # listener has read them all
+        assert get(server.ports[1], "/after").endswith(b"evil pool alive")
+        grown = proc.memory_info().rss - before
+        assert grown < 64 * MB, f"the listener holds {grown // MB} MB for one client"
+    finally:
+        client.close()
+    assert "past its window" in server.wait_for(server.stderr)
+    # both pools still serve
+    assert get(server.port, "/index.html").endswith(b"good pool")
+    assert get(server.ports[1], "/").endswith(b"evil pool alive")
+
+
+def test_a_request_body_window_past_what_was_given_is_not_honoured(attacked) -> None:  # type: ignore[no-untyped-def]
+    """A worker returns request-body window only for bytes it consumed, so the window is
+    never more than BODY_WINDOW; a forged 4 GB one, from a worker that then reads
+    nothing (it stops itself), must not make the listener take an upload into its
+    memory (it did: the whole body went into the worker link's transport buffer)."""
+    server = attacked
+    proc = listener(server)
+    before = proc.memory_info().rss
+    tok = secrets.token_hex(6)
+    client = socket.socket()
+    client.settimeout(0.5)
+    client.connect(("127.0.0.1", server.ports[2]))  # a threaded worker: the application runs at once
+    sent = 0
+    try:
+        client.sendall(f"POST /x?case=window&tok={tok}&sleep=8 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       f"Content-Length: {FLOOD}\r\n\r\n".encode())
+        piece = b"y" * MB
+        deadline = time.monotonic() + 6
+        view = memoryview(piece)
+        while sent < FLOOD and time.monotonic() < deadline:
+            try:
+                sent += client.send(view[sent % MB:])
+            except (socket.timeout, BlockingIOError):
+                continue
+        grown = proc.memory_info().rss - before
+        assert sent < 64 * MB, f"the listener took {sent // MB} MB of a body its worker is not reading"
+        assert grown < 64 * MB, f"the listener holds {grown // MB} MB for one upload"
+    finally:
+        client.close()
+    assert "more than it was sent" in server.stderr()
+    assert get(server.port, "/index.html").endswith(b"good pool")
