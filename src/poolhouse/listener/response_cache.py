@@ -204,7 +204,7 @@ class Entry:
                  "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified", "tail",
                  "rfc", "validators")
 
-    def __init__(self, key: tuple[int, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
+    def __init__(self, key: tuple[int, bytes, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
                  body: bytes, expires: float, shared_age: bool, file: str, status: int = 200) -> None:
         self.key = key
         self.vary_key = vary_key
@@ -286,6 +286,18 @@ def precondition(method: str, etag: str, last_modified: int | None, headers: tup
                                 _field(headers, b"if-modified-since"))
 
 
+def _host(exch: "Exchange") -> bytes:
+    return exch.host.lower()
+
+
+def _key(site_id: int, exch: "Exchange") -> tuple[int, bytes, bytes]:
+    """The key of a URL's entries: the site, the request target and the host it was
+    asked of, since HTTP.sys keys its cache on the whole URL (a site bound to every host
+    name may serve each its own page: URL Rewrite counts ``{HTTP_HOST}`` cache-safe for
+    that reason, and RFC 9111's cache key is the target URI, authority included)."""
+    return (site_id, exch.target, exch.host.lower())
+
+
 def _folder_key(target: bytes) -> str:
     """The configuration path of a request target's folder."""
     try:
@@ -349,9 +361,9 @@ class ResponseCache:
     def __init__(self, max_size: int = DEFAULT_MAX_CACHE) -> None:
         self.max_size = max_size
         self.size = 0
-        self.slots: dict[tuple[int, bytes], Slot] = {}
+        self.slots: dict[tuple[int, bytes, bytes], Slot] = {}
         self.lru: OrderedDict[int, Entry] = OrderedDict()  # id(entry) -> entry, oldest first
-        self.candidates: dict[tuple[int, bytes], tuple[float, int]] = {}
+        self.candidates: dict[tuple[int, bytes, bytes], tuple[float, int]] = {}
         self.policies: dict[str, AppCachePolicy] = {}
         # application key -> the effective configuration at a URL path (its sections)
         self.resolvers: dict[str, Callable[[str], dict[str, Any]]] = {}
@@ -446,7 +458,7 @@ class ResponseCache:
         route = exch.route
         if route is None or not self.slots:
             return
-        key = (route.site_id, exch.target)
+        key = _key(route.site_id, exch)
         self.candidates.pop(key, None)
         slot = self.slots.get(key)
         if slot is not None:
@@ -476,7 +488,7 @@ class ResponseCache:
 
     def lookup(self, site_id: int, exch: "Exchange") -> Entry | None:
         """The fresh entry for ``exch``, or None (a miss)."""
-        slot = self.slots.get((site_id, exch.target))
+        slot = self.slots.get(_key(site_id, exch))
         if slot is None:
             self.misses += 1
             return None
@@ -636,7 +648,7 @@ class ResponseCache:
             elif not file:
                 return  # neither a static file nor a kernel cache policy
             # the frequent-hit rule (serverRuntime frequentHitThreshold/TimePeriod)
-            key = (route.site_id, target)
+            key = _key(route.site_id, exch)
             first, count = self.candidates.get(key, (now, 0))
             if now - first > policy.frequent_period:
                 first, count = now, 0
@@ -706,7 +718,7 @@ class ResponseCache:
                 and not any(n == b"etag" or n == b"last-modified" for n, _ in stored)):
             return client_block  # never fresh and nothing to revalidate it with
         vary = sc.vary_names(stored)
-        key = (route.site_id, exch.target)
+        key = _key(route.site_id, exch)
         slot = self.slots.get(key)
         if slot is None or slot.vary != vary or not slot.rfc:
             if slot is not None:
@@ -761,7 +773,7 @@ class ResponseCache:
     def _head_update(self, site_id: int, exch: "Exchange", lines: sc.Fields) -> None:
         """§4.3.5: a 200 to HEAD freshens the stored GET response it describes (same
         validators, or neither has one) and removes one it no longer describes."""
-        slot = self.slots.get((site_id, exch.target))
+        slot = self.slots.get(_key(site_id, exch))
         if slot is None or not slot.rfc:
             return
         headers = exch.client_headers if exch.revalidating is not None else exch.headers
@@ -791,7 +803,7 @@ class ResponseCache:
                 if target is not None:
                     targets.add(target)
         for target in targets:
-            slot = self.slots.get((site_id, target))
+            slot = self.slots.get((site_id, target, _host(exch)))
             if slot is not None:
                 for entry in list(slot.variants.values()):
                     self._remove(entry)
@@ -800,7 +812,7 @@ class ResponseCache:
     def _store(self, site_id: int, exch: "Exchange", block: bytes, body: bytes, vary: tuple[bytes, ...],
                expires: float, shared: bool, file: str, coding: Compression | None = None) -> None:
         assert exch.route is not None
-        key = (site_id, exch.target)
+        key = _key(site_id, exch)
         slot = self.slots.get(key)
         if slot is None or slot.vary != vary or slot.rfc or slot.coding is not coding:
             if slot is not None:
