@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 import time
 
 import psutil
@@ -201,3 +202,122 @@ def test_a_request_body_window_past_what_was_given_is_not_honoured(attacked) -> 
         client.close()
     assert "more than it was sent" in server.stderr()
     assert get(server.port, "/index.html").endswith(b"good pool")
+
+
+# ---- the response cache and what a rewrite rule reads --------------------------------
+
+TENANT_RULES = r"""<configuration><system.webServer><rewrite><rules>
+  <rule name="ByHost" stopProcessing="true">
+    <match url="^page\.txt$" />
+    <conditions><add input="{HTTP_HOST}" pattern="^(alpha|beta)\.test" /></conditions>
+    <action type="Rewrite" url="/tenants/{C:1}/page.txt" />
+  </rule>
+  <rule name="ByHeader" stopProcessing="true">
+    <match url="^mine\.txt$" />
+    <action type="Rewrite" url="/tenants/{HTTP_X_TENANT}/page.txt" />
+  </rule>
+</rules></rewrite></system.webServer></configuration>"""
+
+
+@pytest.fixture
+def tenants(poolhouse_server):  # type: ignore[no-untyped-def]
+    config = apphost("""
+      <site name="Tenants" id="1">
+        <application path="/" applicationPool="Tenants">
+          <virtualDirectory path="/" physicalPath="{root}/www" />
+        </application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+      </site>""", pools='<add name="Tenants" />')
+    return poolhouse_server(config, files={
+        "www/web.config": TENANT_RULES,
+        "www/tenants/alpha/page.txt": "alpha's private page",
+        "www/tenants/beta/page.txt": "beta's private page",
+    })
+
+
+def fetch(server, path: str, **headers: str) -> bytes:  # type: ignore[no-untyped-def]
+    lines = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\n{lines}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.partition(b"\r\n\r\n")[2]
+
+
+def test_the_cache_does_not_answer_one_host_with_anothers_page(tenants) -> None:  # type: ignore[no-untyped-def]
+    """HTTP_HOST counts as cache-safe for URL Rewrite because HTTP.sys keys its cache on
+    the whole URL, host included; a site bound to every host name, whose rules route
+    by host, must not serve alpha's page to beta once alpha fetched it twice."""
+    server = tenants
+    for _ in range(4):
+        assert fetch(server, "/page.txt", Host="alpha.test") == b"alpha's private page"
+    assert fetch(server, "/page.txt", Host="beta.test") == b"beta's private page"
+
+
+def test_a_rewrite_url_reading_a_request_header_keeps_the_url_out_of_the_cache(tenants) -> None:  # type: ignore[no-untyped-def]
+    """URL Rewrite: a rule set that *uses* a server variable outside the cache-safe list
+    is unsafe for output caching — in its action's URL as much as in its conditions."""
+    server = tenants
+    for _ in range(4):
+        assert fetch(server, "/mine.txt", Host="t.test", X_Tenant="alpha") == b"alpha's private page"
+    assert fetch(server, "/mine.txt", Host="t.test", X_Tenant="beta") == b"beta's private page"
+
+
+# ---- chunked bodies that trickle just fast enough ------------------------------------
+
+UPLOAD_APP = r'''
+def app(environ, start_response):
+    body = environ["wsgi.input"].read() if environ["REQUEST_METHOD"] == "POST" else b""
+    out = b"%s %d" % (environ["PATH_INFO"].encode(), len(body))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))])
+    return [out]
+'''
+
+
+def test_chunked_uploads_at_the_minimum_rate_do_not_hold_an_inline_pool(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """A chunked body is not read ahead (it may be an interactive stream): it goes to the
+    worker as it arrives, and only the credit lending (at most 64 per worker) and the
+    timers stand in its way.  120 clients each sending 300 bytes every half second — above
+    minBytesPerSecond's 240, so no timer fires, 72 KB/s in all — must still leave the
+    pool to an ordinary GET."""
+    config = apphost("""
+      <site name="Up" id="1">
+        <application path="/" applicationPool="Up"><virtualDirectory path="/" physicalPath="{root}/app" /></application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+      </site>""", pools='<add name="Up" />')
+    server = poolhouse_server(config, files={"app/app.py": UPLOAD_APP, "app/web.config": WSGI_WEB_CONFIG})
+    assert get(server.port, "/warm").endswith(b"/warm 0")
+    socks: list[socket.socket] = []
+    piece = b"12c\r\n" + b"x" * 300 + b"\r\n"
+    try:
+        for i in range(120):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"POST /up%d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % i + piece)
+            socks.append(s)
+        started = time.monotonic()
+        answer: list[bytes] = []
+
+        def ordinary() -> None:
+            try:
+                answer.append(get(server.port, "/ordinary", timeout=8))
+            except OSError as exc:
+                answer.append(repr(exc).encode())
+
+        worker = threading.Thread(target=ordinary, daemon=True)
+        while time.monotonic() - started < 12:
+            time.sleep(0.5)
+            for s in list(socks):
+                try:
+                    s.sendall(piece)
+                except OSError:
+                    socks.remove(s)
+            if not worker.is_alive() and not answer and time.monotonic() - started > 3:
+                worker.start()
+            if answer:
+                break
+        worker.join(10)
+        assert answer and answer[0].endswith(b"/ordinary 0"), (answer, len(socks))
+    finally:
+        for s in socks:
+            s.close()
