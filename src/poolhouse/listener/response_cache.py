@@ -841,8 +841,8 @@ class ResponseCache:
         self.lru[id(entry)] = entry
         self.size += entry.size
         self.stores += 1
-        if entry.file and self.watcher is not None:
-            self.watcher.watch(entry.file, entry)
+        if entry.file and self.watcher is not None and not self.watcher.watch(entry.file, entry):
+            self._remove(entry)  # a file whose changes cannot be seen is not kept
 
     def _remove(self, entry: Entry) -> None:
         if self.lru.pop(id(entry), None) is None:
@@ -893,12 +893,22 @@ _DIR_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MO
 _EVENT = struct.Struct("iIII")
 
 
+MAX_WATCHED_DIRS = 8192  # folders watched at once; a file in another one is not cached
+
+
 class FileWatcher:
     """inotify on the directories of cached files (a directory watch also sees a file
-    replaced by rename); ``on_change(path)`` runs on the event loop."""
+    replaced by rename); ``on_change(path)`` runs on the event loop.
+
+    The file a response comes from is named by the worker (the marker), so the folders
+    watched are a worker's choice: a watch lasts only while an entry needs it, and at
+    most ``MAX_WATCHED_DIRS`` are held (root's watches are counted against a limit that
+    every root process on the machine shares, ``fs.inotify.max_user_watches``)."""
 
     def __init__(self, loop: Any, on_change: Any) -> None:
         self.entries: dict[str, set[Entry]] = {}
+        self._in_dir: dict[str, int] = {}  # directory -> files with entries in it
+        self._full_logged = False
         self._dirs: dict[str, int] = {}  # directory -> watch descriptor
         self._wds: dict[int, str] = {}
         self._on_change = on_change
@@ -910,24 +920,53 @@ class FileWatcher:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         loop.add_reader(self.fd, self._read)
 
-    def watch(self, path: str, entry: Entry) -> None:
-        self.entries.setdefault(path, set()).add(entry)
+    def watch(self, path: str, entry: Entry) -> bool:
+        """Watch ``path`` for ``entry``; False (nothing kept) if its folder cannot be
+        watched: the entry would never learn that the file changed."""
         directory = os.path.dirname(path)
         if directory not in self._dirs:
+            if len(self._dirs) >= MAX_WATCHED_DIRS:
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("response cache: %d folders watched already; files in other folders are "
+                                "not cached until entries go", MAX_WATCHED_DIRS)
+                return False
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), _DIR_MASK)
             if wd < 0:
-                log.warning("response cache: cannot watch %s (errno %d)", directory, ctypes.get_errno())
-                return
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("response cache: cannot watch %s (errno %d): its files are not cached",
+                                directory, ctypes.get_errno())
+                return False
             self._dirs[directory] = wd
             self._wds[wd] = directory
+        entries = self.entries.setdefault(path, set())
+        if not entries:
+            self._in_dir[directory] = self._in_dir.get(directory, 0) + 1
+        entries.add(entry)
+        return True
 
     def unwatch(self, path: str, entry: Entry) -> None:
+        """``entry`` no longer needs ``path``; the folder's watch goes with the last
+        entry that needed it."""
         entries = self.entries.get(path)
-        if entries is not None:
-            entries.discard(entry)
-            if not entries:
-                del self.entries[path]
-        # directory watches stay until close(): cheap, and files come back
+        if entries is None or entry not in entries:
+            return
+        entries.discard(entry)
+        if entries:
+            return
+        del self.entries[path]
+        directory = os.path.dirname(path)
+        left = self._in_dir.get(directory, 1) - 1
+        if left > 0:
+            self._in_dir[directory] = left
+            return
+        self._in_dir.pop(directory, None)
+        wd = self._dirs.pop(directory, None)
+        if wd is not None:
+            self._wds.pop(wd, None)
+            self._libc.inotify_rm_watch(self.fd, wd)
+        self._full_logged = False
 
     def _read(self) -> None:
         try:
@@ -946,7 +985,10 @@ class FileWatcher:
             if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF):
                 changed.update(p for p in self.entries if os.path.dirname(p) == directory)
                 self._wds.pop(wd, None)
-                self._dirs.pop(directory, None)
+                if self._dirs.get(directory) == wd:
+                    del self._dirs[directory]
+                if mask & _IN_MOVE_SELF:  # (a deleted folder's watch goes by itself)
+                    self._libc.inotify_rm_watch(self.fd, wd)
             elif name:
                 changed.add(os.path.join(directory, os.fsdecode(name)))
         for path in changed:
