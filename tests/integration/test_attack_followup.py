@@ -29,7 +29,7 @@ MB = 1 << 20
 FLOOD = 256 * MB
 
 EVIL_APP = r'''
-import gc, marshal, os, signal, socket, struct, subprocess
+import gc, json, marshal, os, signal, socket, struct, subprocess
 
 HEADER = struct.Struct("<BBII")
 WINDOW, RESPONSE, RESPONSE_BODY = 4, 17, 18
@@ -50,7 +50,7 @@ def my_stream(token):
     for obj in gc.get_objects():
         if type(obj).__name__ == "WorkerProcess":
             for sid, stream in obj.streams.items():
-                if token.encode() in stream.head.target:
+                if token.encode() in stream.head.target.split(b"?")[-1] or token.encode() == stream.head.target:
                     return sid
     raise RuntimeError("stream not found")
 
@@ -77,6 +77,32 @@ def app(environ, start_response):
         # and stop the whole worker (its loop, too) for a while: nothing reads the socket
         subprocess.Popen(["/bin/sh", "-c", "sleep " + q.get("sleep", "8") + "; kill -CONT " + str(os.getpid())])
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif case == "control":
+        # the worker's control channel to the activation service: "ready" again and
+        # again, with a "warmup" that carries a line of its own
+        argv = open("/proc/self/cmdline", "rb").read().split(b"\0")
+        sock = socket.socket(fileno=os.dup(int(argv[argv.index(b"--control-fd") + 1])))
+        sock.settimeout(60)
+        forged = "0\n2026-01-01 00:00:00,000 activation[1] ERROR FORGED-BY-EVIL pool Good is compromised"
+        msg = json.dumps({"op": "ready", "pid": 1, "credits": 1, "warmup": forged}).encode()
+        sock.sendall(frame(1, 0, 0, msg) * int(q.get("n", "2000")))
+        sock.close()
+    elif environ["PATH_INFO"].startswith("/marker/"):
+        # a "static file" in a folder of its own each time: the listener watches the
+        # folder of every file it caches
+        folder = os.path.join(os.environ["TMPDIR"], "w", environ["PATH_INFO"][8:])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "f.txt")
+        with open(path, "w") as fh:
+            fh.write("x")
+        # the worker strips the marker from an application's headers: write the frame
+        sid = my_stream(environ["PATH_INFO"])
+        block = b"Content-Type: text/plain\r\nX-Poolhouse-File: " + path.encode() + b"\r\n"
+        sock = queue_socket()
+        sock.sendall(frame(RESPONSE, 1, sid, marshal.dumps((200, block, 1, b"x"), 4)))
+        sock.close()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"(already answered)"]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"evil pool alive"]
 ''' % {"flood": FLOOD}
@@ -202,6 +228,61 @@ def test_a_request_body_window_past_what_was_given_is_not_honoured(attacked) -> 
         client.close()
     assert "more than it was sent" in server.stderr()
     assert get(server.port, "/index.html").endswith(b"good pool")
+
+
+def test_a_worker_cannot_flood_or_forge_the_service_logs(attacked) -> None:  # type: ignore[no-untyped-def]
+    """The control channel is the worker's too: a "ready" it repeats is not an event
+    each time (events.jsonl is the service's, shared by every pool), and what it puts
+    in a message does not become a line of the service's log (the journal)."""
+    server = attacked
+    assert get(server.ports[1], "/x?case=control&n=2000").endswith(b"evil pool alive")
+    time.sleep(1.0)
+    assert get(server.ports[1], "/").endswith(b"evil pool alive")
+    readies = [e for e in server.events() if e["event"] == "worker_ready" and e["apppool"] == "Evil"]
+    assert len(readies) <= 2, f"{len(readies)} worker_ready events from one worker"
+    lines = server.stderr().splitlines()
+    assert not [line for line in lines if line.startswith("2026-01-01")], "a forged log line"
+    assert get(server.port, "/index.html").endswith(b"good pool")
+
+
+def inotify_watches(pid: int) -> int:
+    """How many inotify watches process ``pid`` holds (all its inotify instances)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                count += sum(1 for line in fh if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return count
+
+
+def test_the_cache_does_not_keep_a_watch_for_every_folder_a_worker_names(attacked) -> None:  # type: ignore[no-untyped-def]
+    """A worker names the file of a static response (the marker the listener strips),
+    and the root listener watches that file's folder: watches are root's, counted
+    against a limit every root process on the machine shares (max_user_watches), so
+    they must go with the entries that needed them (they stayed until the listener
+    exited: a worker naming 200,000 folders of its own used up root's inotify)."""
+    server = attacked
+    pid = listener(server).pid
+    before = inotify_watches(pid)
+    with socket.create_connection(("127.0.0.1", server.ports[1]), timeout=20) as s:
+        reader = s.makefile("rb")
+        for i in range(300):
+            for _ in range(2):  # frequently hit: stored on the second
+                s.sendall(b"GET /marker/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                assert reader.readline().startswith(b"HTTP/1.1 200")
+                length = 0
+                while (line := reader.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+    assert inotify_watches(pid) >= before + 300  # each cached file's folder is watched
+    out = server.cli("cache", "flush")
+    assert out.returncode == 0, out.stderr
+    server.wait_for(lambda: inotify_watches(pid) <= before + 2, timeout=10)
 
 
 # ---- the response cache and what a rewrite rule reads --------------------------------
