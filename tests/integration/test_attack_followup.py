@@ -402,3 +402,69 @@ def test_chunked_uploads_at_the_minimum_rate_do_not_hold_an_inline_pool(poolhous
     finally:
         for s in socks:
             s.close()
+
+
+# ---- pools that share a uid, and the processes their workers start ------------------
+
+PEEK_APP = r'''
+def app(environ, start_response):
+    import urllib.parse
+    q = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
+    try:
+        with open("/proc/%s/environ" % q["pid"], "rb") as fh:
+            out = b"READ " + fh.read()
+    except OSError as exc:
+        out = b"REFUSED " + type(exc).__name__.encode()
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [out]
+'''
+
+
+def test_a_cgi_program_of_a_pool_sharing_nobody_is_not_open_to_the_other(poolhouse_server) -> None:  # type: ignore[no-untyped-def]
+    """LocalService and NetworkService are both ``nobody``; their workers clear their
+    dumpable flag so that neither reads the other's memory or environment.  What a
+    worker starts is exec'd, and exec makes a process dumpable again: a CGI program of
+    the one pool (its environment holds the request's cookies) is open to the other."""
+    token = secrets.token_hex(8)
+    config = apphost("""
+      <site name="A" id="1">
+        <application path="/" applicationPool="Local"><virtualDirectory path="/" physicalPath="{root}/evil" /></application>
+        <application path="/net" applicationPool="Network"><virtualDirectory path="/" physicalPath="{root}/net" /></application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+      </site>""",
+        pools='<add name="Local"><processModel identityType="LocalService" /></add>'
+              '<add name="Network"><processModel identityType="NetworkService" /></add>',
+        extra='<system.webServer><security><isapiCgiRestriction>'
+              '<add path="{root}/net/slow.cgi" allowed="true" /></isapiCgiRestriction></security></system.webServer>')
+    server = poolhouse_server(config, {
+        "evil/app.py": PEEK_APP, "evil/web.config": WSGI_WEB_CONFIG,
+        "net/slow.cgi": "#!/bin/sh\nsleep 6\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow'\n",
+        "net/web.config": '<configuration><system.webServer><handlers accessPolicy="Read, Script, Execute">'
+                          '<add name="cgi" path="*.cgi" verb="*" modules="CgiModule" resourceType="File" '
+                          'requireAccess="Execute" /></handlers></system.webServer></configuration>'})
+    os.chmod(server.root / "net" / "slow.cgi", 0o755)
+    # nobody is an account the administrator chose: the administrator opens the way
+    opened = {d: d.stat().st_mode for d in [server.root, *server.root.parents] if str(d).startswith("/tmp/")}
+    for d, mode in opened.items():
+        d.chmod(mode | 0o711)
+    for d in (server.root / "evil", server.root / "net"):
+        d.chmod(0o755)
+    try:
+        assert b"REFUSED" in get(server.port, "/?pid=1")  # the evil pool works
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+            s.sendall(f"GET /net/slow.cgi HTTP/1.1\r\nHost: x\r\nCookie: session={token}\r\n"
+                      "Connection: close\r\n\r\n".encode())
+
+            def cgi_pid() -> int:
+                for p in psutil.process_iter(["cmdline"]):
+                    if p.info["cmdline"] and p.info["cmdline"][-1:] == [str(server.root / "net" / "slow.cgi")] \
+                            and "cgi_launcher" not in " ".join(p.info["cmdline"]):
+                        return p.pid
+                return 0
+
+            pid = server.wait_for(cgi_pid, timeout=10)
+            seen = get(server.port, f"/?pid={pid}")
+            assert token.encode() not in seen and seen.split(b"\r\n\r\n", 1)[-1].startswith(b"REFUSED"), seen[-200:]
+    finally:
+        for d, mode in opened.items():
+            d.chmod(mode & 0o7777)
