@@ -29,7 +29,7 @@ MB = 1 << 20
 FLOOD = 256 * MB
 
 EVIL_APP = r'''
-import gc, json, marshal, os, signal, socket, struct, subprocess
+import gc, json, marshal, os, signal, socket, struct, subprocess, time
 
 HEADER = struct.Struct("<BBII")
 WINDOW, RESPONSE, RESPONSE_BODY = 4, 17, 18
@@ -86,6 +86,16 @@ def app(environ, start_response):
         forged = "0\n2026-01-01 00:00:00,000 activation[1] ERROR FORGED-BY-EVIL pool Good is compromised"
         msg = json.dumps({"op": "ready", "pid": 1, "credits": 1, "warmup": forged}).encode()
         sock.sendall(frame(1, 0, 0, msg) * int(q.get("n", "2000")))
+        sock.close()
+    elif case == "cycle":
+        # "stuck" and "running again", over and over: each STALLED gives back every
+        # request it had not started, each CREDIT takes them all again
+        time.sleep(float(q.get("delay", "1.5")))
+        sid = my_stream(q["tok"])
+        sock = queue_socket()
+        pair = frame(30, 0, 0, marshal.dumps((sid,), 4)) + frame(20, 0, 0, struct.pack("<i", 0))
+        for _ in range(int(q.get("n", "20000")) // 100):
+            sock.sendall(pair * 100)
         sock.close()
     elif environ["PATH_INFO"].startswith("/marker/"):
         # a "static file" in a folder of its own each time: the listener watches the
@@ -242,6 +252,36 @@ def test_a_worker_cannot_flood_or_forge_the_service_logs(attacked) -> None:  # t
     assert len(readies) <= 2, f"{len(readies)} worker_ready events from one worker"
     lines = server.stderr().splitlines()
     assert not [line for line in lines if line.startswith("2026-01-01")], "a forged log line"
+    assert get(server.port, "/index.html").endswith(b"good pool")
+
+
+def test_stalled_and_credit_over_and_over_cost_the_listener_little(attacked) -> None:  # type: ignore[no-untyped-def]
+    """STALLED gives back the requests a worker had not started, and its next CREDIT
+    takes them again: a worker that sends the pair in a loop, while reading nothing,
+    must not make the listener re-send the same requests into a buffer without bound."""
+    server = attacked
+    proc = listener(server)
+    before = proc.memory_info().rss
+    cpu_before = sum(proc.cpu_times()[:2])
+    tok = secrets.token_hex(6)
+    spin = socket.create_connection(("127.0.0.1", server.ports[1]), timeout=60)
+    holders = []
+    try:
+        spin.sendall(f"GET /x?case=cycle&tok={tok}&n=10000 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.3)
+        for i in range(60):
+            h = socket.create_connection(("127.0.0.1", server.ports[1]), timeout=60)
+            h.sendall(b"GET /hold%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            holders.append(h)
+        assert spin.recv(65536).startswith(b"HTTP/1.1 200")  # the loop is over
+        grown = proc.memory_info().rss - before
+        cpu = sum(proc.cpu_times()[:2]) - cpu_before
+        assert grown < 32 * MB, f"the listener holds {grown // MB} MB after the loop"
+        assert cpu < 5, f"the listener spent {cpu:.1f} s of CPU on the loop"
+    finally:
+        spin.close()
+        for h in holders:
+            h.close()
     assert get(server.port, "/index.html").endswith(b"good pool")
 
 

@@ -189,13 +189,16 @@ class Exchange:
         return True
 
     def _send_body(self, chunk: bytes, end: bool) -> None:
-        assert self.worker is not None
-        self.worker.send_parts(
+        worker = self.worker
+        assert worker is not None
+        worker.send_parts(
             q.body_header(q.REQUEST_BODY, self.stream, len(chunk), end), chunk
         )
         self.window -= len(chunk)
         if self.window <= 0:
             self.conn.pause_for(self)
+        if worker.write_paused and not end:
+            worker.hold_client(self.conn)  # the worker is not reading its socket
 
     def body(self, chunk: bytes) -> None:
         self.body_received += len(chunk)
