@@ -508,3 +508,32 @@ def test_a_cgi_program_of_a_pool_sharing_nobody_is_not_open_to_the_other(poolhou
     finally:
         for d, mode in opened.items():
             d.chmod(mode & 0o7777)
+
+
+ENV_APP = r'''
+import os
+def app(environ, start_response):
+    out = "\n".join("%s=%s" % kv for kv in sorted(os.environ.items())).encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [out]
+'''
+
+
+def test_the_services_own_environment_does_not_reach_the_pools(poolhouse_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the administrator's shell (or the unit's Environment=) gives the service
+    — a database password, a cloud token, the sudo user — is the service's: a pool gets
+    its own environmentVariables and what it needs to run, as IIS gives w3wp the
+    machine's environment and the pool's variables, never WAS's process environment."""
+    secret = "s3cr3t-" + secrets.token_hex(8)
+    monkeypatch.setenv("POOLHOUSE_ADMIN_DB_PASSWORD", secret)
+    monkeypatch.setenv("SUDO_USER", "admin-" + secret)
+    config = apphost("""
+      <site name="S" id="1">
+        <application path="/" applicationPool="P"><virtualDirectory path="/" physicalPath="{root}/app" /></application>
+        <bindings><binding protocol="http" bindingInformation="127.0.0.1:{port}:" /></bindings>
+      </site>""", pools='<add name="P"><environmentVariables><add name="MINE" value="for-the-pool" />'
+                       '</environmentVariables></add>')
+    server = poolhouse_server(config, {"app/app.py": ENV_APP, "app/web.config": WSGI_WEB_CONFIG})
+    seen = get(server.port, "/")
+    assert b"MINE=for-the-pool" in seen  # the pool's own variables arrive
+    assert secret.encode() not in seen, "the service's environment reached a pool"
