@@ -14,6 +14,7 @@ class FakeWorker:
     def __init__(self, credits: int) -> None:
         self.credits = credits
         self.draining = False
+        self.write_paused = False
         self.streams: dict[int, Any] = {}
         self.got: list[Any] = []
 
@@ -62,3 +63,23 @@ def test_busy_workers_ask_for_another() -> None:
     queue.demand_done(at_capacity=True)
     queue.submit(FakeExchange("three"))  # type: ignore[arg-type]
     assert demands == ["P", "P"]  # at maxProcesses: not asked again
+
+
+def test_a_worker_that_is_not_reading_gets_nothing_more() -> None:
+    """Past the write buffer's high-water mark (the worker does not read its socket),
+    a worker's credits do not count: requests wait in the queue, for it to read again
+    or for another worker."""
+    queue, _ = make()
+    stuck, other = FakeWorker(100), FakeWorker(1)
+    queue.workers.extend([stuck])
+    stuck.write_paused = True
+    queue.submit(FakeExchange("a"))  # type: ignore[arg-type]
+    queue.worker_free(stuck)  # type: ignore[arg-type]
+    assert stuck.got == [] and [e.name for e in queue.waiting] == ["a"]
+    queue.workers.append(other)
+    queue.drain_into_free_workers()
+    assert [e.name for e in other.got] == ["a"] and stuck.got == []
+    queue.submit(FakeExchange("b"))  # type: ignore[arg-type]
+    stuck.write_paused = False
+    queue.worker_free(stuck)  # type: ignore[arg-type]
+    assert [e.name for e in stuck.got] == ["b"]

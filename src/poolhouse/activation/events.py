@@ -58,8 +58,15 @@ class EventLog:
             self._fh.write(json.dumps(record, default=str) + "\n")
         except (OSError, ValueError):
             pass
-        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        # one event, one line: a value with a line break or another control character
+        # (a worker's message, a path) is escaped, so it cannot pass for a line of its own
+        text = " ".join(f"{k}={_one_line(v)}" for k, v in fields.items())
         log.log(level, "%s%s %s", event, f" [{event_id}]" if event_id else "", text)
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _one_line(value: Any) -> str:
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

@@ -64,6 +64,11 @@ QUEUE_LOST_GRACE = 2.0
 STATUS_INTERVAL = 10.0  # seconds between STATUS= updates to the service manager
 
 
+# the service's environment variables that a worker inherits (see worker_env)
+_WORKER_ENV = frozenset(("PATH", "LANG", "LANGUAGE", "TZ", "TZDIR", "SSL_CERT_FILE", "SSL_CERT_DIR"))
+_WORKER_ENV_PREFIXES = ("LC_", "PYTHON")
+
+
 class ActivationService:
     def __init__(self, config_path: str | None, state_dir: str, log_level: str = "INFO") -> None:
         self.config_path = config_path
@@ -397,7 +402,14 @@ class ActivationService:
     # ---- workers ------------------------------------------------------------------
 
     def worker_env(self, pool: PoolRuntime, temp_dir: str, identity: Identity | None = None) -> dict[str, str]:
-        env = dict(os.environ)
+        """A worker's environment: what any process needs to run (``PATH``, the locale,
+        the time zone, the interpreter's own ``PYTHON*`` settings, where the trusted
+        certificates are), the pool's ``environmentVariables`` and ours — never the rest
+        of the service's own environment (an administrator's shell, the unit's
+        ``Environment=``: passwords, tokens, the sudo user), which a pool's code would
+        read as its own.  IIS gives w3wp the machine's environment and the pool's
+        variables, not WAS's process environment."""
+        env = {k: v for k, v in os.environ.items() if k in _WORKER_ENV or k.startswith(_WORKER_ENV_PREFIXES)}
         env.update(pool.config.environment_variables)
         env["PYTHONUNBUFFERED"] = "1"
         env["APP_POOL_ID"] = pool.name
@@ -406,6 +418,8 @@ class ActivationService:
         if identity is not None and identity.switch:
             env["HOME"] = temp_dir  # the service's home is not the pool user's
             env["PYTHONDONTWRITEBYTECODE"] = "1"  # the identity cannot write beside the sources
+        elif "HOME" in os.environ:
+            env["HOME"] = os.environ["HOME"]  # the same user: its home
         if pool.config.python_executable in ("", sys.executable):
             # our own interpreter: the package as this service runs it.  A pool with its
             # own Python has the worker runtime installed there; the folder holding our

@@ -91,6 +91,7 @@ class WorkerHandle:
         self.proc: asyncio.subprocess.Process | None = None
         self.control: ControlProtocol | None = None
         self.ready = asyncio.get_running_loop().create_future()
+        self.repeated_ready = 0  # "ready" messages after the first (ignored)
         self.started_at = time.time()
         self.started_mono = time.monotonic()
         self.ready_at = 0.0
@@ -246,11 +247,27 @@ class WorkerHandle:
         self._on_exit(self, code)
 
     def _message(self, msg: Message) -> None:
+        """A message from the worker, which runs application code: nothing in it is
+        taken on trust beyond the worker's own pool, numbers are numbers, and a worker
+        announces itself once (a repeated "ready" would be an event, and a log line,
+        each time: the event log is every pool's)."""
+        if msg["op"] in ("queue_attached", "ready"):
+            try:
+                msg = {**msg, "credits": int(msg.get("credits", 1)), "warmup": int(msg.get("warmup") or 0)}
+            except (TypeError, ValueError, OverflowError):
+                log.error("worker %s (pid %s) sent a malformed %r message; ignored", self.id, self.pid, msg["op"])
+                return
         if msg["op"] == "queue_attached":
-            self.credits = int(msg.get("credits", self.credits))
+            self.credits = msg["credits"]
             self.last_activity = time.monotonic()
         if msg["op"] == "ready":
-            self.credits = int(msg.get("credits", 1))
+            if self.ready.done():
+                if not self.repeated_ready:
+                    log.error("worker %s (pid %s) announced itself ready again; ignored (and from now on "
+                              "without a log line)", self.id, self.pid)
+                self.repeated_ready += 1
+                return
+            self.credits = msg["credits"]
             self.ready_at = time.time()
             self.last_activity = time.monotonic()
             if self.state == INITIALIZING:

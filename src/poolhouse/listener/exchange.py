@@ -73,6 +73,7 @@ class Exchange:
     bytes_sent = 0
     retries = 0
     owed_window = 0
+    unacked = 0  # response body bytes the worker sent that no WINDOW frame has returned yet
     queued_at = 0.0
     finished_at = 0.0
     revalidating: "Entry | None" = None  # the stale cache entry this request revalidates (RFC 9111 §4.3)
@@ -188,13 +189,16 @@ class Exchange:
         return True
 
     def _send_body(self, chunk: bytes, end: bool) -> None:
-        assert self.worker is not None
-        self.worker.send_parts(
+        worker = self.worker
+        assert worker is not None
+        worker.send_parts(
             q.body_header(q.REQUEST_BODY, self.stream, len(chunk), end), chunk
         )
         self.window -= len(chunk)
         if self.window <= 0:
             self.conn.pause_for(self)
+        if worker.write_paused and not end:
+            worker.hold_client(self.conn)  # the worker is not reading its socket
 
     def body(self, chunk: bytes) -> None:
         self.body_received += len(chunk)
@@ -226,8 +230,19 @@ class Exchange:
             self._release_hold()
 
     def request_window(self, increment: int) -> None:
-        self.window += increment
-        if self.window > 0:
+        """The worker consumed ``increment`` bytes of the body.  It returns window only
+        for bytes it was sent, so the window never exceeds ``BODY_WINDOW``: more is a
+        forgery (a worker that grants gigabytes and then reads nothing would have the
+        listener take the whole upload into its memory), and is not honoured."""
+        window = self.window + increment
+        if window > q.BODY_WINDOW:
+            if self.worker is not None:
+                log.error("worker %s returned %d bytes of request body window on stream %d, more than it "
+                          "was sent; the window stays at %d", self.worker.worker_id, increment, self.stream,
+                          q.BODY_WINDOW)
+            window = q.BODY_WINDOW
+        self.window = window
+        if window > 0:
             self.conn.unpause_for(self)
 
     @property
@@ -328,6 +343,7 @@ class Exchange:
             self.bytes_sent += len(data)
             self.conn.write(data)
             if body:
+                self.unacked += len(body)
                 self._ack(len(body))
 
     def _switch_protocols(self, block: bytes, flags: int) -> None:
@@ -374,6 +390,10 @@ class Exchange:
     def response_body(self, data: bytes, flags: int) -> None:
         if self.done or self.conn.closed:
             return
+        if data and not flags & q.END_STREAM and self.unacked >= q.BODY_WINDOW:
+            self._past_window(len(data))
+            return
+        self.unacked += len(data)
         if data and self.method != "HEAD":
             if self.chunked:
                 self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -386,6 +406,19 @@ class Exchange:
             self.finish()
         elif data:
             self._ack(len(data))
+
+    def _past_window(self, n: int) -> None:
+        """The worker sent body while the whole window was out (a worker sends only
+        while its window is open, and then at most one frame): forged, and the listener
+        would hold it for a client that does not read.  The response fails."""
+        log.error("worker %s sent %d bytes of response body on stream %d past its window (%d bytes "
+                  "not acknowledged): the response is cut off",
+                  self.worker.worker_id if self.worker is not None else "?", n, self.stream, self.unacked)
+        if self.worker is not None:
+            self.worker.cancel(self.stream)
+        self.release_worker()
+        self.done = True
+        self.conn.abort_exchange(self, "Connection_Abandoned_By_AppPool")
 
     def response_file(self, fd: int, ref: q.FileRange) -> None:
         """The rest of the body is a file range (q.RESPONSE_FILE, always the stream's last
@@ -445,10 +478,12 @@ class Exchange:
         if self.conn.write_paused:
             self.owed_window += n
         elif self.worker is not None:
+            self.unacked -= n
             self.worker.send(q.encode_window(self.stream, n))
 
     def return_owed_window(self) -> None:
         if self.owed_window and self.worker is not None and not self.done:
+            self.unacked -= self.owed_window
             self.worker.send(q.encode_window(self.stream, self.owed_window))
         self.owed_window = 0
 

@@ -48,11 +48,11 @@ class PoolQueue:
         workers = self.workers
         if len(workers) == 1:
             w = workers[0]
-            return w if w.credits > 0 else None
+            return w if w.credits > 0 and not w.write_paused else None
         best = None
         most = 0
         for w in workers:
-            if w.credits > most:
+            if w.credits > most and not w.write_paused:
                 best, most = w, w.credits
         return best
 
@@ -119,7 +119,7 @@ class PoolQueue:
 
     def worker_free(self, worker: "WorkerLink") -> None:
         waiting = self.waiting
-        while waiting and worker.credits > 0 and not worker.draining:
+        while waiting and worker.credits > 0 and not worker.draining and not worker.write_paused:
             worker.assign(waiting.popleft())
 
     def remove_worker(self, worker: "WorkerLink") -> None:

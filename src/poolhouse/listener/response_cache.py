@@ -204,7 +204,7 @@ class Entry:
                  "hits", "stored", "expires", "shared_age", "file", "etag", "last_modified", "tail",
                  "rfc", "validators")
 
-    def __init__(self, key: tuple[int, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
+    def __init__(self, key: tuple[int, bytes, bytes], vary_key: tuple[bytes, ...], app_key: str, block: bytes,
                  body: bytes, expires: float, shared_age: bool, file: str, status: int = 200) -> None:
         self.key = key
         self.vary_key = vary_key
@@ -286,6 +286,18 @@ def precondition(method: str, etag: str, last_modified: int | None, headers: tup
                                 _field(headers, b"if-modified-since"))
 
 
+def _host(exch: "Exchange") -> bytes:
+    return exch.host.lower()
+
+
+def _key(site_id: int, exch: "Exchange") -> tuple[int, bytes, bytes]:
+    """The key of a URL's entries: the site, the request target and the host it was
+    asked of, since HTTP.sys keys its cache on the whole URL (a site bound to every host
+    name may serve each its own page: URL Rewrite counts ``{HTTP_HOST}`` cache-safe for
+    that reason, and RFC 9111's cache key is the target URI, authority included)."""
+    return (site_id, exch.target, exch.host.lower())
+
+
 def _folder_key(target: bytes) -> str:
     """The configuration path of a request target's folder."""
     try:
@@ -349,9 +361,9 @@ class ResponseCache:
     def __init__(self, max_size: int = DEFAULT_MAX_CACHE) -> None:
         self.max_size = max_size
         self.size = 0
-        self.slots: dict[tuple[int, bytes], Slot] = {}
+        self.slots: dict[tuple[int, bytes, bytes], Slot] = {}
         self.lru: OrderedDict[int, Entry] = OrderedDict()  # id(entry) -> entry, oldest first
-        self.candidates: dict[tuple[int, bytes], tuple[float, int]] = {}
+        self.candidates: dict[tuple[int, bytes, bytes], tuple[float, int]] = {}
         self.policies: dict[str, AppCachePolicy] = {}
         # application key -> the effective configuration at a URL path (its sections)
         self.resolvers: dict[str, Callable[[str], dict[str, Any]]] = {}
@@ -446,7 +458,7 @@ class ResponseCache:
         route = exch.route
         if route is None or not self.slots:
             return
-        key = (route.site_id, exch.target)
+        key = _key(route.site_id, exch)
         self.candidates.pop(key, None)
         slot = self.slots.get(key)
         if slot is not None:
@@ -476,7 +488,7 @@ class ResponseCache:
 
     def lookup(self, site_id: int, exch: "Exchange") -> Entry | None:
         """The fresh entry for ``exch``, or None (a miss)."""
-        slot = self.slots.get((site_id, exch.target))
+        slot = self.slots.get(_key(site_id, exch))
         if slot is None:
             self.misses += 1
             return None
@@ -636,7 +648,7 @@ class ResponseCache:
             elif not file:
                 return  # neither a static file nor a kernel cache policy
             # the frequent-hit rule (serverRuntime frequentHitThreshold/TimePeriod)
-            key = (route.site_id, target)
+            key = _key(route.site_id, exch)
             first, count = self.candidates.get(key, (now, 0))
             if now - first > policy.frequent_period:
                 first, count = now, 0
@@ -706,7 +718,7 @@ class ResponseCache:
                 and not any(n == b"etag" or n == b"last-modified" for n, _ in stored)):
             return client_block  # never fresh and nothing to revalidate it with
         vary = sc.vary_names(stored)
-        key = (route.site_id, exch.target)
+        key = _key(route.site_id, exch)
         slot = self.slots.get(key)
         if slot is None or slot.vary != vary or not slot.rfc:
             if slot is not None:
@@ -761,7 +773,7 @@ class ResponseCache:
     def _head_update(self, site_id: int, exch: "Exchange", lines: sc.Fields) -> None:
         """§4.3.5: a 200 to HEAD freshens the stored GET response it describes (same
         validators, or neither has one) and removes one it no longer describes."""
-        slot = self.slots.get((site_id, exch.target))
+        slot = self.slots.get(_key(site_id, exch))
         if slot is None or not slot.rfc:
             return
         headers = exch.client_headers if exch.revalidating is not None else exch.headers
@@ -791,7 +803,7 @@ class ResponseCache:
                 if target is not None:
                     targets.add(target)
         for target in targets:
-            slot = self.slots.get((site_id, target))
+            slot = self.slots.get((site_id, target, _host(exch)))
             if slot is not None:
                 for entry in list(slot.variants.values()):
                     self._remove(entry)
@@ -800,7 +812,7 @@ class ResponseCache:
     def _store(self, site_id: int, exch: "Exchange", block: bytes, body: bytes, vary: tuple[bytes, ...],
                expires: float, shared: bool, file: str, coding: Compression | None = None) -> None:
         assert exch.route is not None
-        key = (site_id, exch.target)
+        key = _key(site_id, exch)
         slot = self.slots.get(key)
         if slot is None or slot.vary != vary or slot.rfc or slot.coding is not coding:
             if slot is not None:
@@ -829,8 +841,8 @@ class ResponseCache:
         self.lru[id(entry)] = entry
         self.size += entry.size
         self.stores += 1
-        if entry.file and self.watcher is not None:
-            self.watcher.watch(entry.file, entry)
+        if entry.file and self.watcher is not None and not self.watcher.watch(entry.file, entry):
+            self._remove(entry)  # a file whose changes cannot be seen is not kept
 
     def _remove(self, entry: Entry) -> None:
         if self.lru.pop(id(entry), None) is None:
@@ -881,12 +893,22 @@ _DIR_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MO
 _EVENT = struct.Struct("iIII")
 
 
+MAX_WATCHED_DIRS = 8192  # folders watched at once; a file in another one is not cached
+
+
 class FileWatcher:
     """inotify on the directories of cached files (a directory watch also sees a file
-    replaced by rename); ``on_change(path)`` runs on the event loop."""
+    replaced by rename); ``on_change(path)`` runs on the event loop.
+
+    The file a response comes from is named by the worker (the marker), so the folders
+    watched are a worker's choice: a watch lasts only while an entry needs it, and at
+    most ``MAX_WATCHED_DIRS`` are held (root's watches are counted against a limit that
+    every root process on the machine shares, ``fs.inotify.max_user_watches``)."""
 
     def __init__(self, loop: Any, on_change: Any) -> None:
         self.entries: dict[str, set[Entry]] = {}
+        self._in_dir: dict[str, int] = {}  # directory -> files with entries in it
+        self._full_logged = False
         self._dirs: dict[str, int] = {}  # directory -> watch descriptor
         self._wds: dict[int, str] = {}
         self._on_change = on_change
@@ -898,24 +920,53 @@ class FileWatcher:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         loop.add_reader(self.fd, self._read)
 
-    def watch(self, path: str, entry: Entry) -> None:
-        self.entries.setdefault(path, set()).add(entry)
+    def watch(self, path: str, entry: Entry) -> bool:
+        """Watch ``path`` for ``entry``; False (nothing kept) if its folder cannot be
+        watched: the entry would never learn that the file changed."""
         directory = os.path.dirname(path)
         if directory not in self._dirs:
+            if len(self._dirs) >= MAX_WATCHED_DIRS:
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("response cache: %d folders watched already; files in other folders are "
+                                "not cached until entries go", MAX_WATCHED_DIRS)
+                return False
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), _DIR_MASK)
             if wd < 0:
-                log.warning("response cache: cannot watch %s (errno %d)", directory, ctypes.get_errno())
-                return
+                if not self._full_logged:
+                    self._full_logged = True
+                    log.warning("response cache: cannot watch %s (errno %d): its files are not cached",
+                                directory, ctypes.get_errno())
+                return False
             self._dirs[directory] = wd
             self._wds[wd] = directory
+        entries = self.entries.setdefault(path, set())
+        if not entries:
+            self._in_dir[directory] = self._in_dir.get(directory, 0) + 1
+        entries.add(entry)
+        return True
 
     def unwatch(self, path: str, entry: Entry) -> None:
+        """``entry`` no longer needs ``path``; the folder's watch goes with the last
+        entry that needed it."""
         entries = self.entries.get(path)
-        if entries is not None:
-            entries.discard(entry)
-            if not entries:
-                del self.entries[path]
-        # directory watches stay until close(): cheap, and files come back
+        if entries is None or entry not in entries:
+            return
+        entries.discard(entry)
+        if entries:
+            return
+        del self.entries[path]
+        directory = os.path.dirname(path)
+        left = self._in_dir.get(directory, 1) - 1
+        if left > 0:
+            self._in_dir[directory] = left
+            return
+        self._in_dir.pop(directory, None)
+        wd = self._dirs.pop(directory, None)
+        if wd is not None:
+            self._wds.pop(wd, None)
+            self._libc.inotify_rm_watch(self.fd, wd)
+        self._full_logged = False
 
     def _read(self) -> None:
         try:
@@ -934,7 +985,10 @@ class FileWatcher:
             if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF):
                 changed.update(p for p in self.entries if os.path.dirname(p) == directory)
                 self._wds.pop(wd, None)
-                self._dirs.pop(directory, None)
+                if self._dirs.get(directory) == wd:
+                    del self._dirs[directory]
+                if mask & _IN_MOVE_SELF:  # (a deleted folder's watch goes by itself)
+                    self._libc.inotify_rm_watch(self.fd, wd)
             elif name:
                 changed.add(os.path.join(directory, os.fsdecode(name)))
         for path in changed:

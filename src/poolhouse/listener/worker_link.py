@@ -23,6 +23,7 @@ from ..ipc.frames import FrameDecoder, FrameError, encode
 from .file_channel import FileChannel, FileRefused
 
 if TYPE_CHECKING:
+    from .connection import HttpConnection
     from .exchange import Exchange
     from .request_queue import PoolQueue
     from .server import Listener
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("poolhouse.listener")
 
 STALL_HOLD = 1 << 30  # credits taken from a stalled worker, so that it is never picked
+# What the listener lets pile up for a worker that does not read its socket: past
+# WRITE_HIGH the worker is given no new request and the clients whose bodies go to it
+# are paused, until the buffer is down to WRITE_LOW.  A worker's own word (its credits,
+# a STALLED that gives requests back to be sent again) cannot grow it further.
+WRITE_HIGH = 4 << 20
+WRITE_LOW = 1 << 20
 
 
 class WorkerLink(asyncio.Protocol):
@@ -57,12 +64,34 @@ class WorkerLink(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.write_paused = False  # the worker is not reading: nothing more is sent it
+        self.held_clients: set[HttpConnection] = set()  # paused until it reads again
 
     # ---- asyncio ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._release_clients()
+        if self.credits > 0 and not self.draining and not self.closed:
+            self.pool.worker_free(self)
+
+    def hold_client(self, conn: "HttpConnection") -> None:
+        """``conn`` sends a body to this worker, which is not reading: pause it."""
+        conn.pause_for(self)
+        self.held_clients.add(conn)
+
+    def _release_clients(self) -> None:
+        held, self.held_clients = self.held_clients, set()
+        for conn in held:
+            conn.unpause_for(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -175,6 +204,7 @@ class WorkerLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._release_clients()
         if self.files is not None:
             self.files.close()
         self.pool.remove_worker(self)

@@ -61,10 +61,30 @@ CACHE_SAFE_VARIABLES = frozenset((
 
 
 def _reads_client(rules: list[Any]) -> bool:
-    """Do any of these rules' conditions read a server variable outside
-    CACHE_SAFE_VARIABLES (the client's address, a request header, HTTPS, ...)?"""
-    return any(name.upper() not in CACHE_SAFE_VARIABLES
-               for rule in rules for cond in rule.conditions for name in cond.input.variables)
+    """Do any of these rules read a server variable outside CACHE_SAFE_VARIABLES (the
+    client's address, a request header, HTTPS, ...) where it decides what is served —
+    in a condition, in the URL of their action (``/tenants/{HTTP_X_TENANT}/...``), or
+    (outbound rules) in the value they give a response header?  URL Rewrite's rule: a
+    rule set that *uses* such a variable is unsafe for output caching.  Server variables
+    a rule sets for the application (``X-Forwarded-For`` from ``{REMOTE_ADDR}``) do not
+    count, as in URL Rewrite; an outbound rule's own ``RESPONSE_*`` variables come from
+    the response, which is what is cached."""
+    names: set[str] = set()
+    for rule in rules:
+        for cond in rule.conditions:
+            names |= cond.input.variables
+        url = getattr(rule, "url", None)
+        if url is not None:
+            names |= url.variables
+        value = getattr(rule, "value", None)
+        if value is not None:
+            names |= value.variables
+        pre = getattr(rule, "precondition", None)
+        if pre is not None:
+            for cond in pre.conditions:
+                names |= cond.input.variables
+    upper = {name.upper() for name in names}
+    return any(name not in CACHE_SAFE_VARIABLES and not name.startswith("RESPONSE_") for name in upper)
 
 
 class RewriteModule(Module):
@@ -83,7 +103,8 @@ class RewriteModule(Module):
         except PatternError as exc:
             raise AppLoadError(f"URL Rewrite: {exc}") from None
         self.rules: list[Any] | None = None if self.rule_items else list(self.global_rules)
-        self._per_client = _reads_client(self.global_rules) or _reads_client(distributed)
+        self._per_client = (_reads_client(self.global_rules) or _reads_client(distributed)
+                            or _reads_client(self.outbound))
 
     @property  # type: ignore[override]
     def per_client(self) -> bool:  # (a class attribute elsewhere: here it depends on the rules)
