@@ -239,8 +239,8 @@ def test_frameworks(poolhouse_server, tmp_path: Path) -> None:  # type: ignore[n
         assert b"".join(pieces) == b"".join(f"chunk {i}\n".encode() for i in range(5))
         assert c.post("/fastapi/task").json() == {"queued": True}
         done = server.root / "fastapi" / "task-done.txt"
-        server.wait_for(done.exists, timeout=5)
-        assert done.read_text() == "background task ran"
+        # the task opens the file, then writes: wait for what it wrote, not for the name
+        server.wait_for(lambda: done.exists() and done.read_text() == "background task ran", timeout=5)
 
     # ---- Django admin: static files by Poolhouse, login and a form POST with CSRF -----
     with httpx.Client(base_url=base, timeout=30) as c:

@@ -14,6 +14,7 @@ import httpx
 import psutil
 
 from .conftest import apphost
+from .test_process_model import WSGI_WEBCONFIG
 
 APP = """\
 import os, time
@@ -53,16 +54,6 @@ def app(environ, start_response):
     return [body]
 """
 
-WEBCONFIG = """\
-<configuration>
-  <system.webServer>
-    <handlers>
-      <add name="app" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:app" />
-    </handlers>
-  </system.webServer>
-</configuration>
-"""
-
 CONFIG = apphost(
     sites="""
     <site name="A" id="1">
@@ -81,7 +72,7 @@ CONFIG = apphost(
           '<add name="PoolB" />',
 )
 
-FILES = {"a/app.py": APP, "a/web.config": WEBCONFIG, "b/app.py": APP, "b/web.config": WEBCONFIG}
+FILES = {"a/app.py": APP, "a/web.config": WSGI_WEBCONFIG, "b/app.py": APP, "b/web.config": WSGI_WEBCONFIG}
 
 
 def _hit(url: str) -> tuple[int, int]:
@@ -202,7 +193,7 @@ def test_listener_dies_while_a_worker_loads_its_application(poolhouse_server) ->
     """A worker still importing its application when the listener dies takes the new
     listener's queue socket when it has booted: it becomes ready there, and no second
     worker is started."""
-    files = {"a/app.py": "import time\ntime.sleep(4)  # a slow import\n" + APP, "a/web.config": WEBCONFIG}
+    files = {"a/app.py": "import time\ntime.sleep(4)  # a slow import\n" + APP, "a/web.config": WSGI_WEBCONFIG}
     server = poolhouse_server(SLOW_BOOT, files)
     booting = server.wait_for(lambda: [w for w in server.workers("PoolA") if w["state"] == "Initializing"],
                               timeout=20)[0]

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from .conftest import Server, apphost, free_port
+from .test_process_model import WSGI_WEBCONFIG
 
 APP = """\
 import os, signal, time
@@ -41,16 +42,6 @@ def app(environ, start_response):
         body = b"hello " + path.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
-"""
-
-WEBCONFIG = """\
-<configuration>
-  <system.webServer>
-    <handlers>
-      <add name="app" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:app" />
-    </handlers>
-  </system.webServer>
-</configuration>
 """
 
 CONFIG = apphost(
@@ -90,7 +81,7 @@ def group_server(tmp_path: Path) -> Iterator[Callable[[], GroupServer]]:
     def start(files: dict[str, str] | None = None, prefix: list[str] | None = None) -> GroupServer:
         root = tmp_path / f"srv{len(started)}"
         (root / "app").mkdir(parents=True)
-        for rel, text in (files or {"app/app.py": APP, "app/web.config": WEBCONFIG}).items():
+        for rel, text in (files or {"app/app.py": APP, "app/web.config": WSGI_WEBCONFIG}).items():
             (root / rel).write_text(textwrap.dedent(text))
         port = free_port()
         cfg = root / "applicationHost.config"

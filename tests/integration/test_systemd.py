@@ -22,6 +22,7 @@ import pytest
 from poolhouse.activation.sd_notify import socket_address
 
 from .conftest import apphost
+from .test_process_model import WSGI_WEBCONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "packaging" / "systemd" / "poolhouse.service"
@@ -33,16 +34,6 @@ def app(environ, start_response):
     body = repr(sorted(k for k in os.environ if k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"))).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
-"""
-
-WEBCONFIG = """\
-<configuration>
-  <system.webServer>
-    <handlers>
-      <add name="app" path="*" verb="*" modules="WsgiModule" scriptProcessor="app:app" />
-    </handlers>
-  </system.webServer>
-</configuration>
 """
 
 CONFIG = apphost(sites="""
@@ -90,7 +81,7 @@ def test_sd_notify_ready_status_watchdog_stopping(poolhouse_server, monkeypatch,
     monkeypatch.setenv("NOTIFY_SOCKET", name)
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1: a ping every 0.5 s
     try:
-        server = poolhouse_server(CONFIG, {"app/app.py": APP, "app/web.config": WEBCONFIG})
+        server = poolhouse_server(CONFIG, {"app/app.py": APP, "app/web.config": WSGI_WEBCONFIG})
         ready = manager.wait_for("READY", "1")
         assert ready.get("MAINPID") == str(server.proc.pid)
         assert re.match(r"\d+/\d+ application pools started, \d+ worker\(s\) ready", ready["STATUS"]), ready
