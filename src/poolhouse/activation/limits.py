@@ -104,53 +104,39 @@ class CgroupManager:
             self.delegation_why = f"cannot create {delegation}: {exc.strerror}"
         if managed:
             return  # a delegated unit's cgroup, with or without its controllers: never the top
-        base = os.path.join(root, "poolhouse")
-        try:
-            with open(os.path.join(root, "cgroup.controllers"), encoding="utf-8") as fh:
-                controllers = set(fh.read().split())
-        except OSError as exc:
-            self.why = f"cannot read {root}/cgroup.controllers: {exc.strerror}"
-            return
-        missing = {"cpu", "memory"} - controllers
-        if missing:
-            self.why = f"the cgroup v2 hierarchy at {root} does not offer {', '.join(sorted(missing))}"
-            return
-        try:
-            os.makedirs(base, exist_ok=True)
-            with open(os.path.join(root, "cgroup.subtree_control"), "w", encoding="utf-8") as fh:
-                fh.write("+cpu +memory")
-            with open(os.path.join(base, "cgroup.subtree_control"), "w", encoding="utf-8") as fh:
-                fh.write("+cpu +memory")
-        except OSError as exc:
-            self.why = f"cannot delegate cpu and memory under {root}: {exc.strerror}"
-            return
-        self.available = True
-        self.base = base
+        self._hand_down(root, os.path.join(root, "poolhouse"), None, "the cgroup v2 hierarchy")
 
     def _use_delegated(self, here: str) -> None:
         """Our own delegated cgroup: move into a leaf, then hand cpu and memory down."""
+        self._hand_down(here, os.path.join(here, "pools"), os.path.join(here, "service"), "the delegated cgroup")
+        self.delegated = self.available
+
+    def _hand_down(self, group: str, base: str, leaf: str | None, what: str) -> None:
+        """Hand the cpu and memory controllers from ``group`` down to ``base``, the parent
+        of the pools' groups; with ``leaf``, this process moves there first (a cgroup that
+        holds processes cannot also hand controllers to its children).  Sets
+        ``available`` and ``base``, or ``why``."""
         try:
-            with open(os.path.join(here, "cgroup.controllers"), encoding="utf-8") as fh:
+            with open(os.path.join(group, "cgroup.controllers"), encoding="utf-8") as fh:
                 controllers = set(fh.read().split())
         except OSError as exc:
-            self.why = f"cannot read {here}/cgroup.controllers: {exc.strerror}"
+            self.why = f"cannot read {group}/cgroup.controllers: {exc.strerror}"
             return
         missing = {"cpu", "memory"} - controllers
         if missing:
-            self.why = f"the delegated cgroup {here} does not offer {', '.join(sorted(missing))}"
+            self.why = f"{what} at {group} does not offer {', '.join(sorted(missing))}"
             return
-        leaf, base = os.path.join(here, "service"), os.path.join(here, "pools")
         try:
-            os.makedirs(leaf, exist_ok=True)
             os.makedirs(base, exist_ok=True)
-            _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
-            _write(os.path.join(here, "cgroup.subtree_control"), "+cpu +memory")
+            if leaf is not None:
+                os.makedirs(leaf, exist_ok=True)
+                _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+            _write(os.path.join(group, "cgroup.subtree_control"), "+cpu +memory")
             _write(os.path.join(base, "cgroup.subtree_control"), "+cpu +memory")
         except OSError as exc:
-            self.why = f"cannot delegate cpu and memory under {here}: {exc.strerror}"
+            self.why = f"cannot delegate cpu and memory under {group}: {exc.strerror}"
             return
         self.available = True
-        self.delegated = True
         self.base = base
 
     def describe(self) -> str:
