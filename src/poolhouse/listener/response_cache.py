@@ -286,16 +286,12 @@ def precondition(method: str, etag: str, last_modified: int | None, headers: tup
                                 _field(headers, b"if-modified-since"))
 
 
-def _host(exch: "Exchange") -> bytes:
-    return exch.host.lower()
-
-
-def _key(site_id: int, exch: "Exchange") -> tuple[int, bytes, bytes]:
+def _key(site_id: int, exch: "Exchange", target: bytes | None = None) -> tuple[int, bytes, bytes]:
     """The key of a URL's entries: the site, the request target and the host it was
     asked of, since HTTP.sys keys its cache on the whole URL (a site bound to every host
     name may serve each its own page: URL Rewrite counts ``{HTTP_HOST}`` cache-safe for
     that reason, and RFC 9111's cache key is the target URI, authority included)."""
-    return (site_id, exch.target, exch.host.lower())
+    return (site_id, exch.target if target is None else target, exch.host.lower())
 
 
 def _folder_key(target: bytes) -> str:
@@ -803,7 +799,7 @@ class ResponseCache:
                 if target is not None:
                     targets.add(target)
         for target in targets:
-            slot = self.slots.get((site_id, target, _host(exch)))
+            slot = self.slots.get(_key(site_id, exch, target))
             if slot is not None:
                 for entry in list(slot.variants.values()):
                     self._remove(entry)

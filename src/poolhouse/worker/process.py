@@ -21,8 +21,8 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import stat
+import sys
 import time
 from typing import Any, cast
 
